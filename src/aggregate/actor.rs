@@ -1,0 +1,93 @@
+//! Store actor: one per store, started on first sight; owns that store's aggregator.
+
+use super::store::StoreAggregator;
+use crate::ingest::route::StoreEvent;
+use crate::snapshot::coordinator::{CoordMsg, StorePart};
+use crate::supervise::shared::Shared;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+
+pub enum StoreMsg {
+    Events { events: Vec<StoreEvent>, work: u64 },
+    Barrier {
+        seq: u64,
+        flush: bool,
+        snapshot: bool,
+        reply: ActorRef<CoordMsg>,
+    },
+    /// Test hook: panic while handling this message.
+    Crash,
+}
+
+pub struct StoreActor;
+
+pub struct StoreArgs {
+    pub shared: Arc<Shared>,
+    pub aggregator: StoreAggregator,
+}
+
+pub struct StoreState {
+    shared: Arc<Shared>,
+    agg: StoreAggregator,
+}
+
+impl Actor for StoreActor {
+    type Msg = StoreMsg;
+    type State = StoreState;
+    type Arguments = StoreArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<StoreMsg>,
+        args: StoreArgs,
+    ) -> Result<StoreState, ActorProcessingErr> {
+        Ok(StoreState {
+            shared: args.shared,
+            agg: args.aggregator,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<StoreMsg>,
+        msg: StoreMsg,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StoreMsg::Events { events, work } => {
+                for e in &events {
+                    state.agg.add(
+                        e.seq,
+                        e.business_day,
+                        e.currency,
+                        &e.lines,
+                        &e.tenders,
+                        e.returning,
+                    );
+                }
+                state.shared.credits.give_back(work);
+            }
+            StoreMsg::Barrier {
+                seq,
+                flush,
+                snapshot,
+                reply,
+            } => {
+                let drafts = if flush { state.agg.flush() } else { Vec::new() };
+                let bytes = if snapshot {
+                    Some(crate::snapshot::format::encode_part(&state.agg)?)
+                } else {
+                    None
+                };
+                reply.send_message(CoordMsg::Store(StorePart {
+                    location: state.agg.location().clone(),
+                    seq,
+                    drafts,
+                    state: bytes,
+                }))?;
+            }
+            StoreMsg::Crash => panic!("store {} crash requested (test hook)", state.agg.location()),
+        }
+        Ok(())
+    }
+}

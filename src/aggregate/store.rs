@@ -1,0 +1,351 @@
+//! Per-store aggregation of sales, returns, tenders and tax by business day.
+//!
+//! Between two flushing barriers the aggregator folds every sale and return into buckets; at a
+//! flush it turns the buckets into document drafts and starts again. It also keeps running
+//! totals per business day that never reset: the source side of reconciliation.
+//!
+//! Buckets hold `i64` minor units. Validated events are far too small to overflow one on their
+//! own; if a bucket would still overflow, the current buckets of that day are sealed into a
+//! separate part and a new part starts, so nothing wraps and nothing is refused.
+
+use super::posting::*;
+use crate::domain::*;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+type DayKey = (BusinessDay, Currency);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DayBuckets {
+    part: u32,
+    lineage: Lineage,
+    sales: FxHashMap<(Sku, TaxCode), SalesLine>,
+    tenders: FxHashMap<TenderKind, TenderLine>,
+    tax: FxHashMap<TaxCode, TaxSummaryLine>,
+}
+
+/// Running totals of one store and business day since the stream began.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayTotals {
+    pub events: u64,
+    pub qty_sold: i64,
+    pub qty_returned: i64,
+    pub sales_amount: i64,
+    pub returns_amount: i64,
+    pub tax_amount: i64,
+    pub tendered: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoreAggregator {
+    location: LocationId,
+    days: FxHashMap<DayKey, DayBuckets>,
+    sealed: Vec<Draft>,
+    totals: BTreeMap<DayKey, DayTotals>,
+}
+
+/// Folds signed values into a line; `None` when a value would overflow.
+fn fold_sales(line: &mut SalesLine, l: &ItemLine, returning: bool) -> Option<()> {
+    let mut next = line.clone();
+    let net = l.net();
+    let tax = l.tax();
+    if returning {
+        next.qty_returned = next.qty_returned.checked_add(l.qty)?;
+        next.returns_amount = next.returns_amount.checked_add(net)?;
+        next.discount_amount = next.discount_amount.checked_sub(l.discount)?;
+        next.tax_amount = next.tax_amount.checked_sub(tax)?;
+    } else {
+        next.qty_sold = next.qty_sold.checked_add(l.qty)?;
+        next.sales_amount = next.sales_amount.checked_add(net)?;
+        next.discount_amount = next.discount_amount.checked_add(l.discount)?;
+        next.tax_amount = next.tax_amount.checked_add(tax)?;
+    }
+    *line = next;
+    Some(())
+}
+
+impl StoreAggregator {
+    pub fn new(location: LocationId) -> Self {
+        StoreAggregator {
+            location,
+            ..Default::default()
+        }
+    }
+
+    pub fn location(&self) -> &LocationId {
+        &self.location
+    }
+
+    /// Folds a sale (`returning = false`) or a return into the buckets.
+    pub fn add(
+        &mut self,
+        seq: u64,
+        day: BusinessDay,
+        currency: Currency,
+        lines: &[ItemLine],
+        tenders: &[Tender],
+        returning: bool,
+    ) {
+        let key = (day, currency);
+        let buckets = self.days.entry(key).or_default();
+        let mut staged = buckets.clone_touched(lines, tenders);
+        if staged.fold(lines, tenders, returning).is_none() {
+            // A bucket would overflow: seal what the day has so far as its own part.
+            let part = buckets.part;
+            let old = std::mem::take(buckets);
+            buckets.part = part + 1;
+            self.sealed.extend(old.into_drafts(&self.location, key));
+            staged = buckets.clone_touched(lines, tenders);
+            staged
+                .fold(lines, tenders, returning)
+                .expect("a validated event fits into empty buckets");
+        }
+        staged.write_back(buckets);
+        buckets.lineage.add(seq);
+
+        let t = self.totals.entry(key).or_default();
+        t.events += 1;
+        for l in lines {
+            if returning {
+                t.qty_returned = t.qty_returned.saturating_add(l.qty);
+                t.returns_amount = t.returns_amount.saturating_add(l.net());
+                t.tax_amount = t.tax_amount.saturating_sub(l.tax());
+            } else {
+                t.qty_sold = t.qty_sold.saturating_add(l.qty);
+                t.sales_amount = t.sales_amount.saturating_add(l.net());
+                t.tax_amount = t.tax_amount.saturating_add(l.tax());
+            }
+        }
+        for tn in tenders {
+            t.tendered = if returning {
+                t.tendered.saturating_sub(tn.amount)
+            } else {
+                t.tendered.saturating_add(tn.amount)
+            };
+        }
+    }
+
+    /// Whether anything waits to be flushed.
+    pub fn is_dirty(&self) -> bool {
+        !self.days.is_empty() || !self.sealed.is_empty()
+    }
+
+    /// Turns everything folded since the last flush into drafts, sorted by key.
+    pub fn flush(&mut self) -> Vec<Draft> {
+        let mut out = std::mem::take(&mut self.sealed);
+        let mut days: Vec<_> = self.days.drain().collect();
+        days.sort_by_key(|(k, _)| *k);
+        for (key, buckets) in days {
+            out.extend(buckets.into_drafts(&self.location, key));
+        }
+        out
+    }
+
+    /// Running totals per (business day, currency).
+    pub fn totals(&self) -> &BTreeMap<DayKey, DayTotals> {
+        &self.totals
+    }
+
+    /// Rebuilds nothing today; kept for symmetry with other restorable state.
+    pub fn reindex(&mut self) {}
+}
+
+/// The subset of a day's buckets one event touches, so a failed fold changes nothing.
+struct Staged {
+    sales: Vec<((Sku, TaxCode), SalesLine)>,
+    tenders: Vec<(TenderKind, TenderLine)>,
+    tax: Vec<(TaxCode, TaxSummaryLine)>,
+}
+
+impl DayBuckets {
+    fn clone_touched(&self, lines: &[ItemLine], tenders: &[Tender]) -> Staged {
+        let mut s = Staged {
+            sales: Vec::with_capacity(lines.len()),
+            tenders: Vec::with_capacity(tenders.len()),
+            tax: Vec::new(),
+        };
+        for l in lines {
+            let k = (l.sku.clone(), l.tax_code.clone());
+            if !s.sales.iter().any(|(x, _)| *x == k) {
+                let v = self.sales.get(&k).cloned().unwrap_or_else(|| SalesLine {
+                    sku: l.sku.clone(),
+                    tax_code: l.tax_code.clone(),
+                    ..Default::default()
+                });
+                s.sales.push((k, v));
+            }
+            for t in &l.taxes {
+                if !s.tax.iter().any(|(x, _)| *x == t.code) {
+                    let v = self.tax.get(&t.code).cloned().unwrap_or_else(|| TaxSummaryLine {
+                        code: t.code.clone(),
+                        ..Default::default()
+                    });
+                    s.tax.push((t.code.clone(), v));
+                }
+            }
+        }
+        for t in tenders {
+            if !s.tenders.iter().any(|(x, _)| *x == t.kind) {
+                let v = self.tenders.get(&t.kind).cloned().unwrap_or_else(|| TenderLine {
+                    tender: t.kind.clone(),
+                    ..Default::default()
+                });
+                s.tenders.push((t.kind.clone(), v));
+            }
+        }
+        s
+    }
+
+    fn into_drafts(self, location: &LocationId, (day, currency): DayKey) -> Vec<Draft> {
+        let mut out = Vec::with_capacity(3);
+        let draft = |body| Draft {
+            location: location.clone(),
+            business_day: Some(day),
+            currency: Some(currency),
+            part: self.part,
+            lineage: self.lineage,
+            body,
+        };
+        if !self.sales.is_empty() {
+            let mut v: Vec<_> = self.sales.into_values().collect();
+            v.sort_by(|a, b| (&a.sku, &a.tax_code).cmp(&(&b.sku, &b.tax_code)));
+            out.push(draft(DocBody::SalesSummary(v)));
+        }
+        if !self.tenders.is_empty() {
+            let mut v: Vec<_> = self.tenders.into_values().collect();
+            v.sort_by(|a, b| a.tender.cmp(&b.tender));
+            out.push(draft(DocBody::TenderSummary(v)));
+        }
+        if !self.tax.is_empty() {
+            let mut v: Vec<_> = self.tax.into_values().collect();
+            v.sort_by(|a, b| a.code.cmp(&b.code));
+            out.push(draft(DocBody::TaxSummary(v)));
+        }
+        out
+    }
+}
+
+impl Staged {
+    fn fold(&mut self, lines: &[ItemLine], tenders: &[Tender], returning: bool) -> Option<()> {
+        for l in lines {
+            let k = (l.sku.clone(), l.tax_code.clone());
+            let line = &mut self.sales.iter_mut().find(|(x, _)| *x == k)?.1;
+            fold_sales(line, l, returning)?;
+            let net = l.net();
+            for t in &l.taxes {
+                let s = &mut self.tax.iter_mut().find(|(x, _)| *x == t.code)?.1;
+                if returning {
+                    s.taxable_amount = s.taxable_amount.checked_sub(net)?;
+                    s.tax_amount = s.tax_amount.checked_sub(t.amount)?;
+                } else {
+                    s.taxable_amount = s.taxable_amount.checked_add(net)?;
+                    s.tax_amount = s.tax_amount.checked_add(t.amount)?;
+                }
+            }
+        }
+        for t in tenders {
+            let s = &mut self.tenders.iter_mut().find(|(x, _)| *x == t.kind)?.1;
+            if returning {
+                s.refunded = s.refunded.checked_add(t.amount)?;
+            } else {
+                s.paid = s.paid.checked_add(t.amount)?;
+            }
+            s.transactions += 1;
+        }
+        Some(())
+    }
+
+    fn write_back(self, b: &mut DayBuckets) {
+        for (k, v) in self.sales {
+            b.sales.insert(k, v);
+        }
+        for (k, v) in self.tenders {
+            b.tenders.insert(k, v);
+        }
+        for (k, v) in self.tax {
+            b.tax.insert(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(sku: &str, qty: i64, price: i64, discount: i64, tax: i64) -> ItemLine {
+        ItemLine {
+            sku: sku.into(),
+            qty,
+            unit_price: price,
+            discount,
+            tax_code: "VAT20".into(),
+            taxes: vec![TaxLine {
+                code: "VAT20".into(),
+                amount: tax,
+            }],
+            restock: None,
+        }
+    }
+
+    fn tender(kind: &str, amount: i64) -> Tender {
+        Tender {
+            kind: kind.into(),
+            amount,
+        }
+    }
+
+    fn day() -> BusinessDay {
+        BusinessDay::parse("2026-11-27").unwrap()
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    #[test]
+    fn sales_and_returns_fold_into_one_document_set() {
+        let mut a = StoreAggregator::new("S1".into());
+        a.add(3, day(), eur(), &[line("A", 2, 500, 100, 180)], &[tender("card", 1080)], false);
+        a.add(7, day(), eur(), &[line("A", 1, 500, 0, 100), line("B", 1, 200, 0, 40)], &[tender("cash", 840)], false);
+        a.add(9, day(), eur(), &[line("A", 1, 500, 0, 100)], &[tender("card", 600)], true);
+        let drafts = a.flush();
+        assert_eq!(drafts.len(), 3);
+        let DocBody::SalesSummary(sales) = &drafts[0].body else { panic!("sales first") };
+        let a_line = sales.iter().find(|l| l.sku.as_str() == "A").unwrap();
+        assert_eq!((a_line.qty_sold, a_line.qty_returned), (3, 1));
+        assert_eq!(a_line.net_amount(), 900 + 500 - 500);
+        assert_eq!(a_line.tax_amount, 180 + 100 - 100);
+        let DocBody::TenderSummary(tenders) = &drafts[1].body else { panic!("tenders second") };
+        let card = tenders.iter().find(|t| t.tender.as_str() == "card").unwrap();
+        assert_eq!((card.paid, card.refunded, card.transactions), (1080, 600, 2));
+        let DocBody::TaxSummary(tax) = &drafts[2].body else { panic!("tax third") };
+        assert_eq!(tax[0].taxable_amount, 900 + 500 + 200 - 500);
+        assert_eq!(drafts[0].lineage, Lineage { events: 3, first_seq: 3, last_seq: 9 });
+        assert!(a.flush().is_empty(), "flush resets");
+        let t = &a.totals()[&(day(), eur())];
+        assert_eq!(t.tendered, 1080 + 840 - 600);
+        assert_eq!(t.events, 3);
+    }
+
+    #[test]
+    fn overflowing_bucket_is_sealed_into_a_new_part() {
+        let mut a = StoreAggregator::new("S1".into());
+        let big = line("A", 1, crate::domain::money::MAX_AMOUNT, 0, 0);
+        let n = i64::MAX / crate::domain::money::MAX_AMOUNT + 1;
+        for seq in 1..=n as u64 {
+            a.add(seq, day(), eur(), std::slice::from_ref(&big), &[tender("card", big.net())], false);
+        }
+        let drafts = a.flush();
+        let parts: Vec<u32> = drafts.iter().map(|d| d.part).collect();
+        assert!(parts.contains(&0) && parts.contains(&1), "{parts:?}");
+        let sold: i64 = drafts
+            .iter()
+            .filter_map(|d| match &d.body {
+                DocBody::SalesSummary(l) => Some(l[0].qty_sold),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(sold, n, "no unit lost across parts");
+    }
+}

@@ -1,0 +1,1125 @@
+//! The available-to-promise ledger of one SKU shard: positions per (location, sku), open order
+//! allocations, transfers in flight, reservations, and inventory movements since the last
+//! posting flush.
+//!
+//! Plain data and arithmetic, no I/O, no clocks: the shard actor owns one and feeds it ops in
+//! stream order, so the same ops always give the same state. Keys are interned to `u32` so the
+//! hot path is one or two hash lookups on small integers.
+
+use super::op::Op;
+use crate::domain::*;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use std::hash::Hash;
+
+/// Stock of one SKU at one location.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub in_transit: i64,
+}
+
+impl Position {
+    /// on_hand - reserved - safety_stock; may be negative when facts outran stock.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved - self.safety_stock
+    }
+}
+
+/// Why an op was not applied. Only arithmetic overflow refuses a fact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("quantity overflow at location {loc} sku {sku}")]
+    Overflow { loc: LocationId, sku: Sku },
+}
+
+/// Counted, never refused: facts that drove stock somewhere it should not be.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exceptions {
+    /// An op took on_hand from zero or more to below zero.
+    pub negative_on_hand: u64,
+    /// An order was allocated beyond what was available.
+    pub short_allocations: u64,
+    /// Fulfilment or cancellation for an order this ledger never saw placed.
+    pub unknown_orders: u64,
+    /// TransferIn without a matching TransferOut (or more than was sent).
+    pub unmatched_transfers: u64,
+    /// Orders for a channel with no fulfilment locations.
+    pub unsourced_orders: u64,
+}
+
+/// Interns keys to dense indices in first-seen order (deterministic for a given op order).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Interner<K: Eq + Hash + Clone> {
+    items: Vec<K>,
+    #[serde(skip)]
+    index: FxHashMap<K, u32>,
+}
+
+impl<K: Eq + Hash + Clone> Interner<K> {
+    pub fn get(&self, key: &K) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    pub fn intern(&mut self, key: &K) -> u32 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.items.len() as u32;
+        self.items.push(key.clone());
+        self.index.insert(key.clone(), i);
+        i
+    }
+
+    pub fn name(&self, i: u32) -> &K {
+        &self.items[i as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Rebuilds the lookup index after deserialisation.
+    pub fn reindex(&mut self) {
+        self.index = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u32))
+            .collect();
+    }
+}
+
+/// Movement reasons with fixed codes; adjustment reasons are interned after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Movement {
+    Sale = 0,
+    Return = 1,
+    Receipt = 2,
+    Count = 3,
+    TransferOut = 4,
+    TransferIn = 5,
+    Fulfilment = 6,
+}
+
+const FIXED_REASONS: [&str; 7] = [
+    "sale",
+    "return",
+    "receipt",
+    "count",
+    "transfer_out",
+    "transfer_in",
+    "fulfilment",
+];
+
+/// An inventory movement line, as posted to the ERP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovementLine {
+    pub location: LocationId,
+    pub sku: Sku,
+    /// `sale`, `receipt`, ..., or `adjustment:<reason code>`.
+    pub reason: String,
+    pub qty: i64,
+}
+
+type Allocs = SmallVec<[(u32, i64); 2]>;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LocationInfo {
+    pub kind: Option<LocationKind>,
+    pub priority: u32,
+    pub channels: Vec<ChannelId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub rule: SourcingRule,
+    pub allow_split: bool,
+    pub buffer: i64,
+    /// Fulfilment locations, ordered by (priority, location id).
+    pub locations: Vec<u32>,
+}
+
+impl Default for ChannelInfo {
+    fn default() -> Self {
+        ChannelInfo {
+            rule: SourcingRule::Priority,
+            allow_split: false,
+            buffer: 0,
+            locations: Vec::new(),
+        }
+    }
+}
+
+/// State of a reservation id: the first decision is remembered so retries get the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResvState {
+    Active,
+    Rejected { available: i64 },
+    Released,
+    Expired,
+    Consumed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reservation {
+    pub sku: u32,
+    pub requested: i64,
+    pub allocs: Allocs,
+    pub expires_at_ms: i64,
+    pub state: ResvState,
+    /// Stream sequence of the request that created it.
+    pub decided_at: u64,
+}
+
+/// The outcome of a reservation request as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub reservation_id: ReservationId,
+    pub sku: Sku,
+    pub granted: bool,
+    /// Granted quantities per location (empty when rejected).
+    pub allocations: Vec<(LocationId, i64)>,
+    /// What could have been had at the time of the decision.
+    pub available: i64,
+    pub expires_at_ms: i64,
+    /// Stream sequence at which the decision was taken.
+    pub decided_at: u64,
+    /// Current state (a retry after release reports `released`).
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    skus: Interner<Sku>,
+    locs: Interner<LocationId>,
+    reasons: Interner<ReasonCode>,
+    positions: Vec<Position>,
+    slot_keys: Vec<(u32, u32)>,
+    #[serde(skip)]
+    slots: FxHashMap<(u32, u32), u32>,
+    #[serde(skip)]
+    dirty_flag: Vec<bool>,
+    #[serde(skip)]
+    dirty: Vec<u32>,
+    /// Net movement per (slot, reason) since the last flush.
+    movements: FxHashMap<(u32, u16), i64>,
+    orders: FxHashMap<(OrderId, u32), Allocs>,
+    transfers: FxHashMap<(TransferId, u32, u32), i64>,
+    reservations: FxHashMap<ReservationId, Reservation>,
+    #[serde(skip)]
+    decisions: Vec<Decision>,
+    locations: Vec<LocationInfo>,
+    channels: FxHashMap<ChannelId, ChannelInfo>,
+    #[serde(skip)]
+    channels_changed: bool,
+    /// Which stream range the movements since the last flush cover, per location.
+    move_lineage: FxHashMap<u32, crate::aggregate::posting::Lineage>,
+    #[serde(skip)]
+    cur_seq: u64,
+    pub exceptions: Exceptions,
+}
+
+fn add(a: i64, b: i64) -> Option<i64> {
+    a.checked_add(b)
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds indices after deserialisation (snapshots store only the dense vectors).
+    pub fn reindex(&mut self) {
+        self.skus.reindex();
+        self.locs.reindex();
+        self.reasons.reindex();
+        self.slots = self
+            .slot_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, i as u32))
+            .collect();
+        self.dirty_flag = vec![false; self.positions.len()];
+        self.dirty.clear();
+        // Everything is new to a fresh view.
+        for slot in 0..self.positions.len() as u32 {
+            self.mark(slot);
+        }
+        self.channels_changed = true;
+    }
+
+    pub fn position_count(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn position(&self, loc: &LocationId, sku: &Sku) -> Option<Position> {
+        let s = self.skus.get(sku)?;
+        let l = self.locs.get(loc)?;
+        self.slots.get(&(s, l)).map(|&i| self.positions[i as usize])
+    }
+
+    /// Every position with its names, for checks and snapshots.
+    pub fn positions(&self) -> impl Iterator<Item = (&LocationId, &Sku, &Position)> {
+        self.slot_keys
+            .iter()
+            .zip(&self.positions)
+            .map(|(&(s, l), p)| (self.locs.name(l), self.skus.name(s), p))
+    }
+
+    pub fn sku_name(&self, i: u32) -> &Sku {
+        self.skus.name(i)
+    }
+
+    pub fn loc_name(&self, i: u32) -> &LocationId {
+        self.locs.name(i)
+    }
+
+    /// (sku index, location index, position) of a slot.
+    pub fn slot(&self, slot: u32) -> (u32, u32, &Position) {
+        let (s, l) = self.slot_keys[slot as usize];
+        (s, l, &self.positions[slot as usize])
+    }
+
+    /// Slots changed since the last call, each once.
+    pub fn take_dirty(&mut self) -> Vec<u32> {
+        for &s in &self.dirty {
+            self.dirty_flag[s as usize] = false;
+        }
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Reservation decisions taken since the last call.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// The channel table if it changed since the last call (names resolved).
+    pub fn take_channels_if_changed(&mut self) -> Option<Vec<(ChannelId, ChannelInfo, Vec<LocationId>)>> {
+        if !self.channels_changed {
+            return None;
+        }
+        self.channels_changed = false;
+        let mut out: Vec<_> = self
+            .channels
+            .iter()
+            .map(|(c, info)| {
+                let names = info.locations.iter().map(|&l| self.locs.name(l).clone()).collect();
+                (c.clone(), info.clone(), names)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(out)
+    }
+
+    /// Reservations still holding stock, with their expiry (for the expiry timer).
+    pub fn active_reservations(&self) -> impl Iterator<Item = (&ReservationId, &Sku, i64)> {
+        self.reservations
+            .iter()
+            .filter(|(_, r)| r.state == ResvState::Active)
+            .map(|(id, r)| (id, self.skus.name(r.sku), r.expires_at_ms))
+    }
+
+    /// Looks up the decision recorded for a reservation id.
+    pub fn reservation(&self, id: &ReservationId) -> Option<Decision> {
+        self.reservations.get(id).map(|r| self.decision_of(id, r))
+    }
+
+    fn mark(&mut self, slot: u32) {
+        let i = slot as usize;
+        if i >= self.dirty_flag.len() {
+            self.dirty_flag.resize(i + 1, false);
+        }
+        if !self.dirty_flag[i] {
+            self.dirty_flag[i] = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn slot_of(&mut self, s: u32, l: u32) -> u32 {
+        if let Some(&i) = self.slots.get(&(s, l)) {
+            return i;
+        }
+        let i = self.positions.len() as u32;
+        self.positions.push(Position::default());
+        self.slot_keys.push((s, l));
+        self.slots.insert((s, l), i);
+        self.dirty_flag.push(false);
+        i
+    }
+
+    fn loc_idx(&mut self, loc: &LocationId) -> u32 {
+        let i = self.locs.intern(loc);
+        if self.locations.len() <= i as usize {
+            self.locations.resize(i as usize + 1, LocationInfo::default());
+        }
+        i
+    }
+
+    /// Adds `delta` to on_hand and records the movement.
+    fn move_on_hand(&mut self, slot: u32, delta: i64, reason: u16) -> Result<(), ApplyError> {
+        let p = &mut self.positions[slot as usize];
+        let before = p.on_hand;
+        let after = add(before, delta).ok_or_else(|| self.overflow(slot))?;
+        let key = (slot, reason);
+        let m = self.movements.get(&key).copied().unwrap_or(0);
+        let m = add(m, delta).ok_or_else(|| self.overflow(slot))?;
+        let p = &mut self.positions[slot as usize];
+        p.on_hand = after;
+        if before >= 0 && after < 0 {
+            self.exceptions.negative_on_hand += 1;
+        }
+        self.movements.insert(key, m);
+        self.mark(slot);
+        let seq = self.cur_seq;
+        let lin = self.move_lineage.entry(self.slot_keys[slot as usize].1).or_default();
+        if lin.events == 0 || lin.last_seq != seq {
+            lin.add(seq);
+        }
+        Ok(())
+    }
+
+    fn add_reserved(&mut self, slot: u32, delta: i64) -> Result<(), ApplyError> {
+        let p = &self.positions[slot as usize];
+        let r = add(p.reserved, delta).ok_or_else(|| self.overflow(slot))?;
+        self.positions[slot as usize].reserved = r;
+        self.mark(slot);
+        Ok(())
+    }
+
+    fn overflow(&self, slot: u32) -> ApplyError {
+        let (s, l) = self.slot_keys[slot as usize];
+        ApplyError::Overflow {
+            loc: self.locs.name(l).clone(),
+            sku: self.skus.name(s).clone(),
+        }
+    }
+
+    /// Applies one op. `seq` is the op's stream sequence (kept on reservation decisions).
+    pub fn apply(&mut self, seq: u64, op: &Op) -> Result<(), ApplyError> {
+        self.cur_seq = seq;
+        match op {
+            Op::Sale { loc, sku, qty } => {
+                let slot = self.slot_for(loc, sku);
+                self.move_on_hand(slot, -qty, Movement::Sale as u16)
+            }
+            Op::Return {
+                loc,
+                sku,
+                qty,
+                restock,
+            } => {
+                if *restock {
+                    let slot = self.slot_for(loc, sku);
+                    self.move_on_hand(slot, *qty, Movement::Return as u16)
+                } else {
+                    Ok(())
+                }
+            }
+            Op::Receipt { loc, sku, qty } => {
+                let slot = self.slot_for(loc, sku);
+                self.move_on_hand(slot, *qty, Movement::Receipt as u16)
+            }
+            Op::Adjust {
+                loc,
+                sku,
+                qty,
+                reason,
+            } => {
+                let slot = self.slot_for(loc, sku);
+                let r = FIXED_REASONS.len() as u16 + self.reasons.intern(reason) as u16;
+                self.move_on_hand(slot, *qty, r)
+            }
+            Op::Count { loc, sku, counted } => {
+                let slot = self.slot_for(loc, sku);
+                let delta = counted - self.positions[slot as usize].on_hand;
+                if delta != 0 {
+                    self.move_on_hand(slot, delta, Movement::Count as u16)
+                } else {
+                    Ok(())
+                }
+            }
+            Op::TransferOut {
+                transfer,
+                from,
+                to,
+                sku,
+                qty,
+            } => {
+                let from_slot = self.slot_for(from, sku);
+                let to_slot = self.slot_for(to, sku);
+                let (s, l) = self.slot_keys[to_slot as usize];
+                let key = (transfer.clone(), s, l);
+                let outstanding = self.transfers.get(&key).copied().unwrap_or(0);
+                let outstanding = add(outstanding, *qty).ok_or_else(|| self.overflow(to_slot))?;
+                let in_transit = add(self.positions[to_slot as usize].in_transit, *qty)
+                    .ok_or_else(|| self.overflow(to_slot))?;
+                self.move_on_hand(from_slot, -qty, Movement::TransferOut as u16)?;
+                self.positions[to_slot as usize].in_transit = in_transit;
+                self.transfers.insert(key, outstanding);
+                self.mark(to_slot);
+                Ok(())
+            }
+            Op::TransferIn {
+                transfer,
+                to,
+                sku,
+                qty,
+                ..
+            } => {
+                let to_slot = self.slot_for(to, sku);
+                let (s, l) = self.slot_keys[to_slot as usize];
+                let key = (transfer.clone(), s, l);
+                let outstanding = self.transfers.get(&key).copied().unwrap_or(0);
+                let matched = outstanding.min(*qty);
+                if matched < *qty {
+                    self.exceptions.unmatched_transfers += 1;
+                }
+                self.move_on_hand(to_slot, *qty, Movement::TransferIn as u16)?;
+                self.positions[to_slot as usize].in_transit -= matched;
+                if outstanding - matched > 0 {
+                    self.transfers.insert(key, outstanding - matched);
+                } else {
+                    self.transfers.remove(&key);
+                }
+                Ok(())
+            }
+            Op::SafetyStock { loc, sku, qty } => {
+                let slot = self.slot_for(loc, sku);
+                self.positions[slot as usize].safety_stock = *qty;
+                self.mark(slot);
+                Ok(())
+            }
+            Op::OrderPlaced {
+                order,
+                channel,
+                loc,
+                sku,
+                qty,
+                reservation,
+            } => self.order_placed(seq, order, channel, loc.as_ref(), sku, *qty, reservation.as_ref()),
+            Op::OrderCancelled { order, sku, qty } => {
+                match sku {
+                    Some(sku) => {
+                        let s = self.skus.intern(sku);
+                        self.release_order(order, s, Some(*qty))?;
+                    }
+                    None => {
+                        let mut skus: Vec<u32> = self
+                            .orders
+                            .keys()
+                            .filter(|(o, _)| o == order)
+                            .map(|(_, s)| *s)
+                            .collect();
+                        // Hash order is not stable across processes; sort for determinism.
+                        skus.sort_unstable();
+                        for s in skus {
+                            self.release_order(order, s, None)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Op::OrderFulfilled {
+                order,
+                loc,
+                sku,
+                qty,
+            } => {
+                let slot = self.slot_for(loc, sku);
+                let (s, l) = self.slot_keys[slot as usize];
+                let key = (order.clone(), s);
+                match self.orders.remove(&key) {
+                    Some(mut allocs) => {
+                        // Consume the reservation, preferring the shipping location.
+                        allocs.sort_by_key(|&(al, _)| if al == l { 0 } else { 1 });
+                        let mut left = *qty;
+                        for a in allocs.iter_mut() {
+                            let take = a.1.min(left);
+                            if take > 0 {
+                                let aslot = self.slot_of(s, a.0);
+                                self.add_reserved(aslot, -take)?;
+                                a.1 -= take;
+                                left -= take;
+                            }
+                        }
+                        allocs.retain(|a| a.1 > 0);
+                        if !allocs.is_empty() {
+                            self.orders.insert(key, allocs);
+                        }
+                    }
+                    None => self.exceptions.unknown_orders += 1,
+                }
+                self.move_on_hand(slot, -qty, Movement::Fulfilment as u16)
+            }
+            Op::Location(u) => {
+                let l = self.loc_idx(&u.location);
+                self.locations[l as usize] = LocationInfo {
+                    kind: Some(u.kind),
+                    priority: u.priority,
+                    channels: u.channels.clone(),
+                };
+                for info in self.channels.values_mut() {
+                    info.locations.retain(|&x| x != l);
+                }
+                for c in &u.channels {
+                    self.channels.entry(c.clone()).or_default().locations.push(l);
+                }
+                self.sort_channels();
+                Ok(())
+            }
+            Op::Channel(c) => {
+                let info = self.channels.entry(c.channel.clone()).or_default();
+                info.rule = c.rule;
+                info.allow_split = c.allow_split;
+                info.buffer = c.buffer;
+                self.channels_changed = true;
+                Ok(())
+            }
+            Op::Reserve(r) => self.reserve(seq, r),
+            Op::Release { reservation, .. } => self.end_reservation(reservation, ResvState::Released),
+            Op::Expire { reservation, .. } => self.end_reservation(reservation, ResvState::Expired),
+        }
+    }
+
+    fn slot_for(&mut self, loc: &LocationId, sku: &Sku) -> u32 {
+        let s = self.skus.intern(sku);
+        let l = self.loc_idx(loc);
+        self.slot_of(s, l)
+    }
+
+    fn sort_channels(&mut self) {
+        let locations = &self.locations;
+        let locs = &self.locs;
+        for info in self.channels.values_mut() {
+            info.locations.sort_by(|&a, &b| {
+                let pa = locations[a as usize].priority;
+                let pb = locations[b as usize].priority;
+                pa.cmp(&pb).then_with(|| locs.name(a).cmp(locs.name(b)))
+            });
+        }
+        self.channels_changed = true;
+    }
+
+    /// Available for a channel at one location: never below zero, less the channel's buffer.
+    fn sellable(&self, s: u32, l: u32, buffer: i64) -> i64 {
+        match self.slots.get(&(s, l)) {
+            Some(&slot) => (self.positions[slot as usize].available() - buffer).max(0),
+            None => 0,
+        }
+    }
+
+    /// Picks locations for `qty` of sku `s`: returns the allocations and the total sellable.
+    /// `must_fill` (orders, which are facts) puts any shortfall on the first candidate.
+    fn source(&self, s: u32, target: &Target, qty: i64, allow_partial: bool, must_fill: bool) -> (Allocs, i64) {
+        let (mut candidates, rule, split, buffer): (Vec<u32>, SourcingRule, bool, i64) = match target {
+            Target::Location(loc) => match self.locs.get(loc) {
+                Some(l) => (vec![l], SourcingRule::Priority, false, 0),
+                None => (vec![], SourcingRule::Priority, false, 0),
+            },
+            Target::Channel(c) => match self.channels.get(c) {
+                Some(info) => (info.locations.clone(), info.rule, info.allow_split, info.buffer),
+                None => (vec![], SourcingRule::Priority, false, 0),
+            },
+        };
+        let sellable: Vec<i64> = candidates.iter().map(|&l| self.sellable(s, l, buffer)).collect();
+        let total: i64 = sellable.iter().sum();
+        if rule == SourcingRule::MostAvailable {
+            // Stable sort keeps priority order among equals.
+            let mut pairs: Vec<(u32, i64)> = candidates.iter().copied().zip(sellable.iter().copied()).collect();
+            pairs.sort_by(|a, b| b.1.cmp(&a.1));
+            candidates = pairs.iter().map(|p| p.0).collect();
+        }
+        let sell = |l: u32| self.sellable(s, l, buffer);
+        let mut allocs = Allocs::new();
+        if let Some(&l) = candidates.iter().find(|&&l| sell(l) >= qty) {
+            allocs.push((l, qty));
+            return (allocs, total);
+        }
+        if split {
+            let mut left = qty;
+            for &l in &candidates {
+                let take = sell(l).min(left);
+                if take > 0 {
+                    allocs.push((l, take));
+                    left -= take;
+                }
+            }
+            if left > 0 && must_fill {
+                match allocs.first_mut() {
+                    Some(a) => a.1 += left,
+                    None => {
+                        if let Some(&l) = candidates.first() {
+                            allocs.push((l, left));
+                        }
+                    }
+                }
+            } else if left > 0 && !allow_partial {
+                allocs.clear();
+            }
+            return (allocs, total);
+        }
+        if must_fill {
+            if let Some(&l) = candidates.first() {
+                allocs.push((l, qty));
+            }
+        } else if allow_partial {
+            if let Some(&l) = candidates.iter().max_by_key(|&&l| (sell(l), std::cmp::Reverse(l))) {
+                let take = sell(l);
+                if take > 0 {
+                    allocs.push((l, take));
+                }
+            }
+        }
+        (allocs, total)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn order_placed(
+        &mut self,
+        seq: u64,
+        order: &OrderId,
+        channel: &ChannelId,
+        loc: Option<&LocationId>,
+        sku: &Sku,
+        qty: i64,
+        reservation: Option<&ReservationId>,
+    ) -> Result<(), ApplyError> {
+        let _ = seq;
+        let s = self.skus.intern(sku);
+        if let Some(l) = loc {
+            self.loc_idx(l);
+        }
+        let mut allocs = Allocs::new();
+        let mut need = qty;
+        if let Some(rid) = reservation {
+            if let Some(r) = self.reservations.get_mut(rid) {
+                if r.state == ResvState::Active && r.sku == s {
+                    r.state = ResvState::Consumed;
+                    allocs = r.allocs.clone();
+                    need -= allocs.iter().map(|a| a.1).sum::<i64>();
+                }
+            }
+            // Ordered less than reserved: give the excess back, last allocation first.
+            while need < 0 {
+                let Some(last) = allocs.last_mut() else { break };
+                let give = last.1.min(-need);
+                last.1 -= give;
+                need += give;
+                let slot = self.slot_of(s, last.0);
+                self.add_reserved(slot, -give)?;
+                if last.1 == 0 {
+                    allocs.pop();
+                }
+            }
+        }
+        if need > 0 {
+            let target = match loc {
+                Some(l) => Target::Location(l.clone()),
+                None => Target::Channel(channel.clone()),
+            };
+            let (more, _) = self.source(s, &target, need, false, true);
+            if more.is_empty() {
+                self.exceptions.unsourced_orders += 1;
+            }
+            for (l, q) in more {
+                if self.sellable(s, l, 0) < q {
+                    self.exceptions.short_allocations += 1;
+                }
+                let slot = self.slot_of(s, l);
+                self.add_reserved(slot, q)?;
+                match allocs.iter_mut().find(|a| a.0 == l) {
+                    Some(a) => a.1 += q,
+                    None => allocs.push((l, q)),
+                }
+            }
+        }
+        let key = (order.clone(), s);
+        match self.orders.get_mut(&key) {
+            Some(existing) => {
+                for (l, q) in allocs {
+                    match existing.iter_mut().find(|a| a.0 == l) {
+                        Some(a) => a.1 += q,
+                        None => existing.push((l, q)),
+                    }
+                }
+            }
+            None => {
+                if !allocs.is_empty() {
+                    self.orders.insert(key, allocs);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_order(&mut self, order: &OrderId, s: u32, qty: Option<i64>) -> Result<(), ApplyError> {
+        let key = (order.clone(), s);
+        let Some(mut allocs) = self.orders.remove(&key) else {
+            self.exceptions.unknown_orders += 1;
+            return Ok(());
+        };
+        let mut left = qty.unwrap_or(i64::MAX);
+        while left > 0 {
+            let Some(last) = allocs.last_mut() else { break };
+            let give = last.1.min(left);
+            last.1 -= give;
+            left -= give;
+            let slot = self.slot_of(s, last.0);
+            self.add_reserved(slot, -give)?;
+            if last.1 == 0 {
+                allocs.pop();
+            }
+        }
+        if !allocs.is_empty() {
+            self.orders.insert(key, allocs);
+        }
+        Ok(())
+    }
+
+    fn reserve(&mut self, seq: u64, r: &ReservationRequested) -> Result<(), ApplyError> {
+        if let Some(existing) = self.reservations.get(&r.reservation_id) {
+            // Same key again: the first decision stands.
+            let d = self.decision_of(&r.reservation_id, existing);
+            self.decisions.push(d);
+            return Ok(());
+        }
+        let s = self.skus.intern(&r.sku);
+        let (allocs, total) = self.source(s, &r.target, r.qty, r.allow_partial, false);
+        let state = if allocs.is_empty() {
+            ResvState::Rejected { available: total }
+        } else {
+            ResvState::Active
+        };
+        for &(l, q) in &allocs {
+            let slot = self.slot_of(s, l);
+            self.add_reserved(slot, q)?;
+        }
+        let rec = Reservation {
+            sku: s,
+            requested: r.qty,
+            allocs,
+            expires_at_ms: r.expires_at_ms,
+            state,
+            decided_at: seq,
+        };
+        let mut d = self.decision_of(&r.reservation_id, &rec);
+        d.available = total;
+        self.decisions.push(d);
+        self.reservations.insert(r.reservation_id.clone(), rec);
+        Ok(())
+    }
+
+    fn end_reservation(&mut self, id: &ReservationId, end: ResvState) -> Result<(), ApplyError> {
+        let Some(r) = self.reservations.get(id) else {
+            return Ok(());
+        };
+        if r.state != ResvState::Active {
+            return Ok(());
+        }
+        let (s, allocs) = (r.sku, r.allocs.clone());
+        for (l, q) in allocs {
+            let slot = self.slot_of(s, l);
+            self.add_reserved(slot, -q)?;
+        }
+        if let Some(r) = self.reservations.get_mut(id) {
+            r.state = end;
+        }
+        let d = self.reservations.get(id).map(|r| self.decision_of(id, r));
+        self.decisions.extend(d);
+        Ok(())
+    }
+
+    /// Forgets finished reservations whose expiry lies more than `retain_ms` before `now_ms`
+    /// (a time carried by the stream, so pruning is deterministic).
+    pub fn prune_reservations(&mut self, now_ms: i64, retain_ms: i64) {
+        self.reservations
+            .retain(|_, r| r.state == ResvState::Active || r.expires_at_ms.saturating_add(retain_ms) >= now_ms);
+    }
+
+    fn decision_of(&self, id: &ReservationId, r: &Reservation) -> Decision {
+        let (granted, available, state) = match &r.state {
+            ResvState::Rejected { available } => (false, *available, "rejected"),
+            ResvState::Active => (true, 0, "active"),
+            ResvState::Released => (true, 0, "released"),
+            ResvState::Expired => (true, 0, "expired"),
+            ResvState::Consumed => (true, 0, "consumed"),
+        };
+        Decision {
+            reservation_id: id.clone(),
+            sku: self.skus.name(r.sku).clone(),
+            granted,
+            allocations: r
+                .allocs
+                .iter()
+                .map(|&(l, q)| (self.locs.name(l).clone(), q))
+                .collect(),
+            available,
+            expires_at_ms: r.expires_at_ms,
+            decided_at: r.decided_at,
+            state: state.to_string(),
+        }
+    }
+
+    /// Stream range of the movements since the last flush, per location; resets it.
+    pub fn take_movement_lineage(&mut self) -> Vec<(LocationId, crate::aggregate::posting::Lineage)> {
+        let mut out: Vec<_> = self
+            .move_lineage
+            .drain()
+            .map(|(l, lin)| (self.locs.name(l).clone(), lin))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Net movements since the last flush, sorted, zero lines dropped; resets the tally.
+    pub fn take_movements(&mut self) -> Vec<MovementLine> {
+        let mut out: Vec<MovementLine> = self
+            .movements
+            .drain()
+            .filter(|&(_, q)| q != 0)
+            .map(|((slot, reason), qty)| {
+                let (s, l) = self.slot_keys[slot as usize];
+                let reason = match FIXED_REASONS.get(reason as usize) {
+                    Some(r) => r.to_string(),
+                    None => format!(
+                        "adjustment:{}",
+                        self.reasons.name(u32::from(reason) - FIXED_REASONS.len() as u32)
+                    ),
+                };
+                MovementLine {
+                    location: self.locs.name(l).clone(),
+                    sku: self.skus.name(s).clone(),
+                    reason,
+                    qty,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.location, &a.sku, &a.reason).cmp(&(&b.location, &b.sku, &b.reason))
+        });
+        out
+    }
+
+    /// Number of open order lines, in-flight transfers and remembered reservations.
+    pub fn open_counts(&self) -> (usize, usize, usize) {
+        (self.orders.len(), self.transfers.len(), self.reservations.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(s: &str) -> LocationId {
+        LocationId::from(s)
+    }
+    fn sku(s: &str) -> Sku {
+        Sku::from(s)
+    }
+    fn receipt(l: &str, s: &str, qty: i64) -> Op {
+        Op::Receipt {
+            loc: loc(l),
+            sku: sku(s),
+            qty,
+        }
+    }
+    fn pos(ledger: &Ledger, l: &str, s: &str) -> Position {
+        ledger.position(&loc(l), &sku(s)).unwrap_or_default()
+    }
+
+    #[test]
+    fn sales_receipts_returns_and_counts() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 10)).unwrap();
+        g.apply(2, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 3 }).unwrap();
+        g.apply(3, &Op::Return { loc: loc("S1"), sku: sku("A"), qty: 1, restock: true }).unwrap();
+        g.apply(4, &Op::Return { loc: loc("S1"), sku: sku("A"), qty: 5, restock: false }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").on_hand, 8);
+        g.apply(5, &Op::Count { loc: loc("S1"), sku: sku("A"), counted: 6 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").on_hand, 6);
+        let moves = g.take_movements();
+        let get = |r: &str| moves.iter().find(|m| m.reason == r).map(|m| m.qty);
+        assert_eq!(get("receipt"), Some(10));
+        assert_eq!(get("sale"), Some(-3));
+        assert_eq!(get("return"), Some(1));
+        assert_eq!(get("count"), Some(-2));
+        assert!(g.take_movements().is_empty(), "movements reset after take");
+    }
+
+    #[test]
+    fn facts_drive_stock_negative_and_are_counted() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 1)).unwrap();
+        g.apply(2, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").on_hand, -3);
+        assert_eq!(g.exceptions.negative_on_hand, 1);
+        g.apply(3, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 1 }).unwrap();
+        assert_eq!(g.exceptions.negative_on_hand, 1, "only the crossing is counted");
+    }
+
+    #[test]
+    fn safety_stock_reduces_available() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 10)).unwrap();
+        g.apply(2, &Op::SafetyStock { loc: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").available(), 6);
+    }
+
+    #[test]
+    fn transfers_move_stock_through_in_transit() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("DC1", "A", 10)).unwrap();
+        let t = TransferId::from("T1");
+        g.apply(2, &Op::TransferOut { transfer: t.clone(), from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        assert_eq!(pos(&g, "DC1", "A").on_hand, 6);
+        assert_eq!(pos(&g, "S1", "A").in_transit, 4);
+        g.apply(3, &Op::TransferIn { transfer: t.clone(), from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 3 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").in_transit, 1);
+        assert_eq!(pos(&g, "S1", "A").on_hand, 3);
+        // Arriving more than was sent: on hand takes all, in transit only what was open.
+        g.apply(4, &Op::TransferIn { transfer: t, from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 2 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").in_transit, 0);
+        assert_eq!(pos(&g, "S1", "A").on_hand, 5);
+        assert_eq!(g.exceptions.unmatched_transfers, 1);
+    }
+
+    fn place(order: &str, l: Option<&str>, s: &str, qty: i64) -> Op {
+        Op::OrderPlaced {
+            order: OrderId::from(order),
+            channel: ChannelId::from("web"),
+            loc: l.map(loc),
+            sku: sku(s),
+            qty,
+            reservation: None,
+        }
+    }
+
+    #[test]
+    fn order_lifecycle_reserves_consumes_and_releases() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("DC1", "A", 10)).unwrap();
+        g.apply(2, &place("O1", Some("DC1"), "A", 4)).unwrap();
+        assert_eq!(pos(&g, "DC1", "A"), Position { on_hand: 10, reserved: 4, safety_stock: 0, in_transit: 0 });
+        g.apply(3, &Op::OrderFulfilled { order: OrderId::from("O1"), loc: loc("DC1"), sku: sku("A"), qty: 3 }).unwrap();
+        assert_eq!(pos(&g, "DC1", "A").on_hand, 7);
+        assert_eq!(pos(&g, "DC1", "A").reserved, 1);
+        g.apply(4, &Op::OrderCancelled { order: OrderId::from("O1"), sku: None, qty: 0 }).unwrap();
+        assert_eq!(pos(&g, "DC1", "A").reserved, 0);
+        assert_eq!(g.open_counts().0, 0);
+        g.apply(5, &Op::OrderFulfilled { order: OrderId::from("O9"), loc: loc("DC1"), sku: sku("A"), qty: 1 }).unwrap();
+        assert_eq!(g.exceptions.unknown_orders, 1);
+        assert_eq!(pos(&g, "DC1", "A").on_hand, 6);
+    }
+
+    fn location(l: &str, priority: u32, channels: &[&str]) -> Op {
+        Op::Location(std::sync::Arc::new(LocationUpsert {
+            location: loc(l),
+            kind: LocationKind::Dc,
+            channels: channels.iter().map(|c| ChannelId::from(*c)).collect(),
+            priority,
+        }))
+    }
+
+    #[test]
+    fn channel_orders_follow_priority_and_go_short_on_the_first_location() {
+        let mut g = Ledger::new();
+        g.apply(1, &location("DC2", 2, &["web"])).unwrap();
+        g.apply(2, &location("DC1", 1, &["web"])).unwrap();
+        g.apply(3, &receipt("DC1", "A", 2)).unwrap();
+        g.apply(4, &receipt("DC2", "A", 5)).unwrap();
+        g.apply(5, &place("O1", None, "A", 2)).unwrap();
+        assert_eq!(pos(&g, "DC1", "A").reserved, 2, "DC1 has priority");
+        g.apply(6, &place("O2", None, "A", 3)).unwrap();
+        assert_eq!(pos(&g, "DC2", "A").reserved, 3, "DC1 is exhausted, DC2 covers");
+        g.apply(7, &place("O3", None, "A", 9)).unwrap();
+        assert_eq!(pos(&g, "DC1", "A").reserved, 11, "nobody covers: first location goes short");
+        assert_eq!(g.exceptions.short_allocations, 1);
+    }
+
+    fn reserve(id: &str, s: &str, qty: i64, target: Target, partial: bool) -> Op {
+        Op::Reserve(std::sync::Arc::new(ReservationRequested {
+            reservation_id: ReservationId::from(id),
+            sku: sku(s),
+            qty,
+            target,
+            expires_at_ms: 1000,
+            allow_partial: partial,
+        }))
+    }
+
+    #[test]
+    fn reservations_never_exceed_available_and_are_idempotent() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 5)).unwrap();
+        let at = Target::Location(loc("S1"));
+        g.apply(2, &reserve("R1", "A", 3, at.clone(), false)).unwrap();
+        g.apply(3, &reserve("R2", "A", 3, at.clone(), false)).unwrap();
+        g.apply(4, &reserve("R3", "A", 3, at.clone(), true)).unwrap();
+        g.apply(5, &reserve("R1", "A", 3, at.clone(), false)).unwrap();
+        let d = g.take_decisions();
+        assert!(d[0].granted && d[0].allocations == vec![(loc("S1"), 3)]);
+        assert!(!d[1].granted && d[1].available == 2);
+        assert!(d[2].granted && d[2].allocations == vec![(loc("S1"), 2)], "partial takes the rest");
+        assert_eq!(d[3].decided_at, 2, "retry returns the first decision");
+        assert_eq!(pos(&g, "S1", "A").reserved, 5);
+        g.apply(6, &Op::Release { reservation: ReservationId::from("R1"), sku: sku("A") }).unwrap();
+        g.apply(7, &Op::Expire { reservation: ReservationId::from("R3"), sku: sku("A") }).unwrap();
+        g.apply(8, &Op::Expire { reservation: ReservationId::from("R3"), sku: sku("A") }).unwrap();
+        assert_eq!(pos(&g, "S1", "A").reserved, 0);
+        assert_eq!(g.reservation(&ReservationId::from("R3")).unwrap().state, "expired");
+    }
+
+    #[test]
+    fn an_order_takes_over_its_reservation() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 5)).unwrap();
+        g.apply(2, &reserve("R1", "A", 3, Target::Location(loc("S1")), false)).unwrap();
+        g.apply(3, &Op::OrderPlaced {
+            order: OrderId::from("O1"),
+            channel: ChannelId::from("web"),
+            loc: None,
+            sku: sku("A"),
+            qty: 2,
+            reservation: Some(ReservationId::from("R1")),
+        })
+        .unwrap();
+        assert_eq!(pos(&g, "S1", "A").reserved, 2, "excess of the reservation is given back");
+        assert_eq!(g.reservation(&ReservationId::from("R1")).unwrap().state, "consumed");
+        g.apply(4, &Op::OrderFulfilled { order: OrderId::from("O1"), loc: loc("S1"), sku: sku("A"), qty: 2 }).unwrap();
+        assert_eq!(pos(&g, "S1", "A"), Position { on_hand: 3, reserved: 0, safety_stock: 0, in_transit: 0 });
+    }
+
+    #[test]
+    fn overflow_is_an_error_and_changes_nothing() {
+        let mut g = Ledger::new();
+        g.apply(1, &Op::Adjust { loc: loc("S1"), sku: sku("A"), qty: i64::MAX, reason: ReasonCode::from("found") }).unwrap();
+        let err = g.apply(2, &receipt("S1", "A", 1)).unwrap_err();
+        assert!(matches!(err, ApplyError::Overflow { .. }));
+        assert_eq!(pos(&g, "S1", "A").on_hand, i64::MAX);
+    }
+
+    #[test]
+    fn snapshot_round_trip_preserves_state() {
+        let mut g = Ledger::new();
+        g.apply(1, &location("DC1", 1, &["web"])).unwrap();
+        g.apply(2, &receipt("DC1", "A", 10)).unwrap();
+        g.apply(3, &place("O1", None, "A", 4)).unwrap();
+        let bytes = rmp_serde::to_vec_named(&g).unwrap();
+        let mut h: Ledger = rmp_serde::from_slice(&bytes).unwrap();
+        h.reindex();
+        assert_eq!(pos(&h, "DC1", "A"), pos(&g, "DC1", "A"));
+        h.apply(4, &Op::OrderCancelled { order: OrderId::from("O1"), sku: None, qty: 0 }).unwrap();
+        assert_eq!(pos(&h, "DC1", "A").reserved, 0);
+        h.apply(5, &place("O2", None, "A", 1)).unwrap();
+        assert_eq!(pos(&h, "DC1", "A").reserved, 1, "channel table survived");
+    }
+}

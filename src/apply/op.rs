@@ -1,0 +1,234 @@
+//! Per-SKU operations: what an event means for one shard. Ingest splits every event into
+//! ops (a three-line sale becomes three `Sale` ops, each routed to the shard owning its SKU);
+//! the ledger only ever sees ops, in stream order.
+
+use crate::domain::*;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Sale {
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    Return {
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+        restock: bool,
+    },
+    Receipt {
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    Adjust {
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+        reason: ReasonCode,
+    },
+    Count {
+        loc: LocationId,
+        sku: Sku,
+        counted: i64,
+    },
+    TransferOut {
+        transfer: TransferId,
+        from: LocationId,
+        to: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    TransferIn {
+        transfer: TransferId,
+        from: LocationId,
+        to: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    SafetyStock {
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    OrderPlaced {
+        order: OrderId,
+        channel: ChannelId,
+        loc: Option<LocationId>,
+        sku: Sku,
+        qty: i64,
+        reservation: Option<ReservationId>,
+    },
+    /// `sku: None` cancels everything this shard holds for the order (broadcast to all shards).
+    OrderCancelled {
+        order: OrderId,
+        sku: Option<Sku>,
+        qty: i64,
+    },
+    OrderFulfilled {
+        order: OrderId,
+        loc: LocationId,
+        sku: Sku,
+        qty: i64,
+    },
+    /// Master data, broadcast to every shard so each decides sourcing from the same table.
+    Location(Arc<LocationUpsert>),
+    Channel(Arc<ChannelUpsert>),
+    Reserve(Arc<ReservationRequested>),
+    Release {
+        reservation: ReservationId,
+        sku: Sku,
+    },
+    Expire {
+        reservation: ReservationId,
+        sku: Sku,
+    },
+}
+
+impl Op {
+    /// The SKU that decides the owning shard; `None` for broadcast ops.
+    pub fn sku(&self) -> Option<&Sku> {
+        match self {
+            Op::Sale { sku, .. }
+            | Op::Return { sku, .. }
+            | Op::Receipt { sku, .. }
+            | Op::Adjust { sku, .. }
+            | Op::Count { sku, .. }
+            | Op::TransferOut { sku, .. }
+            | Op::TransferIn { sku, .. }
+            | Op::SafetyStock { sku, .. }
+            | Op::OrderPlaced { sku, .. }
+            | Op::OrderFulfilled { sku, .. }
+            | Op::Release { sku, .. }
+            | Op::Expire { sku, .. } => Some(sku),
+            Op::Reserve(r) => Some(&r.sku),
+            Op::OrderCancelled { sku, .. } => sku.as_ref(),
+            Op::Location(_) | Op::Channel(_) => None,
+        }
+    }
+}
+
+/// Splits an event into ops. Sales and returns also go to the store aggregator; that part is
+/// routed separately by ingest. Barriers produce no ops.
+pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
+    match event {
+        Event::Sale(s) => {
+            for l in &s.lines {
+                push(Op::Sale {
+                    loc: s.location.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                });
+            }
+        }
+        Event::Return(r) => {
+            for l in &r.lines {
+                push(Op::Return {
+                    loc: r.location.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                    restock: l.restock.unwrap_or(true),
+                });
+            }
+        }
+        Event::OrderPlaced(o) => {
+            for l in &o.lines {
+                push(Op::OrderPlaced {
+                    order: o.order_id.clone(),
+                    channel: o.channel.clone(),
+                    loc: o.location.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                    reservation: o.reservation_id.clone(),
+                });
+            }
+        }
+        Event::OrderCancelled(o) => match &o.lines {
+            Some(lines) => {
+                for l in lines {
+                    push(Op::OrderCancelled {
+                        order: o.order_id.clone(),
+                        sku: Some(l.sku.clone()),
+                        qty: l.qty,
+                    });
+                }
+            }
+            None => push(Op::OrderCancelled {
+                order: o.order_id.clone(),
+                sku: None,
+                qty: 0,
+            }),
+        },
+        Event::OrderFulfilled(o) => {
+            for l in &o.lines {
+                push(Op::OrderFulfilled {
+                    order: o.order_id.clone(),
+                    loc: o.location.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                });
+            }
+        }
+        Event::Receipt(r) => {
+            for l in &r.lines {
+                push(Op::Receipt {
+                    loc: r.location.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                });
+            }
+        }
+        Event::Adjustment(a) => push(Op::Adjust {
+            loc: a.location.clone(),
+            sku: a.sku.clone(),
+            qty: a.qty,
+            reason: a.reason.clone(),
+        }),
+        Event::Count(c) => push(Op::Count {
+            loc: c.location.clone(),
+            sku: c.sku.clone(),
+            counted: c.counted,
+        }),
+        Event::TransferOut(t) => {
+            for l in &t.lines {
+                push(Op::TransferOut {
+                    transfer: t.transfer_id.clone(),
+                    from: t.from.clone(),
+                    to: t.to.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                });
+            }
+        }
+        Event::TransferIn(t) => {
+            for l in &t.lines {
+                push(Op::TransferIn {
+                    transfer: t.transfer_id.clone(),
+                    from: t.from.clone(),
+                    to: t.to.clone(),
+                    sku: l.sku.clone(),
+                    qty: l.qty,
+                });
+            }
+        }
+        Event::SafetyStockSet(s) => push(Op::SafetyStock {
+            loc: s.location.clone(),
+            sku: s.sku.clone(),
+            qty: s.qty,
+        }),
+        Event::LocationUpsert(l) => push(Op::Location(Arc::new(l.clone()))),
+        Event::ChannelUpsert(c) => push(Op::Channel(Arc::new(c.clone()))),
+        Event::ReservationRequested(r) => push(Op::Reserve(Arc::new(r.clone()))),
+        Event::ReservationReleased(r) => push(Op::Release {
+            reservation: r.reservation_id.clone(),
+            sku: r.sku.clone(),
+        }),
+        Event::ReservationExpired(r) => push(Op::Expire {
+            reservation: r.reservation_id.clone(),
+            sku: r.sku.clone(),
+        }),
+        Event::Barrier(_) => {}
+    }
+}

@@ -1,0 +1,171 @@
+//! SKU-shard actor: the single writer of the ledger for the SKUs that hash to it.
+
+use super::ledger::Ledger;
+use super::op::Op;
+use super::view::ViewWriter;
+use crate::ingest::deadletter::{Letter, Reason};
+use crate::snapshot::coordinator::{CoordMsg, ShardPart};
+use crate::supervise::shared::Shared;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+pub enum ShardMsg {
+    /// Ops in stream order; `end_seq` is the last stream sequence the batch covers (the shard
+    /// may have no op at that sequence), `work` the credit to give back.
+    Batch {
+        ops: Vec<(u64, Op)>,
+        end_seq: u64,
+        work: u64,
+    },
+    /// Cut here: reply with movements (when flushing) and state (when snapshotting).
+    Barrier {
+        seq: u64,
+        flush: bool,
+        snapshot: bool,
+        now_ms: Option<i64>,
+        reply: ActorRef<CoordMsg>,
+    },
+    /// Test hook: panic while handling this message (supervision tests).
+    Crash,
+}
+
+pub struct ShardActor;
+
+pub struct ShardArgs {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub ledger: Ledger,
+    /// Stream sequence the restored ledger reflects.
+    pub from_seq: u64,
+}
+
+pub struct ShardState {
+    index: usize,
+    shared: Arc<Shared>,
+    ledger: Ledger,
+    writer: ViewWriter,
+    /// Exceptions already reported to metrics.
+    reported: super::ledger::Exceptions,
+}
+
+impl ShardState {
+    fn publish(&mut self, seq: u64) {
+        let dirty = self.ledger.take_dirty();
+        self.writer.publish(&self.shared.view, &self.ledger, &dirty, seq);
+        if let Some(channels) = self.ledger.take_channels_if_changed() {
+            if self.index == 0 {
+                self.shared.view.set_channels(channels);
+            }
+        }
+        for d in self.ledger.take_decisions() {
+            if d.state == "rejected" {
+                self.shared.metrics.reservations_rejected.fetch_add(1, Relaxed);
+            } else if d.state == "active" {
+                self.shared.metrics.reservations_granted.fetch_add(1, Relaxed);
+            }
+            self.shared.decisions.complete(&d);
+        }
+        self.shared.view.set_applied(self.index, seq);
+        let e = &self.ledger.exceptions;
+        let m = &self.shared.metrics;
+        m.negative_on_hand
+            .fetch_add(e.negative_on_hand - self.reported.negative_on_hand, Relaxed);
+        m.short_allocations
+            .fetch_add(e.short_allocations - self.reported.short_allocations, Relaxed);
+        self.reported = e.clone();
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let mut ledger = args.ledger;
+        ledger.reindex();
+        let reported = ledger.exceptions.clone();
+        let mut state = ShardState {
+            index: args.index,
+            shared: args.shared,
+            ledger,
+            writer: ViewWriter::default(),
+            reported,
+        };
+        state.publish(args.from_seq);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Batch { ops, end_seq, work } => {
+                let n = ops.len() as u64;
+                for (seq, op) in &ops {
+                    if let Err(error) = state.ledger.apply(*seq, op) {
+                        // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
+                        let letter = Letter {
+                            stage: "apply",
+                            reason: Reason::Overflow,
+                            error: error.to_string(),
+                            original_subject: String::new(),
+                            headers: None,
+                            payload: format!("{op:?}").into(),
+                            stream_seq: Some(*seq),
+                            identity: format!("{seq}/{}", state.index),
+                        };
+                        let dl = state.shared.dead_letters.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = dl.send(letter).await {
+                                tracing::error!(%error, "dead letter for a refused op was not stored");
+                            }
+                        });
+                    }
+                }
+                state.publish(end_seq);
+                state.shared.metrics.ops_applied.fetch_add(n, Relaxed);
+                state.shared.credits.give_back(work);
+            }
+            ShardMsg::Barrier {
+                seq,
+                flush,
+                snapshot,
+                now_ms,
+                reply,
+            } => {
+                if let Some(now) = now_ms {
+                    let remember = state.shared.config.reservations.remember.as_millis() as i64;
+                    state.ledger.prune_reservations(now, remember);
+                }
+                let (movements, lineage) = if flush {
+                    (state.ledger.take_movements(), state.ledger.take_movement_lineage())
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let state_bytes = if snapshot {
+                    Some(crate::snapshot::format::encode_part(&state.ledger)?)
+                } else {
+                    None
+                };
+                reply.send_message(CoordMsg::Shard(ShardPart {
+                    shard: state.index,
+                    seq,
+                    movements,
+                    lineage,
+                    state: state_bytes,
+                }))?;
+            }
+            ShardMsg::Crash => panic!("shard {} crash requested (test hook)", state.index),
+        }
+        Ok(())
+    }
+}

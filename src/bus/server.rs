@@ -1,0 +1,187 @@
+//! A private nats-server with JetStream: started on a free loopback port with its own store
+//! directory, killed when dropped. Used by `demo`, `scenario run` and the tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Pinned nats-server release installed by `scripts/install-nats-server.sh`.
+pub const PINNED_VERSION: &str = "2.14.6";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "no nats-server >= 2.10 found: set RETAILFLOW_NATS_SERVER, or run scripts/install-nats-server.sh (installs {PINNED_VERSION} into .tools/)"
+    )]
+    NotFound,
+    #[error("cannot start {binary}: {message}")]
+    Start { binary: String, message: String },
+    #[error("nats-server did not accept connections on port {port} within {waited:?}; log: {log}")]
+    NotReady {
+        port: u16,
+        waited: Duration,
+        log: String,
+    },
+}
+
+fn version_of(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "nats-server: v2.14.6"
+    text.split_whitespace().last().map(|v| v.trim_start_matches('v').to_string())
+}
+
+/// Finds a nats-server binary new enough for retailflow: `$RETAILFLOW_NATS_SERVER`, the
+/// project's `.tools/` install, then `nats-server` on `PATH`.
+pub fn find_binary() -> Result<PathBuf, ServerError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("RETAILFLOW_NATS_SERVER") {
+        if !p.is_empty() {
+            candidates.push(PathBuf::from(p));
+        }
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    candidates.push(manifest.join(".tools/nats-server/bin/nats-server"));
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.push(cwd.join(".tools/nats-server/bin/nats-server"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            candidates.push(dir.join("nats-server"));
+        }
+    }
+    for c in candidates {
+        if c.is_file() {
+            if let Some(v) = version_of(&c) {
+                if super::version_at_least(&v, "2.10.0") {
+                    return Ok(c);
+                }
+            }
+        }
+    }
+    Err(ServerError::NotFound)
+}
+
+/// Asks the OS for a free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    store: PathBuf,
+    /// Kept so the directory lives as long as the server (and is removed after).
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    log: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh temporary store directory.
+    pub fn start() -> Result<NatsServer, ServerError> {
+        Self::start_with(&[])
+    }
+
+    /// As [`NatsServer::start`], with extra command-line arguments (e.g. `-c nats/file.conf`).
+    pub fn start_with(extra_args: &[&str]) -> Result<NatsServer, ServerError> {
+        let binary = find_binary()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("retailflow-nats-")
+            .tempdir()
+            .map_err(|e| ServerError::Start {
+                binary: binary.display().to_string(),
+                message: format!("temp dir: {e}"),
+            })?;
+        let store = tmp.path().join("jetstream");
+        let log = tmp.path().join("nats-server.log");
+        let mut server = NatsServer {
+            binary,
+            port: free_port(),
+            store,
+            _tmp: Some(tmp),
+            child: None,
+            log,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let log = std::fs::File::create(&self.log).map_err(|e| ServerError::Start {
+            binary: self.binary.display().to_string(),
+            message: format!("log file: {e}"),
+        })?;
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| ServerError::Start {
+                binary: self.binary.display().to_string(),
+                message: e.to_string(),
+            })?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), ServerError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Port open; JetStream readiness is awaited by the client's first request.
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(ServerError::NotReady {
+            port: self.port,
+            waited: limit,
+            log: std::fs::read_to_string(&self.log).unwrap_or_default(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn version(&self) -> String {
+        version_of(&self.binary).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// SIGKILL, no shutdown: what a crashed server looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,526 @@
+//! Configuration: one TOML file, every field documented in the README, unknown fields rejected.
+//! Secrets never live in the file: fields ending in `_env` name an environment variable.
+
+use crate::aggregate::posting::DocKind;
+use crate::post::ratelimit::RateLimit;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub streams: StreamsConfig,
+    pub ingest: IngestConfig,
+    pub shards: ShardsConfig,
+    pub barrier: BarrierConfig,
+    pub snapshot: SnapshotConfig,
+    pub api: ApiConfig,
+    pub reservations: ReservationConfig,
+    pub supervision: SupervisionConfig,
+    /// ERP endpoints postings are delivered to.
+    pub erp: Vec<ErpEndpointConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nats: NatsConfig::default(),
+            streams: StreamsConfig::default(),
+            ingest: IngestConfig::default(),
+            shards: ShardsConfig::default(),
+            barrier: BarrierConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            api: ApiConfig::default(),
+            reservations: ReservationConfig::default(),
+            supervision: SupervisionConfig::default(),
+            erp: vec![ErpEndpointConfig::default()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server address; `NATS_URL` in the environment overrides it.
+    pub url: String,
+    /// Environment variable holding a credentials file path (optional).
+    pub creds_env: String,
+    /// Environment variable holding a token (optional).
+    pub token_env: String,
+    /// Oldest nats-server accepted. KV and consumer features used here need 2.10.
+    pub min_server_version: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "127.0.0.1:4222".into(),
+            creds_env: "RETAILFLOW_NATS_CREDS".into(),
+            token_env: "RETAILFLOW_NATS_TOKEN".into(),
+            min_server_version: "2.10.0".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Stream holding every retail event (the source of truth).
+    pub events: String,
+    /// Systems whose subjects `retail.v1.<system>.>` the events stream captures. `api` and
+    /// `ctl` are retailflow's own (reservations, barriers) and are always added.
+    pub systems: Vec<String>,
+    /// Outbox of posting documents.
+    pub postings: String,
+    /// Dead letters: bad events and rejected postings, with reasons.
+    pub dead_letters: String,
+    pub storage: Storage,
+    pub replicas: usize,
+    /// JetStream's `Nats-Msg-Id` duplicate window.
+    #[serde(with = "duration")]
+    pub duplicate_window: Duration,
+    /// How long events are kept; recovery needs every event after the latest snapshot.
+    #[serde(with = "duration")]
+    pub events_max_age: Duration,
+    /// Postings outbox limit; ingest pauses before it is reached.
+    pub postings_max_messages: i64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            events: "RETAIL_EVENTS".into(),
+            systems: ["pos", "web", "mkt", "wms", "mdm", "erp"]
+                .map(String::from)
+                .to_vec(),
+            postings: "RETAIL_POSTINGS".into(),
+            dead_letters: "RETAIL_DLQ".into(),
+            storage: Storage::File,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            events_max_age: Duration::from_secs(14 * 24 * 3600),
+            postings_max_messages: 1_000_000,
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// Subjects of the events stream, retailflow's own systems included.
+    pub fn event_subjects(&self) -> Vec<String> {
+        let mut systems: Vec<&str> = self.systems.iter().map(String::as_str).collect();
+        for own in ["api", "ctl"] {
+            if !systems.contains(&own) {
+                systems.push(own);
+            }
+        }
+        systems
+            .iter()
+            .map(|s| format!("{}.{s}.>", crate::domain::subject::ROOT))
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Messages requested per pull.
+    pub batch: usize,
+    /// Most ops dispatched to actors but not yet applied; ingest stops pulling above it.
+    pub credit: u64,
+    /// Per-source reorder window (sequences).
+    pub reorder_window: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch: 2000,
+            credit: 100_000,
+            reorder_window: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// Number of SKU shards (hash(sku) mod count). Changing it needs a fresh snapshot.
+    pub count: usize,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        ShardsConfig { count: 4 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BarrierConfig {
+    /// How often a barrier is published while events flow.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Least time between two flushing barriers while the ERP keeps up.
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+    /// Postings waiting for an endpoint above which flushes are spaced out (doubling the
+    /// interval each time), so documents grow instead of multiplying.
+    pub backlog_slow: u64,
+    /// Postings waiting above which ingest pauses until the ERP catches up.
+    pub backlog_pause: u64,
+}
+
+impl Default for BarrierConfig {
+    fn default() -> Self {
+        BarrierConfig {
+            interval: Duration::from_secs(1),
+            flush_interval: Duration::from_secs(5),
+            backlog_slow: 200,
+            backlog_pause: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Object store bucket for snapshots; the KV bucket `<bucket>-ptr` points at the latest.
+    pub bucket: String,
+    /// Take a snapshot at most this often ...
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// ... or after this many events since the last one, whichever comes first.
+    pub every_events: u64,
+    /// Complete snapshots kept.
+    pub keep: usize,
+    /// Whether snapshots are taken at all (off: recovery replays the whole stream).
+    pub enabled: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            bucket: "retailflow-snapshots".into(),
+            interval: Duration::from_secs(30),
+            every_events: 1_000_000,
+            keep: 3,
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP listen address; empty disables HTTP.
+    pub http: String,
+    /// Whether to answer on the NATS request-reply subjects.
+    pub nats: bool,
+    /// Longest `min_as_of` wait a query may ask for.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            http: "127.0.0.1:8080".into(),
+            nats: true,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservationConfig {
+    /// TTL used when a request gives none.
+    #[serde(with = "duration")]
+    pub default_ttl: Duration,
+    /// Longest TTL accepted.
+    #[serde(with = "duration")]
+    pub max_ttl: Duration,
+    /// How long a finished reservation id is remembered for idempotent retries.
+    #[serde(with = "duration")]
+    pub remember: Duration,
+    /// How long the API waits for a decision before answering 503.
+    #[serde(with = "duration")]
+    pub decision_timeout: Duration,
+}
+
+impl Default for ReservationConfig {
+    fn default() -> Self {
+        ReservationConfig {
+            default_ttl: Duration::from_secs(900),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            remember: Duration::from_secs(24 * 3600),
+            decision_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts tolerated within `within` before the process exits.
+    pub max_restarts: u32,
+    #[serde(with = "duration")]
+    pub within: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 5,
+            within: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpEndpointConfig {
+    /// Name; part of posting ids and subjects, so keep it stable.
+    pub name: String,
+    /// Where documents are POSTed.
+    pub url: String,
+    /// Document kinds this endpoint takes.
+    pub documents: Vec<DocKind>,
+    /// Only documents of these locations (empty: all).
+    pub locations: Vec<String>,
+    pub rate: RateLimit,
+    /// Requests in flight at most.
+    pub max_concurrent: usize,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+    /// Environment variable holding a bearer token (optional).
+    pub token_env: String,
+}
+
+impl Default for ErpEndpointConfig {
+    fn default() -> Self {
+        ErpEndpointConfig {
+            name: "erp-main".into(),
+            url: "http://127.0.0.1:8090/api/v1/postings".into(),
+            documents: DocKind::ALL.to_vec(),
+            locations: vec![],
+            rate: RateLimit {
+                requests: 6000,
+                window: Duration::from_secs(300),
+                burst: None,
+            },
+            max_concurrent: 52,
+            timeout: Duration::from_secs(10),
+            retry: RetryConfig::default(),
+            token_env: String::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        if let Ok(url) = std::env::var("NATS_URL") {
+            if !url.is_empty() {
+                config.nats.url = url;
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<config>".into(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.shards.count == 0 || self.shards.count > 256 {
+            return bad(format!("shards.count {} must be 1..=256", self.shards.count));
+        }
+        if self.ingest.batch == 0 || self.ingest.credit == 0 {
+            return bad("ingest.batch and ingest.credit must be positive".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for e in &self.erp {
+            crate::domain::ids::check_token("erp.name", &e.name)
+                .map_err(|err| ConfigError::Invalid(err.to_string()))?;
+            if !names.insert(&e.name) {
+                return bad(format!("erp endpoint {:?} is configured twice", e.name));
+            }
+            if e.rate.requests == 0 || e.rate.window.is_zero() || e.max_concurrent == 0 {
+                return bad(format!(
+                    "erp {:?}: rate.requests, rate.window and max_concurrent must be positive",
+                    e.name
+                ));
+            }
+            if !e.url.starts_with("http://") && !e.url.starts_with("https://") {
+                return bad(format!("erp {:?}: url {:?} is not http(s)", e.name, e.url));
+            }
+        }
+        for s in &self.streams.systems {
+            crate::domain::ids::check_token("streams.systems", s)
+                .map_err(|err| ConfigError::Invalid(err.to_string()))?;
+            if matches!(s.as_str(), "atp" | "dlq" | "postings") {
+                return bad(format!(
+                    "streams.systems may not contain {s:?}: retailflow uses retail.v1.{s} itself"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m, h, d)"))?;
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration {text:?} does not start with a whole number"))?;
+        let ms = match unit {
+            "ms" => n,
+            "s" => n * 1000,
+            "m" => n * 60_000,
+            "h" => n * 3_600_000,
+            "d" => n * 86_400_000,
+            _ => return Err(format!("duration {text:?}: unit must be ms, s, m, h or d")),
+        };
+        Ok(Duration::from_millis(ms))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis() as u64;
+        if ms % 86_400_000 == 0 && ms > 0 {
+            format!("{}d", ms / 86_400_000)
+        } else if ms % 3_600_000 == 0 && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration::parse("5m").unwrap(), Duration::from_secs(300));
+        assert!(duration::parse("5").is_err());
+        assert!(duration::parse("5 weeks").is_err());
+        assert_eq!(duration::format(&Duration::from_secs(300)), "5m");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = Config::parse("[ingest]\nbatchsize = 3\n").unwrap_err().to_string();
+        assert!(err.contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn a_full_example_parses() {
+        let c = Config::parse(
+            r#"
+            [nats]
+            url = "127.0.0.1:4333"
+            [shards]
+            count = 8
+            [[erp]]
+            name = "d365"
+            url = "http://127.0.0.1:9000/api/v1/postings"
+            documents = ["sales_summary", "tender_summary"]
+            max_concurrent = 52
+            rate = { requests = 6000, window = "300s" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.shards.count, 8);
+        assert_eq!(c.erp[0].rate.burst(), 600);
+        assert_eq!(c.erp[0].documents.len(), 2);
+        assert!(c.streams.event_subjects().contains(&"retail.v1.ctl.>".to_string()));
+    }
+
+    #[test]
+    fn reserved_systems_are_refused() {
+        let err = Config::parse("[streams]\nsystems = [\"pos\", \"atp\"]\n").unwrap_err();
+        assert!(err.to_string().contains("atp"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Dead letters: bad events and rejected postings go to `retail.v1.dlq.<stage>.<reason>` with
+//! the reason, the original subject and headers, and the original payload untouched.
+//!
+//! Headers added: `Retailflow-Stage`, `Retailflow-Reason` (machine word), `Retailflow-Error`
+//! (human message), `Retailflow-Original-Subject`, `Retailflow-Stream-Seq` (when the letter
+//! comes from the events stream). The letter's `Nats-Msg-Id` is derived from the original's
+//! identity, so dead-lettering the same event again during a replay is deduplicated.
+
+use crate::domain::subject;
+use crate::telemetry::Metrics;
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use std::sync::Arc;
+
+pub const H_STAGE: &str = "Retailflow-Stage";
+pub const H_REASON: &str = "Retailflow-Reason";
+pub const H_ERROR: &str = "Retailflow-Error";
+pub const H_SUBJECT: &str = "Retailflow-Original-Subject";
+pub const H_SEQ: &str = "Retailflow-Stream-Seq";
+pub const H_ORIGINAL_ID: &str = "Retailflow-Original-Msg-Id";
+
+/// Why something was dead-lettered. The word appears in the subject and in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not MessagePack / JSON, or not the envelope shape.
+    Undecodable,
+    /// Decoded, but a field is out of range or inconsistent.
+    Invalid,
+    /// Arrived after its source's reorder window had moved past it.
+    Late,
+    /// Applying it would overflow a quantity.
+    Overflow,
+    /// The ERP refused the posting (4xx).
+    Rejected,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Undecodable => "undecodable",
+            Reason::Invalid => "invalid",
+            Reason::Late => "late",
+            Reason::Overflow => "overflow",
+            Reason::Rejected => "rejected",
+        }
+    }
+}
+
+/// One dead letter to publish.
+pub struct Letter {
+    pub stage: &'static str,
+    pub reason: Reason,
+    pub error: String,
+    pub original_subject: String,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+    /// Stream sequence of the original, when it came from the events stream.
+    pub stream_seq: Option<u64>,
+    /// Stable identity of the original, used for the letter's `Nats-Msg-Id`.
+    pub identity: String,
+}
+
+#[derive(Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot publish dead letter: {0}")]
+pub struct DeadLetterError(pub String);
+
+impl DeadLetters {
+    pub fn new(js: jetstream::Context, metrics: Arc<Metrics>) -> Self {
+        DeadLetters { js, metrics }
+    }
+
+    /// Publishes and waits for JetStream to store it: a dead letter is never fire-and-forget.
+    pub async fn send(&self, letter: Letter) -> Result<(), DeadLetterError> {
+        let mut headers = HeaderMap::new();
+        if let Some(orig) = &letter.headers {
+            for (name, values) in orig.iter() {
+                let n: &str = name.as_ref();
+                if n.eq_ignore_ascii_case("Nats-Msg-Id") {
+                    for v in values {
+                        headers.append(H_ORIGINAL_ID, v.as_str());
+                    }
+                } else if !n.starts_with("Nats-") {
+                    for v in values {
+                        headers.append(n, v.as_str());
+                    }
+                }
+            }
+        }
+        headers.insert(H_STAGE, letter.stage);
+        headers.insert(H_REASON, letter.reason.as_str());
+        // Header values cannot hold line breaks.
+        let error: String = letter
+            .error
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(1000)
+            .collect();
+        headers.insert(H_ERROR, error.as_str());
+        headers.insert(H_SUBJECT, letter.original_subject.as_str());
+        if let Some(seq) = letter.stream_seq {
+            headers.insert(H_SEQ, seq.to_string().as_str());
+        }
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dlq/{}/{}", letter.stage, letter.identity).as_str(),
+        );
+        let subject = subject::dead_letter(letter.stage, letter.reason.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, letter.payload)
+            .await
+            .map_err(|e| DeadLetterError(e.to_string()))?;
+        let ack = ack.await.map_err(|e| DeadLetterError(e.to_string()))?;
+        if !ack.duplicate {
+            self.metrics.dead_letter(letter.reason.as_str());
+        }
+        tracing::warn!(
+            stage = letter.stage,
+            reason = letter.reason.as_str(),
+            original_subject = %letter.original_subject,
+            error = %error,
+            "dead-lettered"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! retailflow: the connective tissue between a retailer's tills, web shop, warehouses and ERP.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`domain`]: identifiers, money, the event envelope, wire formats, subjects.
+//! - [`bus`]: NATS connection, streams, a private nats-server for demos and tests.
+//! - [`ingest`]: pull from JetStream, decode, validate, deduplicate, route; dead letters.
+//! - [`apply`]: per-SKU ops, the ATP ledger, shard actors, the concurrent view.
+//! - [`aggregate`]: per-store sales/tender/tax aggregation and posting documents.
+//! - [`snapshot`]: barriers, the coordinator, durable snapshots, release of postings.
+//! - [`post`]: the outbox, rate limiting and HTTP delivery to ERP endpoints.
+//! - [`query`]: availability and reservations over HTTP and NATS.
+//! - [`supervise`]: the root actor and its restart policy.
+//! - [`telemetry`]: metrics and logging.
+//! - [`config`]: the TOML configuration.
+
+pub mod aggregate;
+pub mod apply;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod post;
+pub mod query;
+pub mod snapshot;
+pub mod supervise;
+pub mod telemetry;

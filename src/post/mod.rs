@@ -1,0 +1,4 @@
+//! Delivering postings to ERP endpoints: the outbox, rate limiting, HTTP delivery.
+
+pub mod outbox;
+pub mod ratelimit;

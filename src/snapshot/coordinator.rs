@@ -1,0 +1,327 @@
+//! The coordinator collects every actor's part of a barrier, forms the posting documents,
+//! makes the snapshot durable and only then releases the postings to the outbox.
+//!
+//! Barriers complete in stream order: an actor answers barrier S before S', so S' cannot be
+//! complete while S is not.
+
+use super::format::{IngestState, Snapshot, FORMAT_VERSION};
+use super::store::SnapshotStore;
+use crate::aggregate::posting::{Draft, DocBody, Lineage, PostingDoc};
+use crate::apply::ledger::MovementLine;
+use crate::config::ErpEndpointConfig;
+use crate::domain::LocationId;
+use crate::supervise::shared::Shared;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+pub struct BarrierHeader {
+    pub seq: u64,
+    pub flush: bool,
+    pub snapshot: bool,
+    pub at_ms: i64,
+    /// Store actors the barrier was sent to.
+    pub stores: usize,
+    pub ingest: Option<IngestState>,
+}
+
+pub struct ShardPart {
+    pub shard: usize,
+    pub seq: u64,
+    pub movements: Vec<MovementLine>,
+    pub lineage: Vec<(LocationId, Lineage)>,
+    pub state: Option<Vec<u8>>,
+}
+
+pub struct StorePart {
+    pub location: LocationId,
+    pub seq: u64,
+    pub drafts: Vec<Draft>,
+    pub state: Option<Vec<u8>>,
+}
+
+pub enum CoordMsg {
+    Expect(BarrierHeader),
+    Shard(ShardPart),
+    Store(StorePart),
+    /// Publish what is unreleased now (after recovery, or when snapshots are off).
+    Release,
+    /// Reply with the last barrier made durable and released (tests, shutdown).
+    Status(ractor::RpcReplyPort<CoordStatus>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CoordStatus {
+    pub last_complete: u64,
+    pub last_snapshot: u64,
+    pub last_released: u64,
+    pub unreleased: usize,
+}
+
+struct Pending {
+    header: BarrierHeader,
+    shards: Vec<Option<ShardPart>>,
+    stores: Vec<StorePart>,
+}
+
+impl Pending {
+    fn complete(&self) -> bool {
+        self.shards.iter().all(Option::is_some) && self.stores.len() >= self.header.stores
+    }
+}
+
+pub struct Coordinator;
+
+pub struct CoordArgs {
+    pub shared: Arc<Shared>,
+    pub snapshots: Option<SnapshotStore>,
+    pub unreleased: Vec<PostingDoc>,
+    /// The barrier the restored state comes from (0 for a fresh start).
+    pub restored_seq: u64,
+}
+
+pub struct CoordState {
+    shared: Arc<Shared>,
+    snapshots: Option<SnapshotStore>,
+    pending: BTreeMap<u64, Pending>,
+    unreleased: Vec<PostingDoc>,
+    status: CoordStatus,
+    /// Lowest barrier whose postings are in `unreleased` but not yet covered by a snapshot.
+    unsnapshotted: bool,
+}
+
+/// Addresses drafts to every endpoint that takes their kind and location.
+pub fn address(drafts: Vec<Draft>, endpoints: &[ErpEndpointConfig], seq: u64) -> Vec<PostingDoc> {
+    let mut out = Vec::new();
+    for d in drafts {
+        let kind = d.body.kind();
+        for e in endpoints {
+            let takes_kind = e.documents.contains(&kind);
+            let takes_loc = e.locations.is_empty() || e.locations.iter().any(|l| l == d.location.as_str());
+            if takes_kind && takes_loc {
+                out.push(PostingDoc::address(d.clone(), &e.name, seq));
+            }
+        }
+    }
+    out
+}
+
+/// Merges every shard's movements into one inventory document per location.
+pub fn movement_drafts(parts: &mut [Option<ShardPart>]) -> Vec<Draft> {
+    let mut by_loc: BTreeMap<LocationId, (Vec<MovementLine>, Lineage)> = BTreeMap::new();
+    for p in parts.iter_mut().flatten() {
+        for m in p.movements.drain(..) {
+            by_loc.entry(m.location.clone()).or_default().0.push(m);
+        }
+        for (loc, lin) in p.lineage.drain(..) {
+            let e = &mut by_loc.entry(loc).or_default().1;
+            if e.events == 0 {
+                *e = lin;
+            } else if lin.events > 0 {
+                e.first_seq = e.first_seq.min(lin.first_seq);
+                e.last_seq = e.last_seq.max(lin.last_seq);
+                e.events += lin.events;
+            }
+        }
+    }
+    by_loc
+        .into_iter()
+        .filter(|(_, (lines, _))| !lines.is_empty())
+        .map(|(location, (mut lines, lineage))| {
+            lines.sort_by(|a, b| (&a.sku, &a.reason).cmp(&(&b.sku, &b.reason)));
+            Draft {
+                location,
+                business_day: None,
+                currency: None,
+                part: 0,
+                lineage,
+                body: DocBody::InventoryMovements(lines),
+            }
+        })
+        .collect()
+}
+
+impl CoordState {
+    async fn finish(&mut self, mut p: Pending) {
+        let seq = p.header.seq;
+        let mut drafts = Vec::new();
+        let mut stores: Vec<StorePart> = std::mem::take(&mut p.stores);
+        stores.sort_by(|a, b| a.location.cmp(&b.location));
+        for s in stores.iter_mut() {
+            drafts.append(&mut s.drafts);
+        }
+        drafts.extend(movement_drafts(&mut p.shards));
+        let docs = address(drafts, &self.shared.config.erp, seq);
+        self.shared.metrics.postings_formed.fetch_add(docs.len() as u64, Relaxed);
+        if !docs.is_empty() {
+            self.unsnapshotted = true;
+        }
+        self.unreleased.extend(docs);
+        self.status.last_complete = seq;
+        self.shared.metrics.barriers.fetch_add(1, Relaxed);
+
+        match (&self.snapshots, p.header.snapshot) {
+            (Some(store), true) => {
+                let snap = Snapshot {
+                    format: FORMAT_VERSION,
+                    seq,
+                    taken_at_ms: p.header.at_ms,
+                    ingest: ByteBuf::from(
+                        p.header
+                            .ingest
+                            .as_ref()
+                            .map(|i| super::format::encode_part(i).unwrap_or_default())
+                            .unwrap_or_default(),
+                    ),
+                    shards: p
+                        .shards
+                        .iter_mut()
+                        .map(|s| ByteBuf::from(s.as_mut().and_then(|s| s.state.take()).unwrap_or_default()))
+                        .collect(),
+                    stores: stores
+                        .iter_mut()
+                        .map(|s| (s.location.clone(), ByteBuf::from(s.state.take().unwrap_or_default())))
+                        .collect(),
+                    unreleased: self.unreleased.clone(),
+                };
+                let started = std::time::Instant::now();
+                match store.write(&snap).await {
+                    Ok(ptr) => {
+                        self.shared.metrics.snapshots.fetch_add(1, Relaxed);
+                        self.status.last_snapshot = seq;
+                        self.unsnapshotted = false;
+                        tracing::info!(seq, bytes = ptr.bytes, ms = started.elapsed().as_millis() as u64, "snapshot durable");
+                        self.release(seq).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, seq, "snapshot failed; postings stay unreleased until the next one");
+                    }
+                }
+            }
+            (None, _) => self.release(seq).await,
+            (Some(_), false) => {}
+        }
+    }
+
+    async fn release(&mut self, seq: u64) {
+        if self.unreleased.is_empty() {
+            self.status.last_released = seq;
+            return;
+        }
+        match crate::post::outbox::publish(&self.shared.js, &self.unreleased).await {
+            Ok(fresh) => {
+                self.shared.metrics.postings_released.fetch_add(fresh as u64, Relaxed);
+                self.unreleased.clear();
+                self.status.last_released = seq;
+                if let Some(store) = &self.snapshots {
+                    if let Err(error) = store.mark_released(seq).await {
+                        tracing::warn!(%error, seq, "could not record the release; a restart publishes again (deduplicated)");
+                    }
+                }
+            }
+            Err(error) => {
+                // Nothing is lost: the documents stay here (and in the snapshot) and are
+                // published again, deduplicated by id, at the next barrier.
+                tracing::warn!(%error, seq, "outbox publish failed; will retry");
+            }
+        }
+        self.status.unreleased = self.unreleased.len();
+    }
+}
+
+impl Actor for Coordinator {
+    type Msg = CoordMsg;
+    type State = CoordState;
+    type Arguments = CoordArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CoordMsg>,
+        args: CoordArgs,
+    ) -> Result<CoordState, ActorProcessingErr> {
+        if !args.unreleased.is_empty() {
+            myself.send_message(CoordMsg::Release)?;
+        }
+        Ok(CoordState {
+            shared: args.shared,
+            snapshots: args.snapshots,
+            pending: BTreeMap::new(),
+            unreleased: args.unreleased,
+            status: CoordStatus {
+                last_complete: args.restored_seq,
+                last_snapshot: args.restored_seq,
+                last_released: 0,
+                unreleased: 0,
+            },
+            unsnapshotted: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CoordMsg>,
+        msg: CoordMsg,
+        state: &mut CoordState,
+    ) -> Result<(), ActorProcessingErr> {
+        let seq = match msg {
+            CoordMsg::Expect(header) => {
+                let shards = state.shared.config.shards.count;
+                let seq = header.seq;
+                state.pending.insert(
+                    seq,
+                    Pending {
+                        header,
+                        shards: (0..shards).map(|_| None).collect(),
+                        stores: Vec::new(),
+                    },
+                );
+                seq
+            }
+            CoordMsg::Shard(part) => {
+                let seq = part.seq;
+                let Some(p) = state.pending.get_mut(&seq) else {
+                    return Err(format!("shard {} answered barrier {seq}, which was never announced", part.shard).into());
+                };
+                let i = part.shard;
+                p.shards[i] = Some(part);
+                seq
+            }
+            CoordMsg::Store(part) => {
+                let seq = part.seq;
+                let Some(p) = state.pending.get_mut(&seq) else {
+                    return Err(format!("store {} answered barrier {seq}, which was never announced", part.location).into());
+                };
+                p.stores.push(part);
+                seq
+            }
+            CoordMsg::Release => {
+                let seq = state.status.last_complete;
+                state.release(seq).await;
+                return Ok(());
+            }
+            CoordMsg::Status(reply) => {
+                let mut s = state.status.clone();
+                s.unreleased = state.unreleased.len();
+                let _ = reply.send(s);
+                return Ok(());
+            }
+        };
+        if state.pending.get(&seq).is_some_and(Pending::complete) {
+            if let Some(p) = state.pending.remove(&seq) {
+                state.finish(p).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Groups documents by endpoint, for reporting.
+pub fn count_by_endpoint(docs: &[PostingDoc]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for d in docs {
+        *m.entry(d.endpoint.clone()).or_insert(0) += 1;
+    }
+    m
+}

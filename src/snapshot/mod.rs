@@ -1,0 +1,6 @@
+//! Barrier snapshots: the coordinator that collects every actor's part of a barrier, the
+//! snapshot format and its durable store.
+
+pub mod coordinator;
+pub mod format;
+pub mod store;

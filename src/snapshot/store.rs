@@ -1,0 +1,186 @@
+//! Durable snapshots in JetStream: the snapshot body in an object store bucket, and in a KV
+//! bucket a pointer `latest` to the newest complete one plus `released`, the last barrier whose
+//! postings reached the outbox. A snapshot is only pointed at after its upload finished, so a
+//! crash mid-upload leaves the previous pointer in place.
+
+use super::format::{FormatError, Snapshot};
+use crate::config::{SnapshotConfig, Storage};
+use async_nats::jetstream::{self, kv, object_store};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot storage: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+fn storage_err(e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Storage(e.to_string())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pointer {
+    pub seq: u64,
+    pub object: String,
+    pub bytes: u64,
+    pub taken_at_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct SnapshotStore {
+    objects: object_store::ObjectStore,
+    kv: kv::Store,
+    keep: usize,
+}
+
+pub fn object_name(seq: u64) -> String {
+    format!("snapshot-{seq:020}")
+}
+
+impl SnapshotStore {
+    /// Opens (creating when missing) the object store and its pointer bucket.
+    pub async fn open(
+        js: &jetstream::Context,
+        cfg: &SnapshotConfig,
+        storage: Storage,
+        replicas: usize,
+    ) -> Result<SnapshotStore, SnapshotError> {
+        let st = match storage {
+            Storage::File => jetstream::stream::StorageType::File,
+            Storage::Memory => jetstream::stream::StorageType::Memory,
+        };
+        let objects = match js.get_object_store(&cfg.bucket).await {
+            Ok(o) => o,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: cfg.bucket.clone(),
+                    description: Some("retailflow snapshots".into()),
+                    storage: st,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| storage_err(format!("creating object store {}: {e}", cfg.bucket)))?,
+        };
+        let ptr = format!("{}-ptr", cfg.bucket);
+        let kv = match js.get_key_value(&ptr).await {
+            Ok(k) => k,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: ptr.clone(),
+                    description: "retailflow snapshot pointers".into(),
+                    history: 5,
+                    storage: st,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| storage_err(format!("creating KV bucket {ptr}: {e}")))?,
+        };
+        Ok(SnapshotStore {
+            objects,
+            kv,
+            keep: cfg.keep.max(1),
+        })
+    }
+
+    /// Uploads the snapshot, then moves the pointer to it, then prunes old ones.
+    pub async fn write(&self, snap: &Snapshot) -> Result<Pointer, SnapshotError> {
+        let bytes = snap.encode()?;
+        let name = object_name(snap.seq);
+        let meta = object_store::ObjectMetadata {
+            name: name.clone(),
+            chunk_size: Some(512 * 1024),
+            ..Default::default()
+        };
+        let mut reader: &[u8] = &bytes;
+        self.objects
+            .put(meta, &mut reader)
+            .await
+            .map_err(|e| storage_err(format!("uploading {name}: {e}")))?;
+        let ptr = Pointer {
+            seq: snap.seq,
+            object: name,
+            bytes: bytes.len() as u64,
+            taken_at_ms: snap.taken_at_ms,
+        };
+        let json = serde_json::to_vec(&ptr).map_err(storage_err)?;
+        self.kv
+            .put("latest", json.into())
+            .await
+            .map_err(|e| storage_err(format!("moving the latest pointer: {e}")))?;
+        if let Err(error) = self.prune(snap.seq).await {
+            tracing::warn!(%error, "pruning old snapshots failed; they will be retried next time");
+        }
+        Ok(ptr)
+    }
+
+    pub async fn pointer(&self) -> Result<Option<Pointer>, SnapshotError> {
+        match self.kv.get("latest").await.map_err(storage_err)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(storage_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the snapshot the pointer names.
+    pub async fn load_latest(&self, shards: usize) -> Result<Option<Snapshot>, SnapshotError> {
+        let Some(ptr) = self.pointer().await? else {
+            return Ok(None);
+        };
+        let mut object = self
+            .objects
+            .get(&ptr.object)
+            .await
+            .map_err(|e| storage_err(format!("reading {}: {e}", ptr.object)))?;
+        let mut bytes = Vec::with_capacity(ptr.bytes as usize);
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| storage_err(format!("reading {}: {e}", ptr.object)))?;
+        Ok(Some(Snapshot::decode(&bytes, shards)?))
+    }
+
+    /// Records that the postings of every barrier up to `seq` are in the outbox.
+    pub async fn mark_released(&self, seq: u64) -> Result<(), SnapshotError> {
+        self.kv
+            .put("released", seq.to_string().into())
+            .await
+            .map_err(storage_err)?;
+        Ok(())
+    }
+
+    pub async fn released(&self) -> Result<u64, SnapshotError> {
+        Ok(match self.kv.get("released").await.map_err(storage_err)? {
+            Some(b) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Deletes all but the newest `keep` snapshots (never the one just written).
+    async fn prune(&self, newest: u64) -> Result<(), SnapshotError> {
+        use futures::StreamExt;
+        let mut list = self.objects.list().await.map_err(storage_err)?;
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(storage_err)?;
+            if !info.deleted && info.name.starts_with("snapshot-") {
+                names.push(info.name);
+            }
+        }
+        names.sort();
+        let newest = object_name(newest);
+        let excess = names.len().saturating_sub(self.keep);
+        for name in names.into_iter().take(excess) {
+            if name != newest {
+                self.objects.delete(&name).await.map_err(storage_err)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Supervision: the root actor, the restart policy, and the context actors share.
+
+pub mod shared;
