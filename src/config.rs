@@ -391,7 +391,10 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.shards.count == 0 || self.shards.count > 256 {
-            return bad(format!("shards.count {} must be 1..=256", self.shards.count));
+            return bad(format!(
+                "shards.count {} must be 1..=256",
+                self.shards.count
+            ));
         }
         if self.ingest.batch == 0 || self.ingest.credit == 0 {
             return bad("ingest.batch and ingest.credit must be positive".into());
@@ -482,7 +485,10 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!(duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            duration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(duration::parse("5m").unwrap(), Duration::from_secs(300));
         assert!(duration::parse("5").is_err());
         assert!(duration::parse("5 weeks").is_err());
@@ -491,7 +497,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_their_name() {
-        let err = Config::parse("[ingest]\nbatchsize = 3\n").unwrap_err().to_string();
+        let err = Config::parse("[ingest]\nbatchsize = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batchsize"), "{err}");
     }
 
@@ -515,7 +523,11 @@ mod tests {
         assert_eq!(c.shards.count, 8);
         assert_eq!(c.erp[0].rate.burst(), 600);
         assert_eq!(c.erp[0].documents.len(), 2);
-        assert!(c.streams.event_subjects().contains(&"retail.v1.ctl.>".to_string()));
+        assert!(
+            c.streams
+                .event_subjects()
+                .contains(&"retail.v1.ctl.>".to_string())
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 
 pub enum StoreMsg {
-    Events { events: Vec<StoreEvent>, work: u64 },
+    Events {
+        events: Vec<StoreEvent>,
+        work: u64,
+    },
     Barrier {
         seq: u64,
         flush: bool,

@@ -177,20 +177,28 @@ impl DayBuckets {
             }
             for t in &l.taxes {
                 if !s.tax.iter().any(|(x, _)| *x == t.code) {
-                    let v = self.tax.get(&t.code).cloned().unwrap_or_else(|| TaxSummaryLine {
-                        code: t.code.clone(),
-                        ..Default::default()
-                    });
+                    let v = self
+                        .tax
+                        .get(&t.code)
+                        .cloned()
+                        .unwrap_or_else(|| TaxSummaryLine {
+                            code: t.code.clone(),
+                            ..Default::default()
+                        });
                     s.tax.push((t.code.clone(), v));
                 }
             }
         }
         for t in tenders {
             if !s.tenders.iter().any(|(x, _)| *x == t.kind) {
-                let v = self.tenders.get(&t.kind).cloned().unwrap_or_else(|| TenderLine {
-                    tender: t.kind.clone(),
-                    ..Default::default()
-                });
+                let v = self
+                    .tenders
+                    .get(&t.kind)
+                    .cloned()
+                    .unwrap_or_else(|| TenderLine {
+                        tender: t.kind.clone(),
+                        ..Default::default()
+                    });
                 s.tenders.push((t.kind.clone(), v));
             }
         }
@@ -306,22 +314,62 @@ mod tests {
     #[test]
     fn sales_and_returns_fold_into_one_document_set() {
         let mut a = StoreAggregator::new("S1".into());
-        a.add(3, day(), eur(), &[line("A", 2, 500, 100, 180)], &[tender("card", 1080)], false);
-        a.add(7, day(), eur(), &[line("A", 1, 500, 0, 100), line("B", 1, 200, 0, 40)], &[tender("cash", 840)], false);
-        a.add(9, day(), eur(), &[line("A", 1, 500, 0, 100)], &[tender("card", 600)], true);
+        a.add(
+            3,
+            day(),
+            eur(),
+            &[line("A", 2, 500, 100, 180)],
+            &[tender("card", 1080)],
+            false,
+        );
+        a.add(
+            7,
+            day(),
+            eur(),
+            &[line("A", 1, 500, 0, 100), line("B", 1, 200, 0, 40)],
+            &[tender("cash", 840)],
+            false,
+        );
+        a.add(
+            9,
+            day(),
+            eur(),
+            &[line("A", 1, 500, 0, 100)],
+            &[tender("card", 600)],
+            true,
+        );
         let drafts = a.flush();
         assert_eq!(drafts.len(), 3);
-        let DocBody::SalesSummary(sales) = &drafts[0].body else { panic!("sales first") };
+        let DocBody::SalesSummary(sales) = &drafts[0].body else {
+            panic!("sales first")
+        };
         let a_line = sales.iter().find(|l| l.sku.as_str() == "A").unwrap();
         assert_eq!((a_line.qty_sold, a_line.qty_returned), (3, 1));
         assert_eq!(a_line.net_amount(), 900 + 500 - 500);
         assert_eq!(a_line.tax_amount, 180 + 100 - 100);
-        let DocBody::TenderSummary(tenders) = &drafts[1].body else { panic!("tenders second") };
-        let card = tenders.iter().find(|t| t.tender.as_str() == "card").unwrap();
-        assert_eq!((card.paid, card.refunded, card.transactions), (1080, 600, 2));
-        let DocBody::TaxSummary(tax) = &drafts[2].body else { panic!("tax third") };
+        let DocBody::TenderSummary(tenders) = &drafts[1].body else {
+            panic!("tenders second")
+        };
+        let card = tenders
+            .iter()
+            .find(|t| t.tender.as_str() == "card")
+            .unwrap();
+        assert_eq!(
+            (card.paid, card.refunded, card.transactions),
+            (1080, 600, 2)
+        );
+        let DocBody::TaxSummary(tax) = &drafts[2].body else {
+            panic!("tax third")
+        };
         assert_eq!(tax[0].taxable_amount, 900 + 500 + 200 - 500);
-        assert_eq!(drafts[0].lineage, Lineage { events: 3, first_seq: 3, last_seq: 9 });
+        assert_eq!(
+            drafts[0].lineage,
+            Lineage {
+                events: 3,
+                first_seq: 3,
+                last_seq: 9
+            }
+        );
         assert!(a.flush().is_empty(), "flush resets");
         let t = &a.totals()[&(day(), eur())];
         assert_eq!(t.tendered, 1080 + 840 - 600);
@@ -334,7 +382,14 @@ mod tests {
         let big = line("A", 1, crate::domain::money::MAX_AMOUNT, 0, 0);
         let n = i64::MAX / crate::domain::money::MAX_AMOUNT + 1;
         for seq in 1..=n as u64 {
-            a.add(seq, day(), eur(), std::slice::from_ref(&big), &[tender("card", big.net())], false);
+            a.add(
+                seq,
+                day(),
+                eur(),
+                std::slice::from_ref(&big),
+                &[tender("card", big.net())],
+                false,
+            );
         }
         let drafts = a.flush();
         let parts: Vec<u32> = drafts.iter().map(|d| d.part).collect();

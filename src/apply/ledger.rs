@@ -303,7 +303,9 @@ impl Ledger {
     }
 
     /// The channel table if it changed since the last call (names resolved).
-    pub fn take_channels_if_changed(&mut self) -> Option<Vec<(ChannelId, ChannelInfo, Vec<LocationId>)>> {
+    pub fn take_channels_if_changed(
+        &mut self,
+    ) -> Option<Vec<(ChannelId, ChannelInfo, Vec<LocationId>)>> {
         if !self.channels_changed {
             return None;
         }
@@ -312,7 +314,11 @@ impl Ledger {
             .channels
             .iter()
             .map(|(c, info)| {
-                let names = info.locations.iter().map(|&l| self.locs.name(l).clone()).collect();
+                let names = info
+                    .locations
+                    .iter()
+                    .map(|&l| self.locs.name(l).clone())
+                    .collect();
                 (c.clone(), info.clone(), names)
             })
             .collect();
@@ -359,7 +365,8 @@ impl Ledger {
     fn loc_idx(&mut self, loc: &LocationId) -> u32 {
         let i = self.locs.intern(loc);
         if self.locations.len() <= i as usize {
-            self.locations.resize(i as usize + 1, LocationInfo::default());
+            self.locations
+                .resize(i as usize + 1, LocationInfo::default());
         }
         i
     }
@@ -380,7 +387,10 @@ impl Ledger {
         self.movements.insert(key, m);
         self.mark(slot);
         let seq = self.cur_seq;
-        let lin = self.move_lineage.entry(self.slot_keys[slot as usize].1).or_default();
+        let lin = self
+            .move_lineage
+            .entry(self.slot_keys[slot as usize].1)
+            .or_default();
         if lin.events == 0 || lin.last_seq != seq {
             lin.add(seq);
         }
@@ -505,7 +515,15 @@ impl Ledger {
                 sku,
                 qty,
                 reservation,
-            } => self.order_placed(seq, order, channel, loc.as_ref(), sku, *qty, reservation.as_ref()),
+            } => self.order_placed(
+                seq,
+                order,
+                channel,
+                loc.as_ref(),
+                sku,
+                *qty,
+                reservation.as_ref(),
+            ),
             Op::OrderCancelled { order, sku, qty } => {
                 match sku {
                     Some(sku) => {
@@ -571,7 +589,11 @@ impl Ledger {
                     info.locations.retain(|&x| x != l);
                 }
                 for c in &u.channels {
-                    self.channels.entry(c.clone()).or_default().locations.push(l);
+                    self.channels
+                        .entry(c.clone())
+                        .or_default()
+                        .locations
+                        .push(l);
                 }
                 self.sort_channels();
                 Ok(())
@@ -585,7 +607,9 @@ impl Ledger {
                 Ok(())
             }
             Op::Reserve(r) => self.reserve(seq, r),
-            Op::Release { reservation, .. } => self.end_reservation(reservation, ResvState::Released),
+            Op::Release { reservation, .. } => {
+                self.end_reservation(reservation, ResvState::Released)
+            }
             Op::Expire { reservation, .. } => self.end_reservation(reservation, ResvState::Expired),
         }
     }
@@ -619,23 +643,43 @@ impl Ledger {
 
     /// Picks locations for `qty` of sku `s`: returns the allocations and the total sellable.
     /// `must_fill` (orders, which are facts) puts any shortfall on the first candidate.
-    fn source(&self, s: u32, target: &Target, qty: i64, allow_partial: bool, must_fill: bool) -> (Allocs, i64) {
-        let (mut candidates, rule, split, buffer): (Vec<u32>, SourcingRule, bool, i64) = match target {
-            Target::Location(loc) => match self.locs.get(loc) {
-                Some(l) => (vec![l], SourcingRule::Priority, false, 0),
-                None => (vec![], SourcingRule::Priority, false, 0),
-            },
-            Target::Channel(c) => match self.channels.get(c) {
-                Some(info) => (info.locations.clone(), info.rule, info.allow_split, info.buffer),
-                None => (vec![], SourcingRule::Priority, false, 0),
-            },
-        };
-        let sellable: Vec<i64> = candidates.iter().map(|&l| self.sellable(s, l, buffer)).collect();
+    fn source(
+        &self,
+        s: u32,
+        target: &Target,
+        qty: i64,
+        allow_partial: bool,
+        must_fill: bool,
+    ) -> (Allocs, i64) {
+        let (mut candidates, rule, split, buffer): (Vec<u32>, SourcingRule, bool, i64) =
+            match target {
+                Target::Location(loc) => match self.locs.get(loc) {
+                    Some(l) => (vec![l], SourcingRule::Priority, false, 0),
+                    None => (vec![], SourcingRule::Priority, false, 0),
+                },
+                Target::Channel(c) => match self.channels.get(c) {
+                    Some(info) => (
+                        info.locations.clone(),
+                        info.rule,
+                        info.allow_split,
+                        info.buffer,
+                    ),
+                    None => (vec![], SourcingRule::Priority, false, 0),
+                },
+            };
+        let sellable: Vec<i64> = candidates
+            .iter()
+            .map(|&l| self.sellable(s, l, buffer))
+            .collect();
         let total: i64 = sellable.iter().sum();
         if rule == SourcingRule::MostAvailable {
             // Stable sort keeps priority order among equals.
-            let mut pairs: Vec<(u32, i64)> = candidates.iter().copied().zip(sellable.iter().copied()).collect();
-            pairs.sort_by(|a, b| b.1.cmp(&a.1));
+            let mut pairs: Vec<(u32, i64)> = candidates
+                .iter()
+                .copied()
+                .zip(sellable.iter().copied())
+                .collect();
+            pairs.sort_by_key(|p| std::cmp::Reverse(p.1));
             candidates = pairs.iter().map(|p| p.0).collect();
         }
         let sell = |l: u32| self.sellable(s, l, buffer);
@@ -672,7 +716,10 @@ impl Ledger {
                 allocs.push((l, qty));
             }
         } else if allow_partial {
-            if let Some(&l) = candidates.iter().max_by_key(|&&l| (sell(l), std::cmp::Reverse(l))) {
+            if let Some(&l) = candidates
+                .iter()
+                .max_by_key(|&&l| (sell(l), std::cmp::Reverse(l)))
+            {
                 let take = sell(l);
                 if take > 0 {
                     allocs.push((l, take));
@@ -761,7 +808,12 @@ impl Ledger {
         Ok(())
     }
 
-    fn release_order(&mut self, order: &OrderId, s: u32, qty: Option<i64>) -> Result<(), ApplyError> {
+    fn release_order(
+        &mut self,
+        order: &OrderId,
+        s: u32,
+        qty: Option<i64>,
+    ) -> Result<(), ApplyError> {
         let key = (order.clone(), s);
         let Some(mut allocs) = self.orders.remove(&key) else {
             self.exceptions.unknown_orders += 1;
@@ -841,8 +893,9 @@ impl Ledger {
     /// Forgets finished reservations whose expiry lies more than `retain_ms` before `now_ms`
     /// (a time carried by the stream, so pruning is deterministic).
     pub fn prune_reservations(&mut self, now_ms: i64, retain_ms: i64) {
-        self.reservations
-            .retain(|_, r| r.state == ResvState::Active || r.expires_at_ms.saturating_add(retain_ms) >= now_ms);
+        self.reservations.retain(|_, r| {
+            r.state == ResvState::Active || r.expires_at_ms.saturating_add(retain_ms) >= now_ms
+        });
     }
 
     fn decision_of(&self, id: &ReservationId, r: &Reservation) -> Decision {
@@ -870,7 +923,9 @@ impl Ledger {
     }
 
     /// Stream range of the movements since the last flush, per location; resets it.
-    pub fn take_movement_lineage(&mut self) -> Vec<(LocationId, crate::aggregate::posting::Lineage)> {
+    pub fn take_movement_lineage(
+        &mut self,
+    ) -> Vec<(LocationId, crate::aggregate::posting::Lineage)> {
         let mut out: Vec<_> = self
             .move_lineage
             .drain()
@@ -892,7 +947,8 @@ impl Ledger {
                     Some(r) => r.to_string(),
                     None => format!(
                         "adjustment:{}",
-                        self.reasons.name(u32::from(reason) - FIXED_REASONS.len() as u32)
+                        self.reasons
+                            .name(u32::from(reason) - FIXED_REASONS.len() as u32)
                     ),
                 };
                 MovementLine {
@@ -903,15 +959,17 @@ impl Ledger {
                 }
             })
             .collect();
-        out.sort_by(|a, b| {
-            (&a.location, &a.sku, &a.reason).cmp(&(&b.location, &b.sku, &b.reason))
-        });
+        out.sort_by(|a, b| (&a.location, &a.sku, &a.reason).cmp(&(&b.location, &b.sku, &b.reason)));
         out
     }
 
     /// Number of open order lines, in-flight transfers and remembered reservations.
     pub fn open_counts(&self) -> (usize, usize, usize) {
-        (self.orders.len(), self.transfers.len(), self.reservations.len())
+        (
+            self.orders.len(),
+            self.transfers.len(),
+            self.reservations.len(),
+        )
     }
 }
 
@@ -940,11 +998,45 @@ mod tests {
     fn sales_receipts_returns_and_counts() {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 10)).unwrap();
-        g.apply(2, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 3 }).unwrap();
-        g.apply(3, &Op::Return { loc: loc("S1"), sku: sku("A"), qty: 1, restock: true }).unwrap();
-        g.apply(4, &Op::Return { loc: loc("S1"), sku: sku("A"), qty: 5, restock: false }).unwrap();
+        g.apply(
+            2,
+            &Op::Sale {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 3,
+            },
+        )
+        .unwrap();
+        g.apply(
+            3,
+            &Op::Return {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 1,
+                restock: true,
+            },
+        )
+        .unwrap();
+        g.apply(
+            4,
+            &Op::Return {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 5,
+                restock: false,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").on_hand, 8);
-        g.apply(5, &Op::Count { loc: loc("S1"), sku: sku("A"), counted: 6 }).unwrap();
+        g.apply(
+            5,
+            &Op::Count {
+                loc: loc("S1"),
+                sku: sku("A"),
+                counted: 6,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").on_hand, 6);
         let moves = g.take_movements();
         let get = |r: &str| moves.iter().find(|m| m.reason == r).map(|m| m.qty);
@@ -959,18 +1051,45 @@ mod tests {
     fn facts_drive_stock_negative_and_are_counted() {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 1)).unwrap();
-        g.apply(2, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        g.apply(
+            2,
+            &Op::Sale {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 4,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").on_hand, -3);
         assert_eq!(g.exceptions.negative_on_hand, 1);
-        g.apply(3, &Op::Sale { loc: loc("S1"), sku: sku("A"), qty: 1 }).unwrap();
-        assert_eq!(g.exceptions.negative_on_hand, 1, "only the crossing is counted");
+        g.apply(
+            3,
+            &Op::Sale {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            g.exceptions.negative_on_hand, 1,
+            "only the crossing is counted"
+        );
     }
 
     #[test]
     fn safety_stock_reduces_available() {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 10)).unwrap();
-        g.apply(2, &Op::SafetyStock { loc: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        g.apply(
+            2,
+            &Op::SafetyStock {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 4,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").available(), 6);
     }
 
@@ -979,14 +1098,44 @@ mod tests {
         let mut g = Ledger::new();
         g.apply(1, &receipt("DC1", "A", 10)).unwrap();
         let t = TransferId::from("T1");
-        g.apply(2, &Op::TransferOut { transfer: t.clone(), from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 4 }).unwrap();
+        g.apply(
+            2,
+            &Op::TransferOut {
+                transfer: t.clone(),
+                from: loc("DC1"),
+                to: loc("S1"),
+                sku: sku("A"),
+                qty: 4,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "DC1", "A").on_hand, 6);
         assert_eq!(pos(&g, "S1", "A").in_transit, 4);
-        g.apply(3, &Op::TransferIn { transfer: t.clone(), from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 3 }).unwrap();
+        g.apply(
+            3,
+            &Op::TransferIn {
+                transfer: t.clone(),
+                from: loc("DC1"),
+                to: loc("S1"),
+                sku: sku("A"),
+                qty: 3,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").in_transit, 1);
         assert_eq!(pos(&g, "S1", "A").on_hand, 3);
         // Arriving more than was sent: on hand takes all, in transit only what was open.
-        g.apply(4, &Op::TransferIn { transfer: t, from: loc("DC1"), to: loc("S1"), sku: sku("A"), qty: 2 }).unwrap();
+        g.apply(
+            4,
+            &Op::TransferIn {
+                transfer: t,
+                from: loc("DC1"),
+                to: loc("S1"),
+                sku: sku("A"),
+                qty: 2,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").in_transit, 0);
         assert_eq!(pos(&g, "S1", "A").on_hand, 5);
         assert_eq!(g.exceptions.unmatched_transfers, 1);
@@ -1008,14 +1157,48 @@ mod tests {
         let mut g = Ledger::new();
         g.apply(1, &receipt("DC1", "A", 10)).unwrap();
         g.apply(2, &place("O1", Some("DC1"), "A", 4)).unwrap();
-        assert_eq!(pos(&g, "DC1", "A"), Position { on_hand: 10, reserved: 4, safety_stock: 0, in_transit: 0 });
-        g.apply(3, &Op::OrderFulfilled { order: OrderId::from("O1"), loc: loc("DC1"), sku: sku("A"), qty: 3 }).unwrap();
+        assert_eq!(
+            pos(&g, "DC1", "A"),
+            Position {
+                on_hand: 10,
+                reserved: 4,
+                safety_stock: 0,
+                in_transit: 0
+            }
+        );
+        g.apply(
+            3,
+            &Op::OrderFulfilled {
+                order: OrderId::from("O1"),
+                loc: loc("DC1"),
+                sku: sku("A"),
+                qty: 3,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "DC1", "A").on_hand, 7);
         assert_eq!(pos(&g, "DC1", "A").reserved, 1);
-        g.apply(4, &Op::OrderCancelled { order: OrderId::from("O1"), sku: None, qty: 0 }).unwrap();
+        g.apply(
+            4,
+            &Op::OrderCancelled {
+                order: OrderId::from("O1"),
+                sku: None,
+                qty: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "DC1", "A").reserved, 0);
         assert_eq!(g.open_counts().0, 0);
-        g.apply(5, &Op::OrderFulfilled { order: OrderId::from("O9"), loc: loc("DC1"), sku: sku("A"), qty: 1 }).unwrap();
+        g.apply(
+            5,
+            &Op::OrderFulfilled {
+                order: OrderId::from("O9"),
+                loc: loc("DC1"),
+                sku: sku("A"),
+                qty: 1,
+            },
+        )
+        .unwrap();
         assert_eq!(g.exceptions.unknown_orders, 1);
         assert_eq!(pos(&g, "DC1", "A").on_hand, 6);
     }
@@ -1039,9 +1222,17 @@ mod tests {
         g.apply(5, &place("O1", None, "A", 2)).unwrap();
         assert_eq!(pos(&g, "DC1", "A").reserved, 2, "DC1 has priority");
         g.apply(6, &place("O2", None, "A", 3)).unwrap();
-        assert_eq!(pos(&g, "DC2", "A").reserved, 3, "DC1 is exhausted, DC2 covers");
+        assert_eq!(
+            pos(&g, "DC2", "A").reserved,
+            3,
+            "DC1 is exhausted, DC2 covers"
+        );
         g.apply(7, &place("O3", None, "A", 9)).unwrap();
-        assert_eq!(pos(&g, "DC1", "A").reserved, 11, "nobody covers: first location goes short");
+        assert_eq!(
+            pos(&g, "DC1", "A").reserved,
+            11,
+            "nobody covers: first location goes short"
+        );
         assert_eq!(g.exceptions.short_allocations, 1);
     }
 
@@ -1061,47 +1252,118 @@ mod tests {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 5)).unwrap();
         let at = Target::Location(loc("S1"));
-        g.apply(2, &reserve("R1", "A", 3, at.clone(), false)).unwrap();
-        g.apply(3, &reserve("R2", "A", 3, at.clone(), false)).unwrap();
-        g.apply(4, &reserve("R3", "A", 3, at.clone(), true)).unwrap();
-        g.apply(5, &reserve("R1", "A", 3, at.clone(), false)).unwrap();
+        g.apply(2, &reserve("R1", "A", 3, at.clone(), false))
+            .unwrap();
+        g.apply(3, &reserve("R2", "A", 3, at.clone(), false))
+            .unwrap();
+        g.apply(4, &reserve("R3", "A", 3, at.clone(), true))
+            .unwrap();
+        g.apply(5, &reserve("R1", "A", 3, at.clone(), false))
+            .unwrap();
         let d = g.take_decisions();
         assert!(d[0].granted && d[0].allocations == vec![(loc("S1"), 3)]);
         assert!(!d[1].granted && d[1].available == 2);
-        assert!(d[2].granted && d[2].allocations == vec![(loc("S1"), 2)], "partial takes the rest");
+        assert!(
+            d[2].granted && d[2].allocations == vec![(loc("S1"), 2)],
+            "partial takes the rest"
+        );
         assert_eq!(d[3].decided_at, 2, "retry returns the first decision");
         assert_eq!(pos(&g, "S1", "A").reserved, 5);
-        g.apply(6, &Op::Release { reservation: ReservationId::from("R1"), sku: sku("A") }).unwrap();
-        g.apply(7, &Op::Expire { reservation: ReservationId::from("R3"), sku: sku("A") }).unwrap();
-        g.apply(8, &Op::Expire { reservation: ReservationId::from("R3"), sku: sku("A") }).unwrap();
+        g.apply(
+            6,
+            &Op::Release {
+                reservation: ReservationId::from("R1"),
+                sku: sku("A"),
+            },
+        )
+        .unwrap();
+        g.apply(
+            7,
+            &Op::Expire {
+                reservation: ReservationId::from("R3"),
+                sku: sku("A"),
+            },
+        )
+        .unwrap();
+        g.apply(
+            8,
+            &Op::Expire {
+                reservation: ReservationId::from("R3"),
+                sku: sku("A"),
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&g, "S1", "A").reserved, 0);
-        assert_eq!(g.reservation(&ReservationId::from("R3")).unwrap().state, "expired");
+        assert_eq!(
+            g.reservation(&ReservationId::from("R3")).unwrap().state,
+            "expired"
+        );
     }
 
     #[test]
     fn an_order_takes_over_its_reservation() {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 5)).unwrap();
-        g.apply(2, &reserve("R1", "A", 3, Target::Location(loc("S1")), false)).unwrap();
-        g.apply(3, &Op::OrderPlaced {
-            order: OrderId::from("O1"),
-            channel: ChannelId::from("web"),
-            loc: None,
-            sku: sku("A"),
-            qty: 2,
-            reservation: Some(ReservationId::from("R1")),
-        })
+        g.apply(
+            2,
+            &reserve("R1", "A", 3, Target::Location(loc("S1")), false),
+        )
         .unwrap();
-        assert_eq!(pos(&g, "S1", "A").reserved, 2, "excess of the reservation is given back");
-        assert_eq!(g.reservation(&ReservationId::from("R1")).unwrap().state, "consumed");
-        g.apply(4, &Op::OrderFulfilled { order: OrderId::from("O1"), loc: loc("S1"), sku: sku("A"), qty: 2 }).unwrap();
-        assert_eq!(pos(&g, "S1", "A"), Position { on_hand: 3, reserved: 0, safety_stock: 0, in_transit: 0 });
+        g.apply(
+            3,
+            &Op::OrderPlaced {
+                order: OrderId::from("O1"),
+                channel: ChannelId::from("web"),
+                loc: None,
+                sku: sku("A"),
+                qty: 2,
+                reservation: Some(ReservationId::from("R1")),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            pos(&g, "S1", "A").reserved,
+            2,
+            "excess of the reservation is given back"
+        );
+        assert_eq!(
+            g.reservation(&ReservationId::from("R1")).unwrap().state,
+            "consumed"
+        );
+        g.apply(
+            4,
+            &Op::OrderFulfilled {
+                order: OrderId::from("O1"),
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            pos(&g, "S1", "A"),
+            Position {
+                on_hand: 3,
+                reserved: 0,
+                safety_stock: 0,
+                in_transit: 0
+            }
+        );
     }
 
     #[test]
     fn overflow_is_an_error_and_changes_nothing() {
         let mut g = Ledger::new();
-        g.apply(1, &Op::Adjust { loc: loc("S1"), sku: sku("A"), qty: i64::MAX, reason: ReasonCode::from("found") }).unwrap();
+        g.apply(
+            1,
+            &Op::Adjust {
+                loc: loc("S1"),
+                sku: sku("A"),
+                qty: i64::MAX,
+                reason: ReasonCode::from("found"),
+            },
+        )
+        .unwrap();
         let err = g.apply(2, &receipt("S1", "A", 1)).unwrap_err();
         assert!(matches!(err, ApplyError::Overflow { .. }));
         assert_eq!(pos(&g, "S1", "A").on_hand, i64::MAX);
@@ -1117,7 +1379,15 @@ mod tests {
         let mut h: Ledger = rmp_serde::from_slice(&bytes).unwrap();
         h.reindex();
         assert_eq!(pos(&h, "DC1", "A"), pos(&g, "DC1", "A"));
-        h.apply(4, &Op::OrderCancelled { order: OrderId::from("O1"), sku: None, qty: 0 }).unwrap();
+        h.apply(
+            4,
+            &Op::OrderCancelled {
+                order: OrderId::from("O1"),
+                sku: None,
+                qty: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(pos(&h, "DC1", "A").reserved, 0);
         h.apply(5, &place("O2", None, "A", 1)).unwrap();
         assert_eq!(pos(&h, "DC1", "A").reserved, 1, "channel table survived");

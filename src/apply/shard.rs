@@ -52,7 +52,8 @@ pub struct ShardState {
 impl ShardState {
     fn publish(&mut self, seq: u64) {
         let dirty = self.ledger.take_dirty();
-        self.writer.publish(&self.shared.view, &self.ledger, &dirty, seq);
+        self.writer
+            .publish(&self.shared.view, &self.ledger, &dirty, seq);
         if let Some(channels) = self.ledger.take_channels_if_changed() {
             if self.index == 0 {
                 self.shared.view.set_channels(channels);
@@ -60,10 +61,17 @@ impl ShardState {
         }
         for d in self.ledger.take_decisions() {
             if d.state == "rejected" {
-                self.shared.metrics.reservations_rejected.fetch_add(1, Relaxed);
+                self.shared
+                    .metrics
+                    .reservations_rejected
+                    .fetch_add(1, Relaxed);
             } else if d.state == "active" {
-                self.shared.metrics.reservations_granted.fetch_add(1, Relaxed);
+                self.shared
+                    .metrics
+                    .reservations_granted
+                    .fetch_add(1, Relaxed);
             }
+            self.shared.active.update(&d);
             self.shared.decisions.complete(&d);
         }
         self.shared.view.set_applied(self.index, seq);
@@ -71,8 +79,10 @@ impl ShardState {
         let m = &self.shared.metrics;
         m.negative_on_hand
             .fetch_add(e.negative_on_hand - self.reported.negative_on_hand, Relaxed);
-        m.short_allocations
-            .fetch_add(e.short_allocations - self.reported.short_allocations, Relaxed);
+        m.short_allocations.fetch_add(
+            e.short_allocations - self.reported.short_allocations,
+            Relaxed,
+        );
         self.reported = e.clone();
     }
 }
@@ -90,6 +100,11 @@ impl Actor for ShardActor {
         let mut ledger = args.ledger;
         ledger.reindex();
         let reported = ledger.exceptions.clone();
+        for (id, _, _) in ledger.active_reservations() {
+            if let Some(d) = ledger.reservation(id) {
+                args.shared.active.update(&d);
+            }
+        }
         let mut state = ShardState {
             index: args.index,
             shared: args.shared,
@@ -147,7 +162,10 @@ impl Actor for ShardActor {
                     state.ledger.prune_reservations(now, remember);
                 }
                 let (movements, lineage) = if flush {
-                    (state.ledger.take_movements(), state.ledger.take_movement_lineage())
+                    (
+                        state.ledger.take_movements(),
+                        state.ledger.take_movement_lineage(),
+                    )
                 } else {
                     (Vec::new(), Vec::new())
                 };

@@ -51,6 +51,8 @@ pub struct ShardMark {
 }
 
 pub struct View {
+    /// False while the pipeline restores state; queries answer 503 then.
+    ready: std::sync::atomic::AtomicBool,
     cells: DashMap<Sku, Arc<SkuCell>>,
     marks: Vec<ShardMark>,
     channels: RwLock<Arc<BTreeMap<ChannelId, ChannelView>>>,
@@ -66,6 +68,7 @@ pub struct LocAnswer {
 impl View {
     pub fn new(shards: usize) -> Arc<View> {
         Arc::new(View {
+            ready: std::sync::atomic::AtomicBool::new(false),
             cells: DashMap::new(),
             marks: (0..shards)
                 .map(|_| ShardMark {
@@ -75,6 +78,23 @@ impl View {
                 .collect(),
             channels: RwLock::new(Arc::new(BTreeMap::new())),
         })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Forgets everything before a restore: restored shards republish their state at `seq`.
+    pub fn reset(&self, seq: u64) {
+        self.set_ready(false);
+        self.cells.clear();
+        for s in 0..self.marks.len() {
+            self.set_applied(s, seq);
+        }
     }
 
     pub fn shards(&self) -> usize {
@@ -106,7 +126,10 @@ impl View {
 
     /// Lowest watermark over all shards: the sequence the whole view reflects.
     pub fn applied_all(&self) -> u64 {
-        (0..self.marks.len()).map(|s| self.applied(s)).min().unwrap_or(0)
+        (0..self.marks.len())
+            .map(|s| self.applied(s))
+            .min()
+            .unwrap_or(0)
     }
 
     /// Shard side: replaces the channel table.
@@ -135,10 +158,7 @@ impl View {
     }
 
     pub fn channels(&self) -> Arc<BTreeMap<ChannelId, ChannelView>> {
-        self.channels
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_default()
+        self.channels.read().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Reads one SKU: its known positions and the sequence they reflect. `None` when the SKU
@@ -202,7 +222,13 @@ pub struct ViewWriter {
 
 impl ViewWriter {
     /// Publishes the given slots of `ledger` at sequence `seq`.
-    pub fn publish(&mut self, view: &View, ledger: &super::ledger::Ledger, slots: &[u32], seq: u64) {
+    pub fn publish(
+        &mut self,
+        view: &View,
+        ledger: &super::ledger::Ledger,
+        slots: &[u32],
+        seq: u64,
+    ) {
         const NONE: u32 = u32::MAX;
         for &slot in slots {
             let (s, l, pos) = ledger.slot(slot);
@@ -253,7 +279,10 @@ mod tests {
             counts[shard_of(&format!("SKU-{i}"), 4)] += 1;
         }
         assert!(counts.iter().all(|&c| c > 2000), "{counts:?}");
-        assert_eq!(shard_of("a", 1_000_003), (0xaf63dc4c8601ec8c_u64 % 1_000_003) as usize);
+        assert_eq!(
+            shard_of("a", 1_000_003),
+            (0xaf63dc4c8601ec8c_u64 % 1_000_003) as usize
+        );
     }
 
     #[tokio::test]

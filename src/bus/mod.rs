@@ -18,7 +18,9 @@ pub enum BusError {
         found: String,
         minimum: String,
     },
-    #[error("stream {stream} exists with a different configuration: {differences}. Fix the stream or the configuration; retailflow will not change an existing stream")]
+    #[error(
+        "stream {stream} exists with a different configuration: {differences}. Fix the stream or the configuration; retailflow will not change an existing stream"
+    )]
     StreamConflict { stream: String, differences: String },
     #[error("JetStream: {0}")]
     JetStream(String),
@@ -35,7 +37,11 @@ pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let v = v.trim().trim_start_matches('v');
     let core = v.split(['-', '+']).next()?;
     let mut it = core.split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next().flatten().unwrap_or(0), it.next().flatten().unwrap_or(0)))
+    Some((
+        it.next()??,
+        it.next().flatten().unwrap_or(0),
+        it.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Whether `found` is at least `minimum`.
@@ -51,7 +57,6 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
     let url = cfg.url.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(std::time::Duration::from_secs(5));
     if let Ok(path) = std::env::var(&cfg.creds_env) {

@@ -29,7 +29,9 @@ fn version_of(binary: &Path) -> Option<String> {
     let out = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "nats-server: v2.14.6"
-    text.split_whitespace().last().map(|v| v.trim_start_matches('v').to_string())
+    text.split_whitespace()
+        .last()
+        .map(|v| v.trim_start_matches('v').to_string())
 }
 
 /// Finds a nats-server binary new enough for retailflow: `$RETAILFLOW_NATS_SERVER`, the
@@ -119,7 +121,14 @@ impl NatsServer {
             message: format!("log file: {e}"),
         })?;
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.store)
             .args(&self.extra_args)
             .stdout(Stdio::null())

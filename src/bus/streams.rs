@@ -70,7 +70,10 @@ pub fn differences(have: &stream::Config, want: &stream::Config) -> Vec<String> 
         ));
     }
     if have.storage != want.storage {
-        d.push(format!("storage {:?} (configured {:?})", have.storage, want.storage));
+        d.push(format!(
+            "storage {:?} (configured {:?})",
+            have.storage, want.storage
+        ));
     }
     if have.num_replicas.max(1) != want.num_replicas.max(1) {
         d.push(format!(
@@ -85,7 +88,10 @@ pub fn differences(have: &stream::Config, want: &stream::Config) -> Vec<String> 
         ));
     }
     if have.max_age != want.max_age {
-        d.push(format!("max_age {:?} (configured {:?})", have.max_age, want.max_age));
+        d.push(format!(
+            "max_age {:?} (configured {:?})",
+            have.max_age, want.max_age
+        ));
     }
     d
 }
@@ -116,7 +122,12 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), 
                 })?;
                 tracing::info!(stream = %want.name, "created stream");
             }
-            Err(e) => return Err(BusError::JetStream(format!("looking up {}: {e}", want.name))),
+            Err(e) => {
+                return Err(BusError::JetStream(format!(
+                    "looking up {}: {e}",
+                    want.name
+                )));
+            }
         }
     }
     Ok(())

@@ -67,8 +67,14 @@ mod tests {
 
     #[test]
     fn content_type_selects_json() {
-        assert_eq!(Format::from_content_type(Some("application/json; charset=utf-8")), Format::Json);
-        assert_eq!(Format::from_content_type(Some("Application/JSON")), Format::Json);
+        assert_eq!(
+            Format::from_content_type(Some("application/json; charset=utf-8")),
+            Format::Json
+        );
+        assert_eq!(
+            Format::from_content_type(Some("Application/JSON")),
+            Format::Json
+        );
         assert_eq!(Format::from_content_type(None), Format::MsgPack);
         assert_eq!(Format::from_content_type(Some(MSGPACK)), Format::MsgPack);
     }

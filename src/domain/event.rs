@@ -84,6 +84,62 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The subject token naming where the event happened (`retail.v1.<system>.<this>.<kind>`).
+    pub fn location_token(&self) -> &str {
+        match self {
+            Event::Sale(s) => s.location.as_str(),
+            Event::Return(r) => r.location.as_str(),
+            Event::OrderPlaced(o) => o
+                .location
+                .as_ref()
+                .map_or(o.channel.as_str(), |l| l.as_str()),
+            Event::OrderCancelled(_) => "orders",
+            Event::OrderFulfilled(o) => o.location.as_str(),
+            Event::Receipt(r) => r.location.as_str(),
+            Event::Adjustment(a) => a.location.as_str(),
+            Event::Count(c) => c.location.as_str(),
+            Event::TransferOut(t) => t.from.as_str(),
+            Event::TransferIn(t) => t.to.as_str(),
+            Event::SafetyStockSet(s) => s.location.as_str(),
+            Event::LocationUpsert(l) => l.location.as_str(),
+            Event::ChannelUpsert(c) => c.channel.as_str(),
+            Event::ReservationRequested(r) => match &r.target {
+                Target::Location(l) => l.as_str(),
+                Target::Channel(c) => c.as_str(),
+            },
+            Event::ReservationReleased(r) => r.sku.as_str(),
+            Event::ReservationExpired(r) => r.sku.as_str(),
+            Event::Barrier(_) => "all",
+        }
+    }
+}
+
+impl Envelope {
+    /// The system part of the subject: the source id up to its first `/` (`pos/s1/t3` -> `pos`).
+    pub fn system(&self) -> &str {
+        self.source.as_str().split('/').next().unwrap_or("")
+    }
+
+    /// `retail.v1.<system>.<location>.<kind>`, with `fallback_system` when the source does not
+    /// start with a known one.
+    pub fn subject(&self, systems: &[String], fallback_system: &str) -> String {
+        let sys = self.system();
+        let sys = if systems.iter().any(|s| s == sys) {
+            sys
+        } else {
+            fallback_system
+        };
+        let loc = self.event.location_token();
+        let loc = if super::ids::check_token("location", loc).is_ok() {
+            loc
+        } else {
+            "unknown"
+        };
+        super::subject::event(sys, loc, self.event.kind())
+    }
+}
+
 /// A priced line of a sale or return.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -376,7 +432,9 @@ fn bad(msg: impl Into<String>) -> ValidationError {
 
 fn check_qty(what: &str, qty: i64) -> Result<(), ValidationError> {
     if qty <= 0 || qty > MAX_QTY {
-        return Err(bad(format!("{what}: qty {qty} must be between 1 and {MAX_QTY}")));
+        return Err(bad(format!(
+            "{what}: qty {qty} must be between 1 and {MAX_QTY}"
+        )));
     }
     Ok(())
 }
@@ -562,7 +620,10 @@ impl Envelope {
             Event::ChannelUpsert(c) => {
                 c.channel.check()?;
                 if !(0..=MAX_QTY).contains(&c.buffer) {
-                    return Err(bad(format!("buffer {} must be between 0 and {MAX_QTY}", c.buffer)));
+                    return Err(bad(format!(
+                        "buffer {} must be between 0 and {MAX_QTY}",
+                        c.buffer
+                    )));
                 }
             }
             Event::ReservationRequested(r) => {

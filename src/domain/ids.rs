@@ -195,10 +195,7 @@ mod tests {
             LocationId::from("S 1").check(),
             Err(IdError::BadChar { ch: ' ', .. })
         ));
-        assert!(matches!(
-            Sku::from("").check(),
-            Err(IdError::Empty { .. })
-        ));
+        assert!(matches!(Sku::from("").check(), Err(IdError::Empty { .. })));
         let long = "x".repeat(65);
         assert!(matches!(
             Sku::from(long.as_str()).check(),

@@ -174,7 +174,13 @@ mod tests {
 
     #[test]
     fn business_day_round_trips_through_text() {
-        for text in ["1970-01-01", "2000-02-29", "2026-11-27", "1969-12-31", "2100-03-01"] {
+        for text in [
+            "1970-01-01",
+            "2000-02-29",
+            "2026-11-27",
+            "1969-12-31",
+            "2100-03-01",
+        ] {
             assert_eq!(BusinessDay::parse(text).unwrap().to_string(), text);
         }
         assert_eq!(BusinessDay::parse("1970-01-02").unwrap().days(), 1);
@@ -186,7 +192,14 @@ mod tests {
 
     #[test]
     fn business_day_rejects_non_dates() {
-        for text in ["2026-02-29", "2026-13-01", "2026-00-10", "2026-1-01", "26-11-27", "abcd-ef-gh"] {
+        for text in [
+            "2026-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-1-01",
+            "26-11-27",
+            "abcd-ef-gh",
+        ] {
             assert!(BusinessDay::parse(text).is_err(), "{text}");
         }
     }

@@ -238,7 +238,9 @@ mod tests {
         for block in 0..50u64 {
             let mut v: Vec<u64> = (block * 100 + 1..=block * 100 + 100).collect();
             for i in (1..v.len()).rev() {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 v.swap(i, (x >> 33) as usize % (i + 1));
             }
             order.extend(v.iter().copied());
@@ -263,7 +265,11 @@ mod tests {
         assert_eq!(d.check(&s, 1000), Verdict::New);
         assert_eq!(d.stats.gap_sequences, 1 + (936 - 4 + 1));
         assert_eq!(d.check(&s, 2), Verdict::Late);
-        assert_eq!(d.check(&s, 2), Verdict::Duplicate, "a second copy is a duplicate");
+        assert_eq!(
+            d.check(&s, 2),
+            Verdict::Duplicate,
+            "a second copy is a duplicate"
+        );
         assert_eq!(d.check(&s, 3), Verdict::Duplicate);
         assert_eq!(d.check(&s, 500), Verdict::Late);
         assert_eq!(d.check(&s, 501), Verdict::Late);
@@ -292,7 +298,11 @@ mod tests {
             assert_eq!(d.check(&s, seq) == Verdict::New, oracle(&mut seen, seq));
         }
         for seq in 2..=250 {
-            assert_eq!(d.check(&s, seq) == Verdict::New, oracle(&mut seen, seq), "seq {seq}");
+            assert_eq!(
+                d.check(&s, seq) == Verdict::New,
+                oracle(&mut seen, seq),
+                "seq {seq}"
+            );
         }
         assert_eq!(d.floor(&s), Some(0));
         assert_eq!(d.check(&s, 1), Verdict::New);

@@ -1,6 +1,7 @@
 //! Ingest: pull from the events stream, decode, validate, deduplicate, route to actors, with
 //! credit-based flow control and dead letters for bad input.
 
+pub mod actor;
 pub mod deadletter;
 pub mod dedupe;
 pub mod route;

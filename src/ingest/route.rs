@@ -59,8 +59,22 @@ impl Routed {
             }
         });
         let store = match event {
-            Event::Sale(s) => Some((s.location, s.business_day, s.currency, s.lines, s.tenders, false)),
-            Event::Return(r) => Some((r.location, r.business_day, r.currency, r.lines, r.tenders, true)),
+            Event::Sale(s) => Some((
+                s.location,
+                s.business_day,
+                s.currency,
+                s.lines,
+                s.tenders,
+                false,
+            )),
+            Event::Return(r) => Some((
+                r.location,
+                r.business_day,
+                r.currency,
+                r.lines,
+                r.tenders,
+                true,
+            )),
             _ => None,
         };
         if let Some((loc, business_day, currency, lines, tenders, returning)) = store {

@@ -1,4 +1,6 @@
 //! Delivering postings to ERP endpoints: the outbox, rate limiting, HTTP delivery.
 
+pub mod delivery;
+pub mod endpoint;
 pub mod outbox;
 pub mod ratelimit;

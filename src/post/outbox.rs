@@ -30,10 +30,14 @@ pub async fn publish(js: &jetstream::Context, docs: &[PostingDoc]) -> Result<usi
     };
     let mut done = 0;
     for doc in docs {
-        let payload = crate::domain::codec::encode_msgpack(doc).map_err(|e| fail(done, e.to_string()))?;
+        let payload =
+            crate::domain::codec::encode_msgpack(doc).map_err(|e| fail(done, e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", doc.id.as_str());
-        headers.insert(crate::domain::codec::CONTENT_TYPE, crate::domain::codec::MSGPACK);
+        headers.insert(
+            crate::domain::codec::CONTENT_TYPE,
+            crate::domain::codec::MSGPACK,
+        );
         let subj = subject::posting(&doc.endpoint, doc.body.kind().as_str());
         let ack = js
             .publish_with_headers(subj, headers, payload.into())

@@ -168,7 +168,11 @@ mod tests {
         let grants = greedy(&mut l, Duration::from_secs(600)).await;
         assert!(max_in_any_window(&grants, lim.window) <= 600);
         // Ten minutes at 10/s, plus the first burst.
-        assert!(grants.len() >= 6000 && grants.len() <= 6600, "{}", grants.len());
+        assert!(
+            grants.len() >= 6000 && grants.len() <= 6600,
+            "{}",
+            grants.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -177,7 +181,11 @@ mod tests {
         let mut l = RateLimiter::new(lim.clone());
         let grants = greedy(&mut l, Duration::from_secs(10)).await;
         // Burst of 600, then 20/s for the remaining ~10 s.
-        assert!(grants.len() >= 600 && grants.len() <= 600 + 201, "{}", grants.len());
+        assert!(
+            grants.len() >= 600 && grants.len() <= 600 + 201,
+            "{}",
+            grants.len()
+        );
         assert!(max_in_any_window(&grants, Duration::from_secs(300)) <= 6000);
     }
 

@@ -40,3 +40,61 @@ impl Decisions {
         self.waiters.len()
     }
 }
+
+/// Reservations currently holding stock, as the shards report them: lets the API find the sku
+/// of a reservation id (to route a release) and lets the expiry timer find what is due.
+#[derive(Default)]
+pub struct ActiveReservations {
+    by_id: DashMap<ReservationId, (crate::domain::Sku, i64, Decision)>,
+    by_expiry: std::sync::Mutex<std::collections::BTreeSet<(i64, ReservationId)>>,
+}
+
+impl ActiveReservations {
+    /// Shard side: records the current state of a reservation.
+    pub fn update(&self, d: &Decision) {
+        if d.state == "active" {
+            self.by_id.insert(
+                d.reservation_id.clone(),
+                (d.sku.clone(), d.expires_at_ms, d.clone()),
+            );
+            if let Ok(mut e) = self.by_expiry.lock() {
+                e.insert((d.expires_at_ms, d.reservation_id.clone()));
+            }
+        } else if let Some((_, (_, exp, _))) = self.by_id.remove(&d.reservation_id) {
+            if let Ok(mut e) = self.by_expiry.lock() {
+                e.remove(&(exp, d.reservation_id.clone()));
+            }
+        }
+    }
+
+    pub fn get(&self, id: &ReservationId) -> Option<(crate::domain::Sku, Decision)> {
+        self.by_id.get(id).map(|e| (e.0.clone(), e.2.clone()))
+    }
+
+    /// Reservations whose expiry is at or before `now_ms`, oldest first, at most `limit`.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Vec<(ReservationId, crate::domain::Sku)> {
+        let Ok(e) = self.by_expiry.lock() else {
+            return Vec::new();
+        };
+        e.iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(limit)
+            .filter_map(|(_, id)| self.by_id.get(id).map(|v| (id.clone(), v.0.clone())))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn clear(&self) {
+        self.by_id.clear();
+        if let Ok(mut e) = self.by_expiry.lock() {
+            e.clear();
+        }
+    }
+}

@@ -1,3 +1,7 @@
 //! Availability and reservation API over HTTP and NATS request-reply, reading the view.
 
 pub mod decisions;
+pub mod http;
+pub mod model;
+pub mod nats;
+pub mod reserve;

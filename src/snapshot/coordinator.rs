@@ -4,9 +4,9 @@
 //! Barriers complete in stream order: an actor answers barrier S before S', so S' cannot be
 //! complete while S is not.
 
-use super::format::{IngestState, Snapshot, FORMAT_VERSION};
+use super::format::{FORMAT_VERSION, IngestState, Snapshot};
 use super::store::SnapshotStore;
-use crate::aggregate::posting::{Draft, DocBody, Lineage, PostingDoc};
+use crate::aggregate::posting::{DocBody, Draft, Lineage, PostingDoc};
 use crate::apply::ledger::MovementLine;
 use crate::config::ErpEndpointConfig;
 use crate::domain::LocationId;
@@ -99,7 +99,8 @@ pub fn address(drafts: Vec<Draft>, endpoints: &[ErpEndpointConfig], seq: u64) ->
         let kind = d.body.kind();
         for e in endpoints {
             let takes_kind = e.documents.contains(&kind);
-            let takes_loc = e.locations.is_empty() || e.locations.iter().any(|l| l == d.location.as_str());
+            let takes_loc =
+                e.locations.is_empty() || e.locations.iter().any(|l| l == d.location.as_str());
             if takes_kind && takes_loc {
                 out.push(PostingDoc::address(d.clone(), &e.name, seq));
             }
@@ -154,7 +155,10 @@ impl CoordState {
         }
         drafts.extend(movement_drafts(&mut p.shards));
         let docs = address(drafts, &self.shared.config.erp, seq);
-        self.shared.metrics.postings_formed.fetch_add(docs.len() as u64, Relaxed);
+        self.shared
+            .metrics
+            .postings_formed
+            .fetch_add(docs.len() as u64, Relaxed);
         if !docs.is_empty() {
             self.unsnapshotted = true;
         }
@@ -178,11 +182,20 @@ impl CoordState {
                     shards: p
                         .shards
                         .iter_mut()
-                        .map(|s| ByteBuf::from(s.as_mut().and_then(|s| s.state.take()).unwrap_or_default()))
+                        .map(|s| {
+                            ByteBuf::from(
+                                s.as_mut().and_then(|s| s.state.take()).unwrap_or_default(),
+                            )
+                        })
                         .collect(),
                     stores: stores
                         .iter_mut()
-                        .map(|s| (s.location.clone(), ByteBuf::from(s.state.take().unwrap_or_default())))
+                        .map(|s| {
+                            (
+                                s.location.clone(),
+                                ByteBuf::from(s.state.take().unwrap_or_default()),
+                            )
+                        })
                         .collect(),
                     unreleased: self.unreleased.clone(),
                 };
@@ -192,7 +205,12 @@ impl CoordState {
                         self.shared.metrics.snapshots.fetch_add(1, Relaxed);
                         self.status.last_snapshot = seq;
                         self.unsnapshotted = false;
-                        tracing::info!(seq, bytes = ptr.bytes, ms = started.elapsed().as_millis() as u64, "snapshot durable");
+                        tracing::info!(
+                            seq,
+                            bytes = ptr.bytes,
+                            ms = started.elapsed().as_millis() as u64,
+                            "snapshot durable"
+                        );
                         self.release(seq).await;
                     }
                     Err(error) => {
@@ -212,7 +230,10 @@ impl CoordState {
         }
         match crate::post::outbox::publish(&self.shared.js, &self.unreleased).await {
             Ok(fresh) => {
-                self.shared.metrics.postings_released.fetch_add(fresh as u64, Relaxed);
+                self.shared
+                    .metrics
+                    .postings_released
+                    .fetch_add(fresh as u64, Relaxed);
                 self.unreleased.clear();
                 self.status.last_released = seq;
                 if let Some(store) = &self.snapshots {
@@ -282,7 +303,11 @@ impl Actor for Coordinator {
             CoordMsg::Shard(part) => {
                 let seq = part.seq;
                 let Some(p) = state.pending.get_mut(&seq) else {
-                    return Err(format!("shard {} answered barrier {seq}, which was never announced", part.shard).into());
+                    return Err(format!(
+                        "shard {} answered barrier {seq}, which was never announced",
+                        part.shard
+                    )
+                    .into());
                 };
                 let i = part.shard;
                 p.shards[i] = Some(part);
@@ -291,7 +316,11 @@ impl Actor for Coordinator {
             CoordMsg::Store(part) => {
                 let seq = part.seq;
                 let Some(p) = state.pending.get_mut(&seq) else {
-                    return Err(format!("store {} answered barrier {seq}, which was never announced", part.location).into());
+                    return Err(format!(
+                        "store {} answered barrier {seq}, which was never announced",
+                        part.location
+                    )
+                    .into());
                 };
                 p.stores.push(part);
                 seq

@@ -19,7 +19,9 @@ pub enum FormatError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("snapshot format {found} is not supported by this build (expects {FORMAT_VERSION})")]
     Version { found: u32 },
-    #[error("snapshot was taken with {found} shards; the configuration says {configured}. Shard count can only change with a fresh start (replay from the stream)")]
+    #[error(
+        "snapshot was taken with {found} shards; the configuration says {configured}. Shard count can only change with a fresh start (replay from the stream)"
+    )]
     ShardCount { found: usize, configured: usize },
 }
 
@@ -94,7 +96,12 @@ mod tests {
             format: FORMAT_VERSION,
             seq: 42,
             taken_at_ms: 1,
-            ingest: ByteBuf::from(encode_part(&IngestState { dedupe: Dedupe::new(64) }).unwrap()),
+            ingest: ByteBuf::from(
+                encode_part(&IngestState {
+                    dedupe: Dedupe::new(64),
+                })
+                .unwrap(),
+            ),
             shards: (0..shards).map(|_| ByteBuf::from(vec![1, 2, 3])).collect(),
             stores: vec![],
             unreleased: vec![],
@@ -108,11 +115,17 @@ mod tests {
         assert_eq!(back.seq, 42);
         assert!(matches!(
             Snapshot::decode(&bytes, 3),
-            Err(FormatError::ShardCount { found: 2, configured: 3 })
+            Err(FormatError::ShardCount {
+                found: 2,
+                configured: 3
+            })
         ));
         let mut future = sample(2);
         future.format = 9;
         let bytes = future.encode().unwrap();
-        assert!(matches!(Snapshot::decode(&bytes, 2), Err(FormatError::Version { found: 9 })));
+        assert!(matches!(
+            Snapshot::decode(&bytes, 2),
+            Err(FormatError::Version { found: 9 })
+        ));
     }
 }

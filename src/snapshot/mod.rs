@@ -4,3 +4,4 @@
 pub mod coordinator;
 pub mod format;
 pub mod store;
+pub mod ticker;

@@ -4,7 +4,7 @@
 use crate::apply::view::View;
 use crate::config::Config;
 use crate::ingest::deadletter::DeadLetters;
-use crate::query::decisions::Decisions;
+use crate::query::decisions::{ActiveReservations, Decisions};
 use crate::telemetry::Metrics;
 use async_nats::jetstream;
 use std::sync::Arc;
@@ -60,13 +60,18 @@ pub struct Shared {
     /// Set while the ERP backlog is above `barrier.backlog_pause`.
     pub paused: AtomicBool,
     pub decisions: Arc<Decisions>,
+    pub active: Arc<ActiveReservations>,
     pub dead_letters: DeadLetters,
     /// Set once a shutdown was requested; actors stop taking new work.
     pub stopping: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>, client: async_nats::Client, metrics: Arc<Metrics>) -> Arc<Shared> {
+    pub fn new(
+        config: Arc<Config>,
+        client: async_nats::Client,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Shared> {
         let js = jetstream::new(client.clone());
         let view = View::new(config.shards.count);
         Arc::new(Shared {
@@ -79,6 +84,7 @@ impl Shared {
             credits: Credits::default(),
             paused: AtomicBool::new(false),
             decisions: Arc::new(Decisions::default()),
+            active: Arc::new(ActiveReservations::default()),
             stopping: AtomicBool::new(false),
         })
     }

@@ -8,6 +8,14 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+/// Name, Prometheus type, help text and reader of one per-endpoint series.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&EndpointMetrics) -> i64,
+);
+
 #[derive(Default, Debug)]
 pub struct EndpointMetrics {
     pub requests: AtomicU64,
@@ -64,7 +72,10 @@ impl Metrics {
 
     pub fn dead_letter(&self, reason: &str) {
         self.dead_letters.fetch_add(1, Relaxed);
-        *self.dead_letter_reasons.entry(reason.to_string()).or_insert(0) += 1;
+        *self
+            .dead_letter_reasons
+            .entry(reason.to_string())
+            .or_insert(0) += 1;
     }
 
     /// Prometheus text exposition.
@@ -75,52 +86,195 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE retailflow_{name} counter");
             let _ = writeln!(out, "retailflow_{name} {v}");
         };
-        counter("events_received_total", "Messages read from the events stream.", self.events_received.load(Relaxed));
-        counter("events_applied_total", "Events applied (after dedupe and validation).", self.events_applied.load(Relaxed));
-        counter("ops_applied_total", "Per-SKU operations applied by shards.", self.ops_applied.load(Relaxed));
-        counter("dead_letters_total", "Events and postings sent to the dead-letter stream.", self.dead_letters.load(Relaxed));
-        counter("late_events_total", "Events that arrived after their reorder window.", self.late_events.load(Relaxed));
-        counter("gap_sequences_total", "Per-source sequences skipped by a jump ahead.", self.gap_sequences.load(Relaxed));
-        counter("barriers_total", "Barriers processed.", self.barriers.load(Relaxed));
-        counter("snapshots_total", "Snapshots made durable.", self.snapshots.load(Relaxed));
-        counter("postings_formed_total", "Posting documents formed at barriers.", self.postings_formed.load(Relaxed));
-        counter("postings_released_total", "Posting documents published to the outbox.", self.postings_released.load(Relaxed));
-        counter("actor_restarts_total", "Actors restarted by the supervisor.", self.actor_restarts.load(Relaxed));
-        counter("ingest_paused_total", "Times ingest paused for backpressure.", self.ingest_paused.load(Relaxed));
-        counter("negative_on_hand_total", "Facts that took on-hand below zero (exceptions).", self.negative_on_hand.load(Relaxed));
-        counter("short_allocations_total", "Orders allocated beyond availability (exceptions).", self.short_allocations.load(Relaxed));
-        counter("queries_total", "Availability queries answered.", self.queries.load(Relaxed));
-        counter("reservations_granted_total", "Reservation requests granted.", self.reservations_granted.load(Relaxed));
-        counter("reservations_rejected_total", "Reservation requests rejected.", self.reservations_rejected.load(Relaxed));
-        let _ = writeln!(out, "# HELP retailflow_duplicates_total Duplicates dropped, by layer.");
+        counter(
+            "events_received_total",
+            "Messages read from the events stream.",
+            self.events_received.load(Relaxed),
+        );
+        counter(
+            "events_applied_total",
+            "Events applied (after dedupe and validation).",
+            self.events_applied.load(Relaxed),
+        );
+        counter(
+            "ops_applied_total",
+            "Per-SKU operations applied by shards.",
+            self.ops_applied.load(Relaxed),
+        );
+        counter(
+            "dead_letters_total",
+            "Events and postings sent to the dead-letter stream.",
+            self.dead_letters.load(Relaxed),
+        );
+        counter(
+            "late_events_total",
+            "Events that arrived after their reorder window.",
+            self.late_events.load(Relaxed),
+        );
+        counter(
+            "gap_sequences_total",
+            "Per-source sequences skipped by a jump ahead.",
+            self.gap_sequences.load(Relaxed),
+        );
+        counter(
+            "barriers_total",
+            "Barriers processed.",
+            self.barriers.load(Relaxed),
+        );
+        counter(
+            "snapshots_total",
+            "Snapshots made durable.",
+            self.snapshots.load(Relaxed),
+        );
+        counter(
+            "postings_formed_total",
+            "Posting documents formed at barriers.",
+            self.postings_formed.load(Relaxed),
+        );
+        counter(
+            "postings_released_total",
+            "Posting documents published to the outbox.",
+            self.postings_released.load(Relaxed),
+        );
+        counter(
+            "actor_restarts_total",
+            "Actors restarted by the supervisor.",
+            self.actor_restarts.load(Relaxed),
+        );
+        counter(
+            "ingest_paused_total",
+            "Times ingest paused for backpressure.",
+            self.ingest_paused.load(Relaxed),
+        );
+        counter(
+            "negative_on_hand_total",
+            "Facts that took on-hand below zero (exceptions).",
+            self.negative_on_hand.load(Relaxed),
+        );
+        counter(
+            "short_allocations_total",
+            "Orders allocated beyond availability (exceptions).",
+            self.short_allocations.load(Relaxed),
+        );
+        counter(
+            "queries_total",
+            "Availability queries answered.",
+            self.queries.load(Relaxed),
+        );
+        counter(
+            "reservations_granted_total",
+            "Reservation requests granted.",
+            self.reservations_granted.load(Relaxed),
+        );
+        counter(
+            "reservations_rejected_total",
+            "Reservation requests rejected.",
+            self.reservations_rejected.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP retailflow_duplicates_total Duplicates dropped, by layer."
+        );
         let _ = writeln!(out, "# TYPE retailflow_duplicates_total counter");
-        let _ = writeln!(out, "retailflow_duplicates_total{{layer=\"redelivery\"}} {}", self.duplicates_redelivered.load(Relaxed));
-        let _ = writeln!(out, "retailflow_duplicates_total{{layer=\"resend\"}} {}", self.duplicates_resent.load(Relaxed));
-        let _ = writeln!(out, "# HELP retailflow_dead_letters_by_reason_total Dead letters by reason.");
-        let _ = writeln!(out, "# TYPE retailflow_dead_letters_by_reason_total counter");
-        let mut reasons: Vec<_> = self.dead_letter_reasons.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        let _ = writeln!(
+            out,
+            "retailflow_duplicates_total{{layer=\"redelivery\"}} {}",
+            self.duplicates_redelivered.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "retailflow_duplicates_total{{layer=\"resend\"}} {}",
+            self.duplicates_resent.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP retailflow_dead_letters_by_reason_total Dead letters by reason."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE retailflow_dead_letters_by_reason_total counter"
+        );
+        let mut reasons: Vec<_> = self
+            .dead_letter_reasons
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
         reasons.sort();
         for (r, v) in reasons {
-            let _ = writeln!(out, "retailflow_dead_letters_by_reason_total{{reason=\"{r}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "retailflow_dead_letters_by_reason_total{{reason=\"{r}\"}} {v}"
+            );
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP retailflow_{name} {help}");
             let _ = writeln!(out, "# TYPE retailflow_{name} gauge");
             let _ = writeln!(out, "retailflow_{name} {v}");
         };
-        gauge(&mut out, "consumer_lag", "Events in the stream not yet applied.", self.consumer_lag.load(Relaxed));
-        gauge(&mut out, "last_applied_seq", "Stream sequence applied by every shard.", self.last_applied_seq.load(Relaxed) as i64);
-        let mut eps: Vec<_> = self.endpoints.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        gauge(
+            &mut out,
+            "consumer_lag",
+            "Events in the stream not yet applied.",
+            self.consumer_lag.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "last_applied_seq",
+            "Stream sequence applied by every shard.",
+            self.last_applied_seq.load(Relaxed) as i64,
+        );
+        let mut eps: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
         eps.sort_by(|a, b| a.0.cmp(&b.0));
-        let series: [(&str, &str, &str, fn(&EndpointMetrics) -> i64); 8] = [
-            ("erp_requests_total", "counter", "HTTP requests sent to the ERP.", |m| m.requests.load(Relaxed) as i64),
-            ("erp_accepted_total", "counter", "Postings the ERP accepted.", |m| m.accepted.load(Relaxed) as i64),
-            ("erp_replays_total", "counter", "Postings the ERP reported as idempotent replays.", |m| m.replays.load(Relaxed) as i64),
-            ("erp_throttled_total", "counter", "429 answers from the ERP.", |m| m.throttled_429.load(Relaxed) as i64),
-            ("erp_retries_total", "counter", "Deliveries retried after a timeout, 5xx or 429.", |m| m.retries.load(Relaxed) as i64),
-            ("erp_rejected_total", "counter", "Postings the ERP rejected (dead-lettered).", |m| m.rejected.load(Relaxed) as i64),
-            ("erp_in_flight", "gauge", "Requests in flight.", |m| m.in_flight.load(Relaxed)),
-            ("postings_pending", "gauge", "Postings waiting in the outbox for the endpoint.", |m| m.pending.load(Relaxed)),
+        let series: [Series; 8] = [
+            (
+                "erp_requests_total",
+                "counter",
+                "HTTP requests sent to the ERP.",
+                |m| m.requests.load(Relaxed) as i64,
+            ),
+            (
+                "erp_accepted_total",
+                "counter",
+                "Postings the ERP accepted.",
+                |m| m.accepted.load(Relaxed) as i64,
+            ),
+            (
+                "erp_replays_total",
+                "counter",
+                "Postings the ERP reported as idempotent replays.",
+                |m| m.replays.load(Relaxed) as i64,
+            ),
+            (
+                "erp_throttled_total",
+                "counter",
+                "429 answers from the ERP.",
+                |m| m.throttled_429.load(Relaxed) as i64,
+            ),
+            (
+                "erp_retries_total",
+                "counter",
+                "Deliveries retried after a timeout, 5xx or 429.",
+                |m| m.retries.load(Relaxed) as i64,
+            ),
+            (
+                "erp_rejected_total",
+                "counter",
+                "Postings the ERP rejected (dead-lettered).",
+                |m| m.rejected.load(Relaxed) as i64,
+            ),
+            ("erp_in_flight", "gauge", "Requests in flight.", |m| {
+                m.in_flight.load(Relaxed)
+            }),
+            (
+                "postings_pending",
+                "gauge",
+                "Postings waiting in the outbox for the endpoint.",
+                |m| m.pending.load(Relaxed),
+            ),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP retailflow_{name} {help}");
@@ -156,7 +310,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("retailflow_events_applied_total 3\n"));
         assert!(text.contains("retailflow_erp_throttled_total{endpoint=\"erp\"} 2\n"));
-        assert!(text.contains("retailflow_dead_letters_by_reason_total{reason=\"undecodable\"} 1\n"));
+        assert!(
+            text.contains("retailflow_dead_letters_by_reason_total{reason=\"undecodable\"} 1\n")
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let parts: Vec<&str> = line.rsplitn(2, ' ').collect();
             assert!(parts[0].parse::<i64>().is_ok(), "{line}");

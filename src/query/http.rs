@@ -1,0 +1,236 @@
+//! HTTP API (axum). Every error is JSON `{"error": "..."}` with a 4xx for bad input; nothing
+//! answers 500 because of what a caller sent.
+
+use super::model::{self, QueryError, QueryRequest};
+use super::reserve::{self, Reservations, ReserveError, ReserveRequest};
+use crate::supervise::shared::Shared;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub shared: Arc<Shared>,
+    pub reservations: Arc<Reservations>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/availability/query", post(query))
+        .route("/v1/availability/{sku}", get(availability))
+        .route("/v1/reservations", post(create_reservation))
+        .route(
+            "/v1/reservations/{id}",
+            get(get_reservation).delete(release_reservation),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        ),
+    }
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+fn query_error(e: QueryError) -> Response {
+    match e {
+        QueryError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        QueryError::NotReady => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        QueryError::NotYet { at, .. } => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({ "error": e.to_string(), "as_of": at }),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such route; see the README for the API",
+    )
+}
+
+async fn availability(
+    State(st): State<ApiState>,
+    Path(sku): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let mut req = QueryRequest {
+        skus: vec![sku],
+        ..Default::default()
+    };
+    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "location" => req.locations.push(v.into_owned()),
+            "channel" => req.channel = Some(v.into_owned()),
+            "min_as_of" => match v.parse() {
+                Ok(n) => req.min_as_of = Some(n),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("min_as_of {v:?} is not a sequence number"),
+                    );
+                }
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}; use location, channel, min_as_of"),
+                );
+            }
+        }
+    }
+    st.shared.metrics.queries.fetch_add(1, Relaxed);
+    match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
+        Ok(mut r) => match r.results.pop() {
+            Some(one) => json(StatusCode::OK, &one),
+            None => error(StatusCode::BAD_REQUEST, "no sku"),
+        },
+        Err(e) => query_error(e),
+    }
+}
+
+async fn query(State(st): State<ApiState>, body: Bytes) -> Response {
+    let req: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+    };
+    st.shared.metrics.queries.fetch_add(1, Relaxed);
+    match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
+        Ok(r) => json(StatusCode::OK, &r),
+        Err(e) => query_error(e),
+    }
+}
+
+fn reserve_error(e: ReserveError) -> Response {
+    match e {
+        ReserveError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        ReserveError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        ReserveError::Unavailable(m) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, m);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+async fn create_reservation(State(st): State<ApiState>, body: Bytes) -> Response {
+    let req: ReserveRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+    };
+    match st.reservations.reserve(req).await {
+        Ok(answer) => {
+            let status = if answer.granted {
+                StatusCode::CREATED
+            } else {
+                StatusCode::CONFLICT
+            };
+            json(status, &answer)
+        }
+        Err(e) => reserve_error(e),
+    }
+}
+
+async fn release_reservation(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
+    match st.reservations.release(&id).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => reserve_error(e),
+    }
+}
+
+async fn get_reservation(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
+    match st.reservations.get(&id) {
+        Some(answer) => json(StatusCode::OK, &answer),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("reservation {id:?} is not active"),
+        ),
+    }
+}
+
+async fn healthz(State(st): State<ApiState>) -> Response {
+    let ready = st.shared.view.is_ready();
+    let body = serde_json::json!({
+        "status": if ready { "ok" } else { "recovering" },
+        "as_of": st.shared.view.applied_all(),
+        "lag": st.shared.metrics.consumer_lag.load(Relaxed),
+        "paused_for_erp_backlog": st.shared.paused.load(Relaxed),
+    });
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let m = &st.shared.metrics;
+    m.last_applied_seq
+        .store(st.shared.view.applied_all(), Relaxed);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// Binds and serves until `shutdown` resolves. Returns the bound address.
+pub async fn serve(
+    state: ApiState,
+    listen: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "HTTP API stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+pub use reserve::ReserveAnswer;

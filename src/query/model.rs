@@ -1,0 +1,209 @@
+//! Availability questions and answers, shared by the HTTP and NATS front ends. Answers are
+//! computed from the view alone; nothing here goes through an actor.
+
+use crate::apply::view::View;
+use crate::domain::{ChannelId, LocationId, Sku, ids::check_token};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub const MAX_SKUS: usize = 100;
+pub const MAX_LOCATIONS: usize = 100;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub skus: Vec<String>,
+    /// Only these locations (unknown ones answer zero). Empty: every location holding the sku,
+    /// or the channel's fulfilment locations when `channel` is given.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// Also answer network availability for this channel.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Read-your-writes: wait (bounded) until the view has applied this stream sequence.
+    #[serde(default)]
+    pub min_as_of: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationAvailability {
+    pub location: String,
+    pub known: bool,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub in_transit: i64,
+    /// on_hand - reserved - safety_stock; negative when facts outran stock.
+    pub available: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelAvailability {
+    pub channel: String,
+    /// Sum over the channel's locations of max(0, available - buffer): never below zero.
+    pub available: i64,
+    pub buffer: i64,
+    pub locations: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuAvailability {
+    pub sku: String,
+    /// False when retailflow has never seen this sku: every number is then zero.
+    pub known: bool,
+    /// Stream sequence this answer reflects (at least).
+    pub as_of: u64,
+    pub locations: Vec<LocationAvailability>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelAvailability>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// The lowest `as_of` of the results.
+    pub as_of: u64,
+    pub results: Vec<SkuAvailability>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("retailflow is restoring its state; retry shortly")]
+    NotReady,
+    #[error("the view has not applied sequence {wanted} within {waited:?} (it is at {at})")]
+    NotYet {
+        wanted: u64,
+        at: u64,
+        waited: Duration,
+    },
+}
+
+impl QueryRequest {
+    pub fn check(&self) -> Result<(), QueryError> {
+        let bad = |m: String| Err(QueryError::BadRequest(m));
+        if self.skus.is_empty() {
+            return bad("skus: at least one sku is required".into());
+        }
+        if self.skus.len() > MAX_SKUS {
+            return bad(format!(
+                "skus: at most {MAX_SKUS} per request ({} given)",
+                self.skus.len()
+            ));
+        }
+        if self.locations.len() > MAX_LOCATIONS {
+            return bad(format!(
+                "locations: at most {MAX_LOCATIONS} per request ({} given)",
+                self.locations.len()
+            ));
+        }
+        for s in &self.skus {
+            check_token("sku", s).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+        }
+        for l in &self.locations {
+            check_token("location", l).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+        }
+        if let Some(c) = &self.channel {
+            check_token("channel", c).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn loc_answer(location: &str, p: Option<&crate::apply::ledger::Position>) -> LocationAvailability {
+    let known = p.is_some();
+    let p = p.copied().unwrap_or_default();
+    LocationAvailability {
+        location: location.to_string(),
+        known,
+        on_hand: p.on_hand,
+        reserved: p.reserved,
+        safety_stock: p.safety_stock,
+        in_transit: p.in_transit,
+        available: p.available(),
+    }
+}
+
+/// Answers a query from the view.
+pub async fn answer(
+    view: &View,
+    req: &QueryRequest,
+    max_wait: Duration,
+) -> Result<QueryResponse, QueryError> {
+    req.check()?;
+    if !view.is_ready() {
+        return Err(QueryError::NotReady);
+    }
+    if let Some(seq) = req.min_as_of {
+        for s in &req.skus {
+            let sku = Sku::from(s.as_str());
+            if !view.wait_for(&sku, seq, max_wait).await {
+                let at = view.read(&sku).1;
+                return Err(QueryError::NotYet {
+                    wanted: seq,
+                    at,
+                    waited: max_wait,
+                });
+            }
+        }
+    }
+    let channel = match &req.channel {
+        Some(c) => match view.channel(&ChannelId::from(c.as_str())) {
+            Some(cv) => Some((c.clone(), cv)),
+            None => {
+                let known: Vec<String> = view.channels().keys().map(|k| k.to_string()).collect();
+                return Err(QueryError::BadRequest(format!(
+                    "unknown channel {c:?}; known channels: {known:?} (channels come from location_upsert events)"
+                )));
+            }
+        },
+        None => None,
+    };
+    let mut results = Vec::with_capacity(req.skus.len());
+    for s in &req.skus {
+        let sku = Sku::from(s.as_str());
+        let (entries, as_of) = view.read(&sku);
+        let known = entries.is_some();
+        let by_loc: BTreeMap<LocationId, crate::apply::ledger::Position> = entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.location, a.position))
+            .collect();
+        let wanted: Vec<String> = if !req.locations.is_empty() {
+            req.locations.clone()
+        } else if let Some((_, cv)) = &channel {
+            cv.locations.iter().map(|l| l.to_string()).collect()
+        } else {
+            by_loc.keys().map(|l| l.to_string()).collect()
+        };
+        let locations = wanted
+            .iter()
+            .map(|l| loc_answer(l, by_loc.get(l.as_str())))
+            .collect();
+        let channel_answer = channel.as_ref().map(|(name, cv)| ChannelAvailability {
+            channel: name.clone(),
+            available: cv
+                .locations
+                .iter()
+                .map(|l| {
+                    by_loc
+                        .get(l)
+                        .map(|p| (p.available() - cv.buffer).max(0))
+                        .unwrap_or(0)
+                })
+                .sum(),
+            buffer: cv.buffer,
+            locations: cv.locations.iter().map(|l| l.to_string()).collect(),
+        });
+        results.push(SkuAvailability {
+            sku: s.clone(),
+            known,
+            as_of,
+            locations,
+            channel: channel_answer,
+        });
+    }
+    let as_of = results.iter().map(|r| r.as_of).min().unwrap_or(0);
+    Ok(QueryResponse { as_of, results })
+}

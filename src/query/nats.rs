@@ -1,0 +1,110 @@
+//! The same API over NATS request-reply, JSON in and out. Errors answer `{"error": "..."}`.
+//!
+//! - `retail.v1.atp.query`: a `QueryRequest`, answered with a `QueryResponse`.
+//! - `retail.v1.atp.reserve`: a `ReserveRequest`, answered with a `ReserveAnswer`.
+//! - `retail.v1.atp.release`: `{"reservation_id": "..."}`, answered with a `ReserveAnswer`.
+//!
+//! Responders join the queue group `retailflow`, so several instances share the load.
+
+use super::model::{self, QueryRequest};
+use super::reserve::{Reservations, ReserveRequest};
+use crate::domain::subject;
+use crate::supervise::shared::Shared;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    reservation_id: String,
+}
+
+fn encode<T: Serialize>(r: Result<T, String>) -> bytes::Bytes {
+    let v = match r {
+        Ok(v) => serde_json::to_vec(&v),
+        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e })),
+    };
+    v.unwrap_or_else(|_| b"{\"error\":\"encoding failed\"}".to_vec())
+        .into()
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    reservations: &Reservations,
+    subj: &str,
+    payload: &[u8],
+) -> bytes::Bytes {
+    match subj {
+        subject::ATP_QUERY => {
+            shared.metrics.queries.fetch_add(1, Relaxed);
+            let req: QueryRequest = match serde_json::from_slice(payload) {
+                Ok(r) => r,
+                Err(e) => return encode::<()>(Err(format!("request: {e}"))),
+            };
+            encode(
+                model::answer(&shared.view, &req, shared.config.api.max_wait)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        subject::ATP_RESERVE => {
+            let req: ReserveRequest = match serde_json::from_slice(payload) {
+                Ok(r) => r,
+                Err(e) => return encode::<()>(Err(format!("request: {e}"))),
+            };
+            encode(reservations.reserve(req).await.map_err(|e| e.to_string()))
+        }
+        subject::ATP_RELEASE => {
+            let req: ReleaseRequest = match serde_json::from_slice(payload) {
+                Ok(r) => r,
+                Err(e) => return encode::<()>(Err(format!("request: {e}"))),
+            };
+            encode(
+                reservations
+                    .release(&req.reservation_id)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        other => encode::<()>(Err(format!("no handler for {other}"))),
+    }
+}
+
+/// Subscribes the responders; each request is answered on its own task.
+pub async fn serve(
+    shared: Arc<Shared>,
+    reservations: Arc<Reservations>,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    let mut subs = Vec::new();
+    for s in [
+        subject::ATP_QUERY,
+        subject::ATP_RESERVE,
+        subject::ATP_RELEASE,
+    ] {
+        subs.push(
+            shared
+                .client
+                .queue_subscribe(s, "retailflow".to_string())
+                .await?,
+        );
+    }
+    let mut all = futures::stream::select_all(subs);
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = all.next().await {
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
+            let shared = shared.clone();
+            let reservations = reservations.clone();
+            tokio::spawn(async move {
+                let answer =
+                    handle(&shared, &reservations, msg.subject.as_str(), &msg.payload).await;
+                if let Err(error) = shared.client.publish(reply, answer).await {
+                    tracing::debug!(%error, "reply not sent");
+                }
+            });
+        }
+    }))
+}

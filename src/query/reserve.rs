@@ -1,0 +1,288 @@
+//! Reservations: a request becomes an event in the stream; the shard owning the SKU decides
+//! when it applies that event, in stream order; the caller gets the decision. Expiry is an
+//! event too, published by a timer, so replaying the stream reproduces every grant, rejection
+//! and expiry (invariant 1).
+
+use crate::apply::ledger::Decision;
+use crate::domain::money::MAX_QTY;
+use crate::domain::{
+    ChannelId, Envelope, Event, EventId, LocationId, ReservationExpired, ReservationId,
+    ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId, Target,
+    ids::check_token, subject,
+};
+use crate::snapshot::ticker::now_ms;
+use crate::supervise::shared::Shared;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    pub sku: String,
+    pub qty: i64,
+    /// Reserve at this location ...
+    #[serde(default)]
+    pub location: Option<String>,
+    /// ... or for this channel, by its sourcing rule.
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// The caller's key; the same key always gets the first decision. Also the reservation id.
+    pub idempotency_key: String,
+    /// Grant what is there when less than `qty` is available.
+    #[serde(default)]
+    pub allow_partial: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub location: String,
+    pub qty: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveAnswer {
+    pub reservation_id: String,
+    pub sku: String,
+    pub granted: bool,
+    /// `active`, `rejected`, `released`, `expired` or `consumed` (taken over by an order).
+    pub state: String,
+    pub allocations: Vec<Allocation>,
+    /// Granted units in total.
+    pub qty: i64,
+    /// For a rejection: what could have been had.
+    pub available: i64,
+    pub expires_at_ms: i64,
+    /// Stream sequence of the request that decided it.
+    pub decided_at: u64,
+}
+
+impl From<Decision> for ReserveAnswer {
+    fn from(d: Decision) -> Self {
+        ReserveAnswer {
+            qty: d.allocations.iter().map(|a| a.1).sum(),
+            reservation_id: d.reservation_id.to_string(),
+            sku: d.sku.to_string(),
+            granted: d.granted,
+            state: d.state,
+            allocations: d
+                .allocations
+                .into_iter()
+                .map(|(l, q)| Allocation {
+                    location: l.to_string(),
+                    qty: q,
+                })
+                .collect(),
+            available: d.available,
+            expires_at_ms: d.expires_at_ms,
+            decided_at: d.decided_at,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReserveError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Publishes reservation events and waits for their decisions.
+pub struct Reservations {
+    shared: Arc<Shared>,
+    source: SourceId,
+    seq: AtomicU64,
+}
+
+impl Reservations {
+    /// `role` distinguishes publishers (`api`, `expiry`) so each has its own sequence space.
+    pub fn new(shared: Arc<Shared>, role: &str) -> Reservations {
+        let source = format!("{role}/{}-{}", now_ms(), std::process::id());
+        Reservations {
+            shared,
+            source: SourceId::from(source.as_str()),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let kind = event.kind();
+        let env = Envelope {
+            v: SCHEMA_VERSION,
+            id: EventId::from(format!("{}/{seq}", self.source).as_str()),
+            source: self.source.clone(),
+            seq,
+            occurred_at_ms: now_ms(),
+            trace: None,
+            event,
+        };
+        let payload = crate::domain::codec::encode_msgpack(&env)
+            .map_err(|e| ReserveError::Unavailable(format!("encoding: {e}")))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", env.id.as_str());
+        let subj = format!("{}.{token}.{kind}", subject::API_EVENTS);
+        let ack = self
+            .shared
+            .js
+            .publish_with_headers(subj, headers, payload.into())
+            .await
+            .map_err(|e| ReserveError::Unavailable(format!("cannot publish the request: {e}")))?
+            .await
+            .map_err(|e| {
+                ReserveError::Unavailable(format!(
+                    "the events stream did not store the request: {e}"
+                ))
+            })?;
+        Ok(ack.sequence)
+    }
+
+    async fn decide(
+        &self,
+        id: &ReservationId,
+        token: &str,
+        event: Event,
+    ) -> Result<Decision, ReserveError> {
+        let waiter = self.shared.decisions.wait(id);
+        self.publish(token, event).await?;
+        let timeout = self.shared.config.reservations.decision_timeout;
+        match tokio::time::timeout(timeout, waiter).await {
+            Ok(Ok(d)) => Ok(d),
+            _ => {
+                self.shared.decisions.forget_closed();
+                Err(ReserveError::Unavailable(format!(
+                    "no decision within {timeout:?} (retailflow may be catching up); retrying with the same idempotency_key is safe"
+                )))
+            }
+        }
+    }
+
+    pub fn check(
+        &self,
+        req: &ReserveRequest,
+    ) -> Result<(ReservationId, Target, String, i64), ReserveError> {
+        let bad = |m: String| Err(ReserveError::BadRequest(m));
+        check_token("sku", &req.sku).map_err(|e| ReserveError::BadRequest(e.to_string()))?;
+        if req.idempotency_key.is_empty() || req.idempotency_key.len() > 64 {
+            return bad("idempotency_key: 1 to 64 characters are required".into());
+        }
+        if req.qty <= 0 || req.qty > MAX_QTY {
+            return bad(format!("qty {} must be between 1 and {MAX_QTY}", req.qty));
+        }
+        let (target, token) = match (&req.location, &req.channel) {
+            (Some(l), None) => {
+                check_token("location", l).map_err(|e| ReserveError::BadRequest(e.to_string()))?;
+                (Target::Location(LocationId::from(l.as_str())), l.clone())
+            }
+            (None, Some(c)) => {
+                check_token("channel", c).map_err(|e| ReserveError::BadRequest(e.to_string()))?;
+                if !self
+                    .shared
+                    .view
+                    .channels()
+                    .contains_key(&ChannelId::from(c.as_str()))
+                {
+                    return bad(format!("unknown channel {c:?}"));
+                }
+                (Target::Channel(ChannelId::from(c.as_str())), c.clone())
+            }
+            _ => return bad("give exactly one of location or channel".into()),
+        };
+        let cfg = &self.shared.config.reservations;
+        let ttl = req
+            .ttl_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(cfg.default_ttl);
+        if ttl.is_zero() || ttl > cfg.max_ttl {
+            return bad(format!(
+                "ttl_seconds must be between 1 and {}",
+                cfg.max_ttl.as_secs()
+            ));
+        }
+        let expires = now_ms() + ttl.as_millis() as i64;
+        Ok((
+            ReservationId::from(req.idempotency_key.as_str()),
+            target,
+            token,
+            expires,
+        ))
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveAnswer, ReserveError> {
+        let (id, target, token, expires_at_ms) = self.check(&req)?;
+        let event = Event::ReservationRequested(ReservationRequested {
+            reservation_id: id.clone(),
+            sku: Sku::from(req.sku.as_str()),
+            qty: req.qty,
+            target,
+            expires_at_ms,
+            allow_partial: req.allow_partial,
+        });
+        Ok(self.decide(&id, &token, event).await?.into())
+    }
+
+    pub async fn release(&self, id: &str) -> Result<ReserveAnswer, ReserveError> {
+        let rid = ReservationId::from(id);
+        let Some((sku, _)) = self.shared.active.get(&rid) else {
+            return Err(ReserveError::NotFound(format!(
+                "reservation {id:?} is not active (unknown, already released, expired or consumed)"
+            )));
+        };
+        let event = Event::ReservationReleased(ReservationReleased {
+            reservation_id: rid.clone(),
+            sku: sku.clone(),
+        });
+        Ok(self.decide(&rid, sku.as_str(), event).await?.into())
+    }
+
+    pub fn get(&self, id: &str) -> Option<ReserveAnswer> {
+        self.shared
+            .active
+            .get(&ReservationId::from(id))
+            .map(|(_, d)| d.into())
+    }
+}
+
+/// Runs the expiry timer until `stopping`.
+pub async fn expiry_loop(shared: Arc<Shared>) {
+    let r = Reservations::new(shared.clone(), "expiry");
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recently: std::collections::HashMap<ReservationId, std::time::Instant> =
+        Default::default();
+    loop {
+        tick.tick().await;
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        // An expiry event takes a moment to be applied; do not publish it twice meanwhile.
+        recently.retain(|_, t| t.elapsed() < Duration::from_secs(5));
+        let due: Vec<_> = shared
+            .active
+            .due(now_ms(), 1000)
+            .into_iter()
+            .filter(|(id, _)| !recently.contains_key(id))
+            .collect();
+        for (id, sku) in due {
+            let event = Event::ReservationExpired(ReservationExpired {
+                reservation_id: id.clone(),
+                sku: sku.clone(),
+            });
+            match r.publish(sku.as_str(), event).await {
+                Ok(_) => {
+                    recently.insert(id, std::time::Instant::now());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, reservation = %id, "expiry not published; retried next tick");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! A running retailflow: connects, prepares streams, recovers, starts the supervisor, the
+//! barrier ticker, the expiry timer and the API servers; shuts all of it down gracefully.
+
+use super::shared::Shared;
+use super::supervisor::{CrashTarget, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::bus::{self, BusError};
+use crate::config::Config;
+use crate::query::http::{self, ApiState};
+use crate::query::reserve::{self, Reservations};
+use crate::snapshot::coordinator::{CoordMsg, CoordStatus};
+use crate::snapshot::store::{SnapshotError, SnapshotStore};
+use crate::snapshot::ticker::{self, BarrierPublisher};
+use crate::telemetry::Metrics;
+use ractor::{Actor, ActorRef};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Recovery(#[from] super::recovery::RecoveryError),
+    #[error("the pipeline did not start: {0}")]
+    Spawn(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+}
+
+pub struct Pipeline {
+    pub shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_task: tokio::task::JoinHandle<()>,
+    fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
+    publisher: Arc<BarrierPublisher>,
+    stop_after: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http_addr: Option<SocketAddr>,
+    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub reservations: Arc<Reservations>,
+}
+
+impl Pipeline {
+    /// Connects to NATS (refusing servers that are too old) and starts everything.
+    pub async fn start(config: Config) -> Result<Pipeline, StartError> {
+        let client = bus::connect(&config.nats, "retailflow").await?;
+        Self::start_with_client(config, client, Metrics::new()).await
+    }
+
+    pub async fn start_with_client(
+        config: Config,
+        client: async_nats::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Pipeline, StartError> {
+        let config = Arc::new(config);
+        let shared = Shared::new(config.clone(), client, metrics);
+        bus::streams::ensure(&shared.js, &config.streams).await?;
+        let snapshots = if config.snapshot.enabled {
+            Some(
+                SnapshotStore::open(
+                    &shared.js,
+                    &config.snapshot,
+                    config.streams.storage,
+                    config.streams.replicas,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        // Recover before anything runs, so a refusal (retention gap, stream behind the snapshot)
+        // is returned to the caller with its reason.
+        let restored = super::recovery::restore(&shared, snapshots.as_ref()).await?;
+        let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
+        let stop_after = Arc::new(AtomicU64::new(0));
+        let (supervisor, supervisor_task) = Actor::spawn(
+            Some(format!("retailflow-{}", std::process::id())),
+            Supervisor,
+            SupervisorArgs {
+                shared: shared.clone(),
+                snapshots,
+                restored: Some(restored),
+                fatal: fatal_tx,
+                stop_after: stop_after.clone(),
+            },
+        )
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let publisher = Arc::new(BarrierPublisher::new(shared.clone()));
+        let reservations = Arc::new(Reservations::new(shared.clone(), "api"));
+        let mut tasks = vec![
+            tokio::spawn(ticker::run(shared.clone(), publisher.clone())),
+            tokio::spawn(reserve::expiry_loop(shared.clone())),
+        ];
+        let mut http_addr = None;
+        let mut http_stop = None;
+        if !config.api.http.is_empty() {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let state = ApiState {
+                shared: shared.clone(),
+                reservations: reservations.clone(),
+            };
+            let (addr, task) = http::serve(state, &config.api.http, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|error| StartError::Listen {
+                addr: config.api.http.clone(),
+                error,
+            })?;
+            tracing::info!(%addr, "HTTP API listening");
+            http_addr = Some(addr);
+            http_stop = Some(tx);
+            tasks.push(task);
+        }
+        if config.api.nats {
+            let t = crate::query::nats::serve(shared.clone(), reservations.clone())
+                .await
+                .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
+            tasks.push(t);
+        }
+        Ok(Pipeline {
+            shared,
+            supervisor,
+            supervisor_task,
+            fatal,
+            publisher,
+            stop_after,
+            tasks,
+            http_addr,
+            http_stop,
+            reservations,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Resolves when the supervisor gives up (restart intensity exceeded or recovery refused).
+    pub async fn fatal(&mut self) -> String {
+        tokio::select! {
+            m = self.fatal.recv() => m.unwrap_or_else(|| "supervisor stopped".into()),
+            _ = &mut self.supervisor_task => "supervisor stopped".into(),
+        }
+    }
+
+    /// Publishes a barrier now (tests and shutdown); returns its stream sequence.
+    pub async fn barrier(&self, flush: bool, snapshot: bool) -> Result<u64, ticker::BarrierError> {
+        self.publisher.publish(flush, snapshot).await
+    }
+
+    pub async fn coordinator_status(&self) -> Option<CoordStatus> {
+        let coord: Option<ActorRef<CoordMsg>> =
+            ractor::call!(self.supervisor, SupervisorMsg::Coordinator).ok()?;
+        ractor::call!(coord?, CoordMsg::Status).ok()
+    }
+
+    pub async fn restarts(&self) -> u64 {
+        ractor::call!(self.supervisor, SupervisorMsg::Restarts).unwrap_or(0)
+    }
+
+    /// Test hook: make an actor panic.
+    pub fn crash(&self, target: CrashTarget) {
+        let _ = self.supervisor.send_message(SupervisorMsg::Crash(target));
+    }
+
+    /// Test hook: make ingest re-read from `seq` (as after a consumer restart).
+    pub fn rewind(&self, seq: u64) {
+        let _ = self.supervisor.send_message(SupervisorMsg::Rewind(seq));
+    }
+
+    /// Waits until a barrier at or after `seq` completed and its postings were released.
+    pub async fn wait_released(&self, seq: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(s) = self.coordinator_status().await {
+                if s.last_released >= seq && s.unreleased == 0 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Graceful shutdown: a final flushing, snapshotting barrier; ingest stops at it; wait
+    /// (bounded) until its postings are released; stop everything.
+    pub async fn shutdown(mut self, limit: Duration) -> bool {
+        let mut clean = false;
+        match self.publisher.publish(true, true).await {
+            Ok(seq) => {
+                self.stop_after.store(seq, SeqCst);
+                clean = self.wait_released(seq, limit).await;
+                if !clean {
+                    tracing::warn!(
+                        seq,
+                        "shutdown: final barrier not released in time; the next start replays from the last snapshot"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "shutdown without a final barrier"),
+        }
+        self.stop_now().await;
+        clean
+    }
+
+    /// Stops without a final barrier (what a crash would leave, minus the crash).
+    pub async fn stop_now(&mut self) {
+        self.shared.stopping.store(true, Relaxed);
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        self.supervisor.stop_children(None);
+        self.supervisor.stop(None);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.supervisor_task).await;
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
