@@ -11,17 +11,23 @@
 //! - [`post`]: the outbox, rate limiting and HTTP delivery to ERP endpoints.
 //! - [`query`]: availability and reservations over HTTP and NATS.
 //! - [`supervise`]: the root actor and its restart policy.
+//! - [`erp_sim`]: a simulated, rate-limited ERP endpoint for tests and benchmarks.
+//! - [`scenario`]: generated peaks, an independent oracle, measurements and reports.
 //! - [`telemetry`]: metrics and logging.
 //! - [`config`]: the TOML configuration.
 
 pub mod aggregate;
 pub mod apply;
 pub mod bus;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod erp_sim;
 pub mod ingest;
 pub mod post;
 pub mod query;
+pub mod scenario;
 pub mod snapshot;
 pub mod supervise;
 pub mod telemetry;

@@ -213,6 +213,8 @@ pub struct Ledger {
     /// Net movement per (slot, reason) since the last flush.
     movements: FxHashMap<(u32, u16), i64>,
     orders: FxHashMap<(OrderId, u32), Allocs>,
+    /// SKUs each open order holds here, so a whole-order cancel finds them without a scan.
+    order_skus: FxHashMap<OrderId, SmallVec<[u32; 2]>>,
     transfers: FxHashMap<(TransferId, u32, u32), i64>,
     reservations: FxHashMap<ReservationId, Reservation>,
     #[serde(skip)]
@@ -531,14 +533,11 @@ impl Ledger {
                         self.release_order(order, s, Some(*qty))?;
                     }
                     None => {
-                        let mut skus: Vec<u32> = self
-                            .orders
-                            .keys()
-                            .filter(|(o, _)| o == order)
-                            .map(|(_, s)| *s)
-                            .collect();
-                        // Hash order is not stable across processes; sort for determinism.
+                        // Broadcast to every shard: most hold nothing of this order, which is
+                        // not an exception.
+                        let mut skus = self.order_skus.get(order).cloned().unwrap_or_default();
                         skus.sort_unstable();
+                        skus.dedup();
                         for s in skus {
                             self.release_order(order, s, None)?;
                         }
@@ -570,7 +569,9 @@ impl Ledger {
                             }
                         }
                         allocs.retain(|a| a.1 > 0);
-                        if !allocs.is_empty() {
+                        if allocs.is_empty() {
+                            self.unindex_order(order, s);
+                        } else {
                             self.orders.insert(key, allocs);
                         }
                     }
@@ -802,10 +803,29 @@ impl Ledger {
             None => {
                 if !allocs.is_empty() {
                     self.orders.insert(key, allocs);
+                    self.index_order(order, s);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records that `order` holds sku `s` here.
+    fn index_order(&mut self, order: &OrderId, s: u32) {
+        let v = self.order_skus.entry(order.clone()).or_default();
+        if !v.contains(&s) {
+            v.push(s);
+        }
+    }
+
+    /// Forgets that `order` holds sku `s` here (its allocation is gone).
+    fn unindex_order(&mut self, order: &OrderId, s: u32) {
+        if let Some(v) = self.order_skus.get_mut(order) {
+            v.retain(|x| *x != s);
+            if v.is_empty() {
+                self.order_skus.remove(order);
+            }
+        }
     }
 
     fn release_order(
@@ -831,7 +851,9 @@ impl Ledger {
                 allocs.pop();
             }
         }
-        if !allocs.is_empty() {
+        if allocs.is_empty() {
+            self.unindex_order(order, s);
+        } else {
             self.orders.insert(key, allocs);
         }
         Ok(())

@@ -194,3 +194,59 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Where the demo and scenarios get NATS from.
+pub struct NatsSource {
+    pub url: String,
+    /// Set when a private server was started (kept alive as long as this value).
+    pub private: Option<NatsServer>,
+    /// Why this source was chosen, for the console.
+    pub why: String,
+}
+
+/// Uses `$NATS_URL` or 127.0.0.1:4222 when it answers, is recent enough and does not already
+/// hold retailflow's events stream (so a demo never mixes with real data); otherwise starts a
+/// private nats-server.
+pub async fn existing_or_private(events_stream: &str) -> Result<NatsSource, ServerError> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
+    let why = match tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url.as_str()))
+        .await
+    {
+        Ok(Ok(client)) => {
+            let version = client.server_info().version;
+            if !super::version_at_least(&version, "2.10.0") {
+                format!("the server at {url} is {version}, older than 2.10")
+            } else {
+                let js = async_nats::jetstream::new(client);
+                match js.get_stream(events_stream).await {
+                    Ok(_) => format!(
+                        "{url} already holds stream {events_stream}; not mixing demo data into it"
+                    ),
+                    Err(_) => {
+                        return Ok(NatsSource {
+                            why: format!("using nats-server {version} at {url}"),
+                            url,
+                            private: None,
+                        });
+                    }
+                }
+            }
+        }
+        _ => format!("nothing answers at {url}"),
+    };
+    let server = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .map_err(|e| ServerError::Start {
+            binary: "nats-server".into(),
+            message: e.to_string(),
+        })??;
+    Ok(NatsSource {
+        why: format!(
+            "{why}; started a private nats-server {} at {}",
+            server.version(),
+            server.url()
+        ),
+        url: server.url(),
+        private: Some(server),
+    })
+}

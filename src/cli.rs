@@ -1,0 +1,204 @@
+//! Command-line interface. Each command parses its arguments and calls the library; `anyhow`
+//! is used here and nowhere on the data path.
+
+use crate::config::Config;
+use crate::supervise::pipeline::Pipeline;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "retailflow",
+    version,
+    about = "Retail event processor: JetStream in, available-to-promise and ERP postings out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// Configuration file (TOML); see `retailflow config` for every field.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the default configuration as TOML.
+    Config,
+    /// Run the ERP simulator (an HTTP server with Dataverse-like limits).
+    ErpSim(crate::erp_sim::cli::ErpSimArgs),
+    /// Publish events from a JSON-lines file (one envelope per line) into JetStream.
+    Publish {
+        file: PathBuf,
+        /// NATS server (default: $NATS_URL or 127.0.0.1:4222).
+        #[arg(long)]
+        nats: Option<String>,
+        /// System used in the subject when the source does not start with a known one.
+        #[arg(long, default_value = "pos")]
+        system: String,
+    },
+    /// Bring everything up on this machine, trade a small day, show availability and the ERP's books.
+    Demo(crate::demo::DemoArgs),
+    /// Scenarios: generated peaks with verification and reports.
+    #[command(subcommand)]
+    Scenario(crate::scenario::cli::ScenarioCommand),
+    /// Write a range of the events stream to a file.
+    Capture(crate::scenario::capture::CaptureArgs),
+    /// Publish a captured file again, keeping per-source order, at a chosen speed.
+    Replay(crate::scenario::capture::ReplayArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Interactive commands keep the console for their own output; RUST_LOG overrides.
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Scenario(_) | Command::Publish { .. }
+    );
+    crate::telemetry::init_logging(if quiet {
+        "warn,async_nats=error"
+    } else {
+        "info,async_nats=warn"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { config } => run(config).await,
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ErpSim(args) => crate::erp_sim::cli::run(args).await,
+        Command::Publish { file, nats, system } => publish(file, nats, system).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Scenario(cmd) => crate::scenario::cli::run(cmd).await,
+        Command::Capture(args) => crate::scenario::capture::capture(args).await,
+        Command::Replay(args) => crate::scenario::capture::replay(args).await,
+    }
+}
+
+async fn run(config: Option<PathBuf>) -> Result<ExitCode> {
+    let config = match config {
+        Some(p) => Config::load(&p)?,
+        None => {
+            let mut c = Config::default();
+            if let Ok(url) = std::env::var("NATS_URL") {
+                c.nats.url = url;
+            }
+            c
+        }
+    };
+    let mut pipeline = Pipeline::start(config)
+        .await
+        .context("starting retailflow")?;
+    tracing::info!(http = ?pipeline.http_addr(), "retailflow running; ctrl-c or SIGTERM stops it gracefully");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        reason = pipeline.fatal() => {
+            tracing::error!(%reason, "stopping");
+            pipeline.stop_now().await;
+            bail!("{reason}");
+        }
+    }
+    tracing::info!("shutting down: final barrier, snapshot, release");
+    let clean = pipeline.shutdown(Duration::from_secs(30)).await;
+    tracing::info!(clean, "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads JSON lines, validates each envelope, publishes it with `Nats-Msg-Id` = event id.
+async fn publish(file: PathBuf, nats: Option<String>, system: String) -> Result<ExitCode> {
+    let url = nats
+        .or_else(|| std::env::var("NATS_URL").ok())
+        .unwrap_or_else(|| "127.0.0.1:4222".into());
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let client = async_nats::connect(url.as_str())
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let js = async_nats::jetstream::new(client);
+    let systems: Vec<String> = crate::config::StreamsConfig::default().systems;
+    let (mut ok, mut bad) = (0u64, 0u64);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let env: crate::domain::Envelope = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("line {}: not an event envelope: {e}", n + 1);
+                bad += 1;
+                continue;
+            }
+        };
+        if let Err(e) = env.validate() {
+            eprintln!(
+                "line {}: invalid {} event {}: {e}",
+                n + 1,
+                env.event.kind(),
+                env.id
+            );
+            bad += 1;
+            continue;
+        }
+        let subject = env.subject(&systems, &system);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", env.id.as_str());
+        headers.insert(
+            crate::domain::codec::CONTENT_TYPE,
+            crate::domain::codec::JSON,
+        );
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, line.to_string().into())
+            .await
+            .with_context(|| format!("line {}: publishing to {subject}", n + 1))?
+            .await
+            .with_context(|| {
+                format!(
+                    "line {}: no stream took {subject} (is retailflow's events stream created?)",
+                    n + 1
+                )
+            })?;
+        if ack.duplicate {
+            println!(
+                "{subject} seq {} (duplicate, dropped by JetStream)",
+                ack.sequence
+            );
+        } else {
+            println!("{subject} seq {}", ack.sequence);
+        }
+        ok += 1;
+    }
+    println!("published {ok}, refused {bad}");
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

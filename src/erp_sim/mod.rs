@@ -1,0 +1,177 @@
+//! A simulated ERP endpoint, so that retailflow's delivery can be tested and benchmarked
+//! against something that pushes back the way a real one does.
+//!
+//! It is a real HTTP server on a socket, shaped after Dynamics 365 / Dataverse service
+//! protection:
+//!
+//! - a sliding window of `limit_requests` per `limit_window` and a cap of `max_concurrent`
+//!   requests in flight, both answered with 429 and a `Retry-After`;
+//! - idempotency: an `Idempotency-Key` already answered (201 or 400) gets the original answer
+//!   again with `Idempotent-Replayed: true` and books nothing;
+//! - refused locations (400, like a store missing from master data), deterministic injected
+//!   503s that a retry can get past, and per-key latency;
+//! - fault modes switched at run time: an outage (every request 503) or a 429 storm.
+//!
+//! What it booked is summed per key, and a document id accepted twice under different keys
+//! is counted in `duplicate_documents`: a naive ERP double-books, and that is the bug the
+//! tests look for.
+//!
+//! Routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 429, 503 |
+//! | `GET /api/v1/totals` | [`Totals`] |
+//! | `GET /api/v1/stats` | [`Stats`] |
+//! | `POST /api/v1/admin/fault` | body `{"mode":"normal"\|"outage"\|"throttle","seconds":30}`, answers [`FaultStatus`] |
+//! | `GET /healthz` | `ok` |
+//!
+//! A postings request passes these checks in order, and the first that answers wins: fault
+//! mode, concurrency, window, `Idempotency-Key` present, replay, readable body, refused
+//! location, injected error, latency, accept.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), retailflow::erp_sim::ErpSimError> {
+//! use retailflow::erp_sim::{ErpSim, ErpSimConfig};
+//! let sim = ErpSim::start(ErpSimConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     ..ErpSimConfig::default()
+//! })
+//! .await?;
+//! // Point an endpoint's `url` at `sim.postings_url()`, run, then compare `sim.totals()`.
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cli;
+mod config;
+mod http;
+mod state;
+
+pub use config::ErpSimConfig;
+pub use state::{
+    FaultMode, FaultStatus, InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal,
+    TimelinePoint, Totals,
+};
+
+use state::SimState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long `shutdown` waits for open connections before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErpSimError {
+    #[error("invalid ERP simulator configuration: {0}")]
+    Invalid(String),
+    #[error("ERP simulator cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running simulator. Dropping it stops the server too, without waiting.
+pub struct ErpSim {
+    addr: SocketAddr,
+    sim: Arc<SimState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl ErpSim {
+    /// Binds `config.listen` and serves on a spawned task.
+    pub async fn start(config: ErpSimConfig) -> Result<ErpSim, ErpSimError> {
+        config.check().map_err(ErpSimError::Invalid)?;
+        let bind_error = |source| ErpSimError::Bind {
+            addr: config.listen.clone(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let sim = Arc::new(SimState::new(config, Instant::now()));
+        let app = http::router(sim.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
+                // A dropped sender stops the server as well.
+                let _ = stopped.await;
+            });
+            if let Err(error) = serving.await {
+                tracing::warn!(%error, %addr, "ERP simulator stopped with an error");
+            }
+        });
+        tracing::info!(%addr, "ERP simulator listening");
+        Ok(ErpSim {
+            addr,
+            sim,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Where documents are POSTed.
+    pub fn postings_url(&self) -> String {
+        format!("{}/api/v1/postings", self.base_url())
+    }
+
+    /// The same data as `GET /api/v1/totals`.
+    pub fn totals(&self) -> Totals {
+        self.sim.totals()
+    }
+
+    /// The same data as `GET /api/v1/stats`.
+    pub fn stats(&self) -> Stats {
+        self.sim.stats()
+    }
+
+    /// Switches the fault mode for `for_`, or until switched again when `None`.
+    pub fn set_fault(&self, mode: FaultMode, for_: Option<Duration>) {
+        self.sim.set_fault(mode, for_, Instant::now());
+    }
+
+    /// The fault mode in force now.
+    pub fn fault(&self) -> FaultStatus {
+        self.sim.fault(Instant::now())
+    }
+
+    /// Stops accepting connections, lets requests in progress finish for up to
+    /// `SHUTDOWN_GRACE`, then cuts whatever is left.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut server) = self.server.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ErpSim {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Scenarios: generated or recorded retail peaks run through retailflow, verified against an
+//! independent oracle, measured, and reported.
+
+pub mod capture;
+pub mod cli;
+pub mod generate;
+pub mod oracle;
+pub mod publish;
+pub mod run;
+pub mod settle;
+pub mod spec;
+pub mod world;
