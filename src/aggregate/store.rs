@@ -4,9 +4,10 @@
 //! flush it turns the buckets into document drafts and starts again. It also keeps running
 //! totals per business day that never reset: the source side of reconciliation.
 //!
-//! Buckets hold `i64` minor units. Validated events are far too small to overflow one on their
-//! own; if a bucket would still overflow, the current buckets of that day are sealed into a
-//! separate part and a new part starts, so nothing wraps and nothing is refused.
+//! Buckets hold `i64` minor units. Each day's current part counts its volume, the sum of the
+//! absolute values of everything folded in; no bucket can exceed it. When an event would take
+//! the volume past `i64::MAX`, the day's buckets are sealed into a separate part and a new part
+//! starts, so nothing wraps, nothing is refused, and the common path needs no checks.
 
 use super::posting::*;
 use crate::domain::*;
@@ -19,6 +20,8 @@ type DayKey = (BusinessDay, Currency);
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DayBuckets {
     part: u32,
+    /// Sum of absolute values folded into this part: a bound on every bucket.
+    volume: i64,
     lineage: Lineage,
     sales: FxHashMap<(Sku, TaxCode), SalesLine>,
     tenders: FxHashMap<TenderKind, TenderLine>,
@@ -45,24 +48,25 @@ pub struct StoreAggregator {
     totals: BTreeMap<DayKey, DayTotals>,
 }
 
-/// Folds signed values into a line; `None` when a value would overflow.
-fn fold_sales(line: &mut SalesLine, l: &ItemLine, returning: bool) -> Option<()> {
-    let mut next = line.clone();
-    let net = l.net();
-    let tax = l.tax();
-    if returning {
-        next.qty_returned = next.qty_returned.checked_add(l.qty)?;
-        next.returns_amount = next.returns_amount.checked_add(net)?;
-        next.discount_amount = next.discount_amount.checked_sub(l.discount)?;
-        next.tax_amount = next.tax_amount.checked_sub(tax)?;
-    } else {
-        next.qty_sold = next.qty_sold.checked_add(l.qty)?;
-        next.sales_amount = next.sales_amount.checked_add(net)?;
-        next.discount_amount = next.discount_amount.checked_add(l.discount)?;
-        next.tax_amount = next.tax_amount.checked_add(tax)?;
+/// Sum of absolute values an event adds to a day's buckets (saturating).
+fn volume(lines: &[ItemLine], tenders: &[Tender]) -> i64 {
+    let mut v: i64 = 0;
+    for l in lines {
+        let parts = [l.qty, l.gross(), l.discount, l.net(), l.tax()];
+        for p in parts {
+            v = v.saturating_add(p.saturating_abs());
+        }
+        for t in &l.taxes {
+            // Each component adds its net base and its amount to the tax summary.
+            v = v
+                .saturating_add(l.net().saturating_abs())
+                .saturating_add(t.amount.saturating_abs());
+        }
     }
-    *line = next;
-    Some(())
+    for t in tenders {
+        v = v.saturating_add(t.amount.saturating_abs());
+    }
+    v
 }
 
 impl StoreAggregator {
@@ -89,19 +93,16 @@ impl StoreAggregator {
     ) {
         let key = (day, currency);
         let buckets = self.days.entry(key).or_default();
-        let mut staged = buckets.clone_touched(lines, tenders);
-        if staged.fold(lines, tenders, returning).is_none() {
-            // A bucket would overflow: seal what the day has so far as its own part.
+        let v = volume(lines, tenders);
+        if buckets.volume.checked_add(v).is_none() {
+            // The bound would pass i64::MAX: seal what the day has so far as its own part.
             let part = buckets.part;
             let old = std::mem::take(buckets);
             buckets.part = part + 1;
             self.sealed.extend(old.into_drafts(&self.location, key));
-            staged = buckets.clone_touched(lines, tenders);
-            staged
-                .fold(lines, tenders, returning)
-                .expect("a validated event fits into empty buckets");
         }
-        staged.write_back(buckets);
+        buckets.volume = buckets.volume.saturating_add(v);
+        buckets.fold(lines, tenders, returning);
         buckets.lineage.add(seq);
 
         let t = self.totals.entry(key).or_default();
@@ -151,58 +152,64 @@ impl StoreAggregator {
     pub fn reindex(&mut self) {}
 }
 
-/// The subset of a day's buckets one event touches, so a failed fold changes nothing.
-struct Staged {
-    sales: Vec<((Sku, TaxCode), SalesLine)>,
-    tenders: Vec<(TenderKind, TenderLine)>,
-    tax: Vec<(TaxCode, TaxSummaryLine)>,
-}
-
 impl DayBuckets {
-    fn clone_touched(&self, lines: &[ItemLine], tenders: &[Tender]) -> Staged {
-        let mut s = Staged {
-            sales: Vec::with_capacity(lines.len()),
-            tenders: Vec::with_capacity(tenders.len()),
-            tax: Vec::new(),
-        };
+    /// Folds one event in. The caller has checked the volume bound, so plain arithmetic
+    /// cannot overflow.
+    fn fold(&mut self, lines: &[ItemLine], tenders: &[Tender], returning: bool) {
         for l in lines {
-            let k = (l.sku.clone(), l.tax_code.clone());
-            if !s.sales.iter().any(|(x, _)| *x == k) {
-                let v = self.sales.get(&k).cloned().unwrap_or_else(|| SalesLine {
+            let line = self
+                .sales
+                .entry((l.sku.clone(), l.tax_code.clone()))
+                .or_insert_with(|| SalesLine {
                     sku: l.sku.clone(),
                     tax_code: l.tax_code.clone(),
                     ..Default::default()
                 });
-                s.sales.push((k, v));
+            let net = l.net();
+            let tax = l.tax();
+            if returning {
+                line.qty_returned += l.qty;
+                line.returns_amount += net;
+                line.discount_amount -= l.discount;
+                line.tax_amount -= tax;
+            } else {
+                line.qty_sold += l.qty;
+                line.sales_amount += net;
+                line.discount_amount += l.discount;
+                line.tax_amount += tax;
             }
             for t in &l.taxes {
-                if !s.tax.iter().any(|(x, _)| *x == t.code) {
-                    let v = self
-                        .tax
-                        .get(&t.code)
-                        .cloned()
-                        .unwrap_or_else(|| TaxSummaryLine {
-                            code: t.code.clone(),
-                            ..Default::default()
-                        });
-                    s.tax.push((t.code.clone(), v));
+                let s = self
+                    .tax
+                    .entry(t.code.clone())
+                    .or_insert_with(|| TaxSummaryLine {
+                        code: t.code.clone(),
+                        ..Default::default()
+                    });
+                if returning {
+                    s.taxable_amount -= net;
+                    s.tax_amount -= t.amount;
+                } else {
+                    s.taxable_amount += net;
+                    s.tax_amount += t.amount;
                 }
             }
         }
         for t in tenders {
-            if !s.tenders.iter().any(|(x, _)| *x == t.kind) {
-                let v = self
-                    .tenders
-                    .get(&t.kind)
-                    .cloned()
-                    .unwrap_or_else(|| TenderLine {
-                        tender: t.kind.clone(),
-                        ..Default::default()
-                    });
-                s.tenders.push((t.kind.clone(), v));
+            let s = self
+                .tenders
+                .entry(t.kind.clone())
+                .or_insert_with(|| TenderLine {
+                    tender: t.kind.clone(),
+                    ..Default::default()
+                });
+            if returning {
+                s.refunded += t.amount;
+            } else {
+                s.paid += t.amount;
             }
+            s.transactions += 1;
         }
-        s
     }
 
     fn into_drafts(self, location: &LocationId, (day, currency): DayKey) -> Vec<Draft> {
@@ -231,49 +238,6 @@ impl DayBuckets {
             out.push(draft(DocBody::TaxSummary(v)));
         }
         out
-    }
-}
-
-impl Staged {
-    fn fold(&mut self, lines: &[ItemLine], tenders: &[Tender], returning: bool) -> Option<()> {
-        for l in lines {
-            let k = (l.sku.clone(), l.tax_code.clone());
-            let line = &mut self.sales.iter_mut().find(|(x, _)| *x == k)?.1;
-            fold_sales(line, l, returning)?;
-            let net = l.net();
-            for t in &l.taxes {
-                let s = &mut self.tax.iter_mut().find(|(x, _)| *x == t.code)?.1;
-                if returning {
-                    s.taxable_amount = s.taxable_amount.checked_sub(net)?;
-                    s.tax_amount = s.tax_amount.checked_sub(t.amount)?;
-                } else {
-                    s.taxable_amount = s.taxable_amount.checked_add(net)?;
-                    s.tax_amount = s.tax_amount.checked_add(t.amount)?;
-                }
-            }
-        }
-        for t in tenders {
-            let s = &mut self.tenders.iter_mut().find(|(x, _)| *x == t.kind)?.1;
-            if returning {
-                s.refunded = s.refunded.checked_add(t.amount)?;
-            } else {
-                s.paid = s.paid.checked_add(t.amount)?;
-            }
-            s.transactions += 1;
-        }
-        Some(())
-    }
-
-    fn write_back(self, b: &mut DayBuckets) {
-        for (k, v) in self.sales {
-            b.sales.insert(k, v);
-        }
-        for (k, v) in self.tenders {
-            b.tenders.insert(k, v);
-        }
-        for (k, v) in self.tax {
-            b.tax.insert(k, v);
-        }
     }
 }
 

@@ -197,21 +197,50 @@ pub struct Decision {
     pub state: String,
 }
 
+const DIRTY: u32 = 1 << 30;
+const MOVED: u32 = 1 << 31;
+const LOC_MASK: u32 = (1 << 30) - 1;
+
+/// Everything the hot path touches for one (location, sku), packed into one 64-byte cache line
+/// so an op costs a single miss: the position, the net movement per fixed reason since the
+/// last flush (`i32`; a tally that would leave `i32` spills into `Ledger::extra_moves`), and
+/// the location index with the dirty and moved flags in its top bits.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[repr(C, align(64))]
+struct SlotCell {
+    pos: Position,
+    moves: [i32; FIXED_REASONS.len()],
+    #[serde(skip)]
+    tag: u32,
+}
+
+impl SlotCell {
+    fn loc(&self) -> usize {
+        (self.tag & LOC_MASK) as usize
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Ledger {
     skus: Interner<Sku>,
     locs: Interner<LocationId>,
     reasons: Interner<ReasonCode>,
-    positions: Vec<Position>,
+    cells: Vec<SlotCell>,
     slot_keys: Vec<(u32, u32)>,
     #[serde(skip)]
-    slots: FxHashMap<(u32, u32), u32>,
-    #[serde(skip)]
-    dirty_flag: Vec<bool>,
+    slots: super::slots::SlotTable,
     #[serde(skip)]
     dirty: Vec<u32>,
-    /// Net movement per (slot, reason) since the last flush.
-    movements: FxHashMap<(u32, u16), i64>,
+    /// Slots whose `moves` changed since the last flush.
+    moved: Vec<u32>,
+    #[serde(skip)]
+    scratch: Vec<u32>,
+    #[serde(skip)]
+    scratch_keys: Vec<u64>,
+
+    /// Net movements since the last flush that do not live in a cell: adjustment reasons
+    /// (open-ended, rare) and tallies too large for a cell's `i32`.
+    extra_moves: FxHashMap<(u32, u16), i64>,
     orders: FxHashMap<(OrderId, u32), Allocs>,
     /// SKUs each open order holds here, so a whole-order cancel finds them without a scan.
     order_skus: FxHashMap<OrderId, SmallVec<[u32; 2]>>,
@@ -223,11 +252,36 @@ pub struct Ledger {
     channels: FxHashMap<ChannelId, ChannelInfo>,
     #[serde(skip)]
     channels_changed: bool,
-    /// Which stream range the movements since the last flush cover, per location.
-    move_lineage: FxHashMap<u32, crate::aggregate::posting::Lineage>,
+    /// Which stream range the movements since the last flush cover, per location index.
+    move_lineage: Vec<crate::aggregate::posting::Lineage>,
     #[serde(skip)]
     cur_seq: u64,
     pub exceptions: Exceptions,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+const NO_KEY: u64 = u64::MAX;
+
+/// The (location, sku) a simple op touches; `None` for ops that touch several or none.
+fn primary_target(op: &Op) -> Option<(&LocationId, &Sku)> {
+    match op {
+        Op::Sale { loc, sku, .. }
+        | Op::Receipt { loc, sku, .. }
+        | Op::Adjust { loc, sku, .. }
+        | Op::Count { loc, sku, .. }
+        | Op::SafetyStock { loc, sku, .. }
+        | Op::Return {
+            loc,
+            sku,
+            restock: true,
+            ..
+        } => Some((loc, sku)),
+        _ => None,
+    }
+}
+
+fn slot_key(sku: u32, loc: u32) -> u64 {
+    (u64::from(sku) << 32) | u64::from(loc)
 }
 
 fn add(a: i64, b: i64) -> Option<i64> {
@@ -244,37 +298,42 @@ impl Ledger {
         self.skus.reindex();
         self.locs.reindex();
         self.reasons.reindex();
-        self.slots = self
-            .slot_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (*k, i as u32))
-            .collect();
-        self.dirty_flag = vec![false; self.positions.len()];
+        self.slots = super::slots::SlotTable::with_capacity(self.slot_keys.len());
+        for (i, &(s, l)) in self.slot_keys.iter().enumerate() {
+            self.slots.insert(slot_key(s, l), i as u32);
+        }
+        for (c, &(_, l)) in self.cells.iter_mut().zip(&self.slot_keys) {
+            c.tag = l & LOC_MASK;
+        }
+        for &slot in &self.moved {
+            self.cells[slot as usize].tag |= MOVED;
+        }
         self.dirty.clear();
         // Everything is new to a fresh view.
-        for slot in 0..self.positions.len() as u32 {
+        for slot in 0..self.cells.len() as u32 {
             self.mark(slot);
         }
         self.channels_changed = true;
     }
 
     pub fn position_count(&self) -> usize {
-        self.positions.len()
+        self.cells.len()
     }
 
     pub fn position(&self, loc: &LocationId, sku: &Sku) -> Option<Position> {
         let s = self.skus.get(sku)?;
         let l = self.locs.get(loc)?;
-        self.slots.get(&(s, l)).map(|&i| self.positions[i as usize])
+        self.slots
+            .get(slot_key(s, l))
+            .map(|i| self.cells[i as usize].pos)
     }
 
     /// Every position with its names, for checks and snapshots.
     pub fn positions(&self) -> impl Iterator<Item = (&LocationId, &Sku, &Position)> {
         self.slot_keys
             .iter()
-            .zip(&self.positions)
-            .map(|(&(s, l), p)| (self.locs.name(l), self.skus.name(s), p))
+            .zip(&self.cells)
+            .map(|(&(s, l), c)| (self.locs.name(l), self.skus.name(s), &c.pos))
     }
 
     pub fn sku_name(&self, i: u32) -> &Sku {
@@ -288,13 +347,13 @@ impl Ledger {
     /// (sku index, location index, position) of a slot.
     pub fn slot(&self, slot: u32) -> (u32, u32, &Position) {
         let (s, l) = self.slot_keys[slot as usize];
-        (s, l, &self.positions[slot as usize])
+        (s, l, &self.cells[slot as usize].pos)
     }
 
     /// Slots changed since the last call, each once.
     pub fn take_dirty(&mut self) -> Vec<u32> {
         for &s in &self.dirty {
-            self.dirty_flag[s as usize] = false;
+            self.cells[s as usize].tag &= !DIRTY;
         }
         std::mem::take(&mut self.dirty)
     }
@@ -342,25 +401,24 @@ impl Ledger {
     }
 
     fn mark(&mut self, slot: u32) {
-        let i = slot as usize;
-        if i >= self.dirty_flag.len() {
-            self.dirty_flag.resize(i + 1, false);
-        }
-        if !self.dirty_flag[i] {
-            self.dirty_flag[i] = true;
+        let c = &mut self.cells[slot as usize];
+        if c.tag & DIRTY == 0 {
+            c.tag |= DIRTY;
             self.dirty.push(slot);
         }
     }
 
     fn slot_of(&mut self, s: u32, l: u32) -> u32 {
-        if let Some(&i) = self.slots.get(&(s, l)) {
+        if let Some(i) = self.slots.get(slot_key(s, l)) {
             return i;
         }
-        let i = self.positions.len() as u32;
-        self.positions.push(Position::default());
+        let i = self.cells.len() as u32;
+        self.cells.push(SlotCell {
+            tag: l & LOC_MASK,
+            ..SlotCell::default()
+        });
         self.slot_keys.push((s, l));
-        self.slots.insert((s, l), i);
-        self.dirty_flag.push(false);
+        self.slots.insert(slot_key(s, l), i);
         i
     }
 
@@ -375,24 +433,45 @@ impl Ledger {
 
     /// Adds `delta` to on_hand and records the movement.
     fn move_on_hand(&mut self, slot: u32, delta: i64, reason: u16) -> Result<(), ApplyError> {
-        let p = &mut self.positions[slot as usize];
-        let before = p.on_hand;
-        let after = add(before, delta).ok_or_else(|| self.overflow(slot))?;
-        let key = (slot, reason);
-        let m = self.movements.get(&key).copied().unwrap_or(0);
-        let m = add(m, delta).ok_or_else(|| self.overflow(slot))?;
-        let p = &mut self.positions[slot as usize];
-        p.on_hand = after;
+        let before = self.cells[slot as usize].pos.on_hand;
+        let Some(after) = add(before, delta) else {
+            return Err(self.overflow(slot));
+        };
+        let r = reason as usize;
+        let spill = if r < FIXED_REASONS.len() {
+            let c = &mut self.cells[slot as usize];
+            if c.tag & MOVED == 0 {
+                c.tag |= MOVED;
+                self.moved.push(slot);
+            }
+            match i32::try_from(i64::from(c.moves[r]) + delta) {
+                Ok(m) => {
+                    c.moves[r] = m;
+                    0
+                }
+                Err(_) => delta,
+            }
+        } else {
+            delta
+        };
+        if spill != 0 {
+            let m = self.extra_moves.get(&(slot, reason)).copied().unwrap_or(0);
+            let Some(m) = add(m, spill) else {
+                return Err(self.overflow(slot));
+            };
+            self.extra_moves.insert((slot, reason), m);
+        }
+        self.cells[slot as usize].pos.on_hand = after;
         if before >= 0 && after < 0 {
             self.exceptions.negative_on_hand += 1;
         }
-        self.movements.insert(key, m);
         self.mark(slot);
         let seq = self.cur_seq;
-        let lin = self
-            .move_lineage
-            .entry(self.slot_keys[slot as usize].1)
-            .or_default();
+        let loc = self.cells[slot as usize].loc();
+        if loc >= self.move_lineage.len() {
+            self.move_lineage.resize(loc + 1, Default::default());
+        }
+        let lin = &mut self.move_lineage[loc];
         if lin.events == 0 || lin.last_seq != seq {
             lin.add(seq);
         }
@@ -400,9 +479,9 @@ impl Ledger {
     }
 
     fn add_reserved(&mut self, slot: u32, delta: i64) -> Result<(), ApplyError> {
-        let p = &self.positions[slot as usize];
+        let p = &self.cells[slot as usize].pos;
         let r = add(p.reserved, delta).ok_or_else(|| self.overflow(slot))?;
-        self.positions[slot as usize].reserved = r;
+        self.cells[slot as usize].pos.reserved = r;
         self.mark(slot);
         Ok(())
     }
@@ -417,48 +496,111 @@ impl Ledger {
 
     /// Applies one op. `seq` is the op's stream sequence (kept on reservation decisions).
     pub fn apply(&mut self, seq: u64, op: &Op) -> Result<(), ApplyError> {
-        self.cur_seq = seq;
-        match op {
-            Op::Sale { loc, sku, qty } => {
-                let slot = self.slot_for(loc, sku);
-                self.move_on_hand(slot, -qty, Movement::Sale as u16)
-            }
-            Op::Return {
-                loc,
-                sku,
-                qty,
-                restock,
-            } => {
-                if *restock {
-                    let slot = self.slot_for(loc, sku);
-                    self.move_on_hand(slot, *qty, Movement::Return as u16)
-                } else {
-                    Ok(())
+        match self.primary_slot(op) {
+            Some(slot) => self.apply_at(seq, op, slot),
+            None => self.apply_other(seq, op),
+        }
+    }
+
+    /// Applies ops in order, reporting refused ones to `refused`. Resolves every op's slot
+    /// first and prefetches the slot a few ops ahead: the lookups are independent, so the CPU
+    /// overlaps their cache misses instead of waiting for each in turn.
+    pub fn apply_batch(
+        &mut self,
+        ops: &[(u64, Op)],
+        mut refused: impl FnMut(u64, &Op, ApplyError),
+    ) {
+        const AHEAD: usize = 8;
+        let mut keys = std::mem::take(&mut self.scratch_keys);
+        let mut slots = std::mem::take(&mut self.scratch);
+        keys.clear();
+        slots.clear();
+        // Lines of one event share their location: remember the last one.
+        let mut last_loc: Option<(&LocationId, u32)> = None;
+        for (_, op) in ops {
+            keys.push(match primary_target(op) {
+                Some((loc, sku)) => {
+                    let l = match last_loc {
+                        Some((name, i)) if name == loc => i,
+                        _ => {
+                            let i = self.loc_idx(loc);
+                            last_loc = Some((loc, i));
+                            i
+                        }
+                    };
+                    slot_key(self.skus.intern(sku), l)
+                }
+                None => NO_KEY,
+            });
+        }
+        for i in 0..keys.len() {
+            if let Some(&k) = keys.get(i + AHEAD) {
+                if k != NO_KEY {
+                    self.slots.prefetch(k);
                 }
             }
-            Op::Receipt { loc, sku, qty } => {
-                let slot = self.slot_for(loc, sku);
-                self.move_on_hand(slot, *qty, Movement::Receipt as u16)
+            slots.push(match keys[i] {
+                NO_KEY => NO_SLOT,
+                k => self.slot_of((k >> 32) as u32, k as u32),
+            });
+        }
+        for (i, (seq, op)) in ops.iter().enumerate() {
+            if let Some(&ahead) = slots.get(i + AHEAD) {
+                if ahead != NO_SLOT {
+                    super::slots::prefetch_ref(&self.cells[ahead as usize]);
+                }
             }
-            Op::Adjust {
-                loc,
-                sku,
-                qty,
-                reason,
-            } => {
-                let slot = self.slot_for(loc, sku);
+            let r = match slots[i] {
+                NO_SLOT => self.apply_other(*seq, op),
+                slot => self.apply_at(*seq, op, slot),
+            };
+            if let Err(e) = r {
+                refused(*seq, op, e);
+            }
+        }
+        self.scratch = slots;
+        self.scratch_keys = keys;
+    }
+
+    /// The one position a simple op touches (creating it), or `None` for the others.
+    fn primary_slot(&mut self, op: &Op) -> Option<u32> {
+        let (loc, sku) = primary_target(op)?;
+        Some(self.slot_for(loc, sku))
+    }
+
+    /// Applies a simple op to its slot.
+    fn apply_at(&mut self, seq: u64, op: &Op, slot: u32) -> Result<(), ApplyError> {
+        self.cur_seq = seq;
+        match op {
+            Op::Sale { qty, .. } => self.move_on_hand(slot, -qty, Movement::Sale as u16),
+            Op::Return { qty, .. } => self.move_on_hand(slot, *qty, Movement::Return as u16),
+            Op::Receipt { qty, .. } => self.move_on_hand(slot, *qty, Movement::Receipt as u16),
+            Op::Adjust { qty, reason, .. } => {
                 let r = FIXED_REASONS.len() as u16 + self.reasons.intern(reason) as u16;
                 self.move_on_hand(slot, *qty, r)
             }
-            Op::Count { loc, sku, counted } => {
-                let slot = self.slot_for(loc, sku);
-                let delta = counted - self.positions[slot as usize].on_hand;
+            Op::Count { counted, .. } => {
+                let delta = counted - self.cells[slot as usize].pos.on_hand;
                 if delta != 0 {
                     self.move_on_hand(slot, delta, Movement::Count as u16)
                 } else {
                     Ok(())
                 }
             }
+            Op::SafetyStock { qty, .. } => {
+                self.cells[slot as usize].pos.safety_stock = *qty;
+                self.mark(slot);
+                Ok(())
+            }
+            _ => self.apply_other(seq, op),
+        }
+    }
+
+    /// Ops that touch several positions or none: transfers, orders, master data, reservations.
+    fn apply_other(&mut self, seq: u64, op: &Op) -> Result<(), ApplyError> {
+        self.cur_seq = seq;
+        match op {
+            Op::Return { restock: false, .. } => Ok(()),
             Op::TransferOut {
                 transfer,
                 from,
@@ -472,10 +614,10 @@ impl Ledger {
                 let key = (transfer.clone(), s, l);
                 let outstanding = self.transfers.get(&key).copied().unwrap_or(0);
                 let outstanding = add(outstanding, *qty).ok_or_else(|| self.overflow(to_slot))?;
-                let in_transit = add(self.positions[to_slot as usize].in_transit, *qty)
+                let in_transit = add(self.cells[to_slot as usize].pos.in_transit, *qty)
                     .ok_or_else(|| self.overflow(to_slot))?;
                 self.move_on_hand(from_slot, -qty, Movement::TransferOut as u16)?;
-                self.positions[to_slot as usize].in_transit = in_transit;
+                self.cells[to_slot as usize].pos.in_transit = in_transit;
                 self.transfers.insert(key, outstanding);
                 self.mark(to_slot);
                 Ok(())
@@ -496,18 +638,12 @@ impl Ledger {
                     self.exceptions.unmatched_transfers += 1;
                 }
                 self.move_on_hand(to_slot, *qty, Movement::TransferIn as u16)?;
-                self.positions[to_slot as usize].in_transit -= matched;
+                self.cells[to_slot as usize].pos.in_transit -= matched;
                 if outstanding - matched > 0 {
                     self.transfers.insert(key, outstanding - matched);
                 } else {
                     self.transfers.remove(&key);
                 }
-                Ok(())
-            }
-            Op::SafetyStock { loc, sku, qty } => {
-                let slot = self.slot_for(loc, sku);
-                self.positions[slot as usize].safety_stock = *qty;
-                self.mark(slot);
                 Ok(())
             }
             Op::OrderPlaced {
@@ -612,6 +748,15 @@ impl Ledger {
                 self.end_reservation(reservation, ResvState::Released)
             }
             Op::Expire { reservation, .. } => self.end_reservation(reservation, ResvState::Expired),
+            Op::Sale { .. }
+            | Op::Return { .. }
+            | Op::Receipt { .. }
+            | Op::Adjust { .. }
+            | Op::Count { .. }
+            | Op::SafetyStock { .. } => match self.primary_slot(op) {
+                Some(slot) => self.apply_at(seq, op, slot),
+                None => Ok(()),
+            },
         }
     }
 
@@ -636,8 +781,8 @@ impl Ledger {
 
     /// Available for a channel at one location: never below zero, less the channel's buffer.
     fn sellable(&self, s: u32, l: u32, buffer: i64) -> i64 {
-        match self.slots.get(&(s, l)) {
-            Some(&slot) => (self.positions[slot as usize].available() - buffer).max(0),
+        match self.slots.get(slot_key(s, l)) {
+            Some(slot) => (self.cells[slot as usize].pos.available() - buffer).max(0),
             None => 0,
         }
     }
@@ -770,19 +915,26 @@ impl Ledger {
             }
         }
         if need > 0 {
-            let target = match loc {
-                Some(l) => Target::Location(l.clone()),
-                None => Target::Channel(channel.clone()),
+            // An order naming its location reserves there: no sourcing decision to make.
+            let more = match loc {
+                Some(l) => {
+                    let mut one = Allocs::new();
+                    one.push((self.loc_idx(l), need));
+                    one
+                }
+                None => {
+                    self.source(s, &Target::Channel(channel.clone()), need, false, true)
+                        .0
+                }
             };
-            let (more, _) = self.source(s, &target, need, false, true);
             if more.is_empty() {
                 self.exceptions.unsourced_orders += 1;
             }
             for (l, q) in more {
-                if self.sellable(s, l, 0) < q {
+                let slot = self.slot_of(s, l);
+                if self.cells[slot as usize].pos.available().max(0) < q {
                     self.exceptions.short_allocations += 1;
                 }
-                let slot = self.slot_of(s, l);
                 self.add_reserved(slot, q)?;
                 match allocs.iter_mut().find(|a| a.0 == l) {
                     Some(a) => a.1 += q,
@@ -950,8 +1102,10 @@ impl Ledger {
     ) -> Vec<(LocationId, crate::aggregate::posting::Lineage)> {
         let mut out: Vec<_> = self
             .move_lineage
-            .drain()
-            .map(|(l, lin)| (self.locs.name(l).clone(), lin))
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, lin)| lin.events > 0)
+            .map(|(l, lin)| (self.locs.name(l as u32).clone(), std::mem::take(lin)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -959,11 +1113,30 @@ impl Ledger {
 
     /// Net movements since the last flush, sorted, zero lines dropped; resets the tally.
     pub fn take_movements(&mut self) -> Vec<MovementLine> {
-        let mut out: Vec<MovementLine> = self
-            .movements
-            .drain()
-            .filter(|&(_, q)| q != 0)
-            .map(|((slot, reason), qty)| {
+        let mut raw: Vec<(u32, u16, i64)> = Vec::with_capacity(self.moved.len());
+        for slot in self.moved.drain(..) {
+            let c = &mut self.cells[slot as usize];
+            c.tag &= !MOVED;
+            for (r, q) in std::mem::take(&mut c.moves).iter().enumerate() {
+                raw.push((slot, r as u16, i64::from(*q)));
+            }
+        }
+        raw.extend(self.extra_moves.drain().map(|((slot, r), q)| (slot, r, q)));
+        // A spilled tally appears twice (cell and map): add them up. Totals fit `i64` because
+        // every part did and the ledger refused what would not.
+        raw.sort_unstable_by_key(|&(slot, r, _)| (slot, r));
+        raw.dedup_by(|b, a| {
+            if (a.0, a.1) == (b.0, b.1) {
+                a.2 = a.2.saturating_add(b.2);
+                true
+            } else {
+                false
+            }
+        });
+        let mut out: Vec<MovementLine> = raw
+            .into_iter()
+            .filter(|&(_, _, q)| q != 0)
+            .map(|(slot, reason, qty)| {
                 let (s, l) = self.slot_keys[slot as usize];
                 let reason = match FIXED_REASONS.get(reason as usize) {
                     Some(r) => r.to_string(),
@@ -1413,5 +1586,40 @@ mod tests {
         assert_eq!(pos(&h, "DC1", "A").reserved, 0);
         h.apply(5, &place("O2", None, "A", 1)).unwrap();
         assert_eq!(pos(&h, "DC1", "A").reserved, 1, "channel table survived");
+    }
+}
+
+#[cfg(test)]
+mod spill_tests {
+    use super::*;
+
+    #[test]
+    fn movement_tallies_beyond_i32_spill_and_add_up() {
+        let mut g = Ledger::new();
+        for seq in 1..=3 {
+            g.apply(
+                seq,
+                &Op::Receipt {
+                    loc: "DC1".into(),
+                    sku: "A".into(),
+                    qty: 1_000_000_000,
+                },
+            )
+            .unwrap();
+        }
+        g.apply(
+            4,
+            &Op::Sale {
+                loc: "DC1".into(),
+                sku: "A".into(),
+                qty: 7,
+            },
+        )
+        .unwrap();
+        let m = g.take_movements();
+        let get = |r: &str| m.iter().find(|l| l.reason == r).map(|l| l.qty);
+        assert_eq!(get("receipt"), Some(3_000_000_000));
+        assert_eq!(get("sale"), Some(-7));
+        assert_eq!(std::mem::size_of::<SlotCell>(), 64);
     }
 }

@@ -4,4 +4,5 @@
 pub mod ledger;
 pub mod op;
 pub mod shard;
+pub mod slots;
 pub mod view;

@@ -125,26 +125,28 @@ impl Actor for ShardActor {
         match msg {
             ShardMsg::Batch { ops, end_seq, work } => {
                 let n = ops.len() as u64;
-                for (seq, op) in &ops {
-                    if let Err(error) = state.ledger.apply(*seq, op) {
-                        // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
-                        let letter = Letter {
-                            stage: "apply",
-                            reason: Reason::Overflow,
-                            error: error.to_string(),
-                            original_subject: String::new(),
-                            headers: None,
-                            payload: format!("{op:?}").into(),
-                            stream_seq: Some(*seq),
-                            identity: format!("{seq}/{}", state.index),
-                        };
-                        let dl = state.shared.dead_letters.clone();
-                        tokio::spawn(async move {
-                            if let Err(error) = dl.send(letter).await {
-                                tracing::error!(%error, "dead letter for a refused op was not stored");
-                            }
-                        });
-                    }
+                let mut refused = Vec::new();
+                state.ledger.apply_batch(&ops, |seq, op, error| {
+                    refused.push((seq, format!("{op:?}"), error))
+                });
+                for (seq, op, error) in refused {
+                    // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
+                    let letter = Letter {
+                        stage: "apply",
+                        reason: Reason::Overflow,
+                        error: error.to_string(),
+                        original_subject: String::new(),
+                        headers: None,
+                        payload: op.into(),
+                        stream_seq: Some(seq),
+                        identity: format!("{seq}/{}", state.index),
+                    };
+                    let dl = state.shared.dead_letters.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = dl.send(letter).await {
+                            tracing::error!(%error, "dead letter for a refused op was not stored");
+                        }
+                    });
                 }
                 state.publish(end_seq);
                 state.shared.metrics.ops_applied.fetch_add(n, Relaxed);
