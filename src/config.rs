@@ -32,6 +32,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub reservations: ReservationConfig,
     pub supervision: SupervisionConfig,
+    pub runtime: RuntimeConfig,
     /// ERP endpoints postings are delivered to.
     pub erp: Vec<ErpEndpointConfig>,
 }
@@ -48,6 +49,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             reservations: ReservationConfig::default(),
             supervision: SupervisionConfig::default(),
+            runtime: RuntimeConfig::default(),
             erp: vec![ErpEndpointConfig::default()],
         }
     }
@@ -295,6 +297,27 @@ impl Default for SupervisionConfig {
         SupervisionConfig {
             max_restarts: 5,
             within: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Threads. The data path (ingest, shards, stores, delivery) runs on its own runtime whose
+/// threads are given a lower CPU priority, so a query or reservation that arrives while ingest
+/// is busy is scheduled first: reads never wait for writes, not even for a core.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads of the data path (0: one per core).
+    pub data_workers: usize,
+    /// Nice value of the data-path threads (0 to 19; 0 disables).
+    pub data_nice: i32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            data_workers: 0,
+            data_nice: 10,
         }
     }
 }

@@ -64,8 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         "127.0.0.1:0".into()
     };
     let client = crate::bus::connect(&cfg.nats, "retailflow-demo").await?;
-    let pipeline =
-        Pipeline::start_with_client(cfg, client.clone(), crate::telemetry::Metrics::new()).await?;
+    let pipeline = Pipeline::start_with(cfg, crate::telemetry::Metrics::new()).await?;
     let http = pipeline.http_addr().context("HTTP API address")?;
     println!("retailflow: HTTP API on http://{http}\n");
 

@@ -58,6 +58,7 @@ impl Actor for StoreActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             StoreMsg::Events { events, work } => {
+                let started = std::time::Instant::now();
                 for e in &events {
                     state.agg.add(
                         e.seq,
@@ -69,6 +70,10 @@ impl Actor for StoreActor {
                     );
                 }
                 state.shared.credits.give_back(work);
+                state
+                    .shared
+                    .metrics
+                    .busy(crate::telemetry::Stage::Store, started);
             }
             StoreMsg::Barrier {
                 seq,

@@ -83,7 +83,45 @@ pub enum DocBody {
     InventoryMovements(Vec<MovementLine>),
 }
 
+/// Lines per document at most. Keeps every document well inside NATS's 1 MB message limit and
+/// inside what ERP APIs take in one request; a larger document is sent as several pages.
+pub const MAX_LINES: usize = 1000;
+
+fn chunks<T>(lines: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    if lines.len() <= max {
+        return vec![lines];
+    }
+    let mut out = Vec::with_capacity(lines.len().div_ceil(max));
+    let mut it = lines.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(max).collect());
+    }
+    out
+}
+
 impl DocBody {
+    /// Splits the lines into pages of at most `max` lines, in order.
+    pub fn pages(self, max: usize) -> Vec<DocBody> {
+        match self {
+            DocBody::SalesSummary(l) => chunks(l, max)
+                .into_iter()
+                .map(DocBody::SalesSummary)
+                .collect(),
+            DocBody::TenderSummary(l) => chunks(l, max)
+                .into_iter()
+                .map(DocBody::TenderSummary)
+                .collect(),
+            DocBody::TaxSummary(l) => chunks(l, max)
+                .into_iter()
+                .map(DocBody::TaxSummary)
+                .collect(),
+            DocBody::InventoryMovements(l) => chunks(l, max)
+                .into_iter()
+                .map(DocBody::InventoryMovements)
+                .collect(),
+        }
+    }
+
     pub fn kind(&self) -> DocKind {
         match self {
             DocBody::SalesSummary(_) => DocKind::SalesSummary,
@@ -141,6 +179,10 @@ pub struct Draft {
     pub body: DocBody,
 }
 
+fn one() -> u32 {
+    1
+}
+
 /// A document addressed to one ERP endpoint; `id` is also the HTTP `Idempotency-Key`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostingDoc {
@@ -155,15 +197,21 @@ pub struct PostingDoc {
     pub barrier_seq: u64,
     /// Splits of one key within one barrier (only when a total would overflow `i64`).
     pub part: u32,
+    /// Page of this part (from 1) and how many pages it has; pages share the lineage.
+    #[serde(default = "one")]
+    pub page: u32,
+    #[serde(default = "one")]
+    pub pages: u32,
     pub lineage: Lineage,
     #[serde(flatten)]
     pub body: DocBody,
 }
 
 impl PostingDoc {
-    /// Addresses a draft to an endpoint. The id depends only on the endpoint, the document's
-    /// key and the barrier sequence, so forming it again after a crash gives the same id.
-    pub fn address(draft: Draft, endpoint: &str, barrier_seq: u64) -> PostingDoc {
+    /// Addresses a draft to an endpoint, as one document per page of at most [`MAX_LINES`]
+    /// lines. The id depends only on the endpoint, the document's key, the barrier sequence,
+    /// the part and the page, so forming it again after a crash gives the same id.
+    pub fn address(draft: Draft, endpoint: &str, barrier_seq: u64) -> Vec<PostingDoc> {
         let day = draft
             .business_day
             .map(|d| d.to_string())
@@ -172,29 +220,67 @@ impl PostingDoc {
             .currency
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
-        let id = format!(
-            "{endpoint}/{}/{}/{day}/{cur}/{barrier_seq}/{}",
-            draft.body.kind().as_str(),
-            draft.location,
-            draft.part
-        );
-        PostingDoc {
-            id,
-            endpoint: endpoint.to_string(),
-            location: draft.location,
-            business_day: draft.business_day,
-            currency: draft.currency,
-            barrier_seq,
-            part: draft.part,
-            lineage: draft.lineage,
-            body: draft.body,
-        }
+        let kind = draft.body.kind().as_str();
+        let pages = draft.body.pages(MAX_LINES);
+        let n = pages.len() as u32;
+        pages
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let page = i as u32 + 1;
+                PostingDoc {
+                    id: format!(
+                        "{endpoint}/{kind}/{}/{day}/{cur}/{barrier_seq}/{}/{page}",
+                        draft.location, draft.part
+                    ),
+                    endpoint: endpoint.to_string(),
+                    location: draft.location.clone(),
+                    business_day: draft.business_day,
+                    currency: draft.currency,
+                    barrier_seq,
+                    part: draft.part,
+                    page,
+                    pages: n,
+                    lineage: draft.lineage,
+                    body,
+                }
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_documents_are_paged_in_order() {
+        let lines: Vec<TenderLine> = (0..2500)
+            .map(|i| TenderLine {
+                tender: format!("t{i:05}").as_str().into(),
+                ..Default::default()
+            })
+            .collect();
+        let draft = Draft {
+            location: "DC1".into(),
+            business_day: None,
+            currency: None,
+            part: 0,
+            lineage: Lineage::default(),
+            body: DocBody::TenderSummary(lines),
+        };
+        let docs = PostingDoc::address(draft, "erp", 7);
+        assert_eq!(
+            docs.iter().map(|d| d.body.lines()).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        assert_eq!(docs[2].id, "erp/tender_summary/DC1/-/-/7/0/3");
+        assert!(docs.iter().all(|d| d.pages == 3));
+        let DocBody::TenderSummary(last) = &docs[2].body else {
+            panic!("kind kept")
+        };
+        assert_eq!(last[0].tender.as_str(), "t02000");
+    }
 
     #[test]
     fn document_json_is_flat_with_kind_and_lines() {
@@ -215,8 +301,9 @@ mod tests {
                 transactions: 2,
             }]),
         };
-        let doc = PostingDoc::address(draft, "erp", 10);
-        assert_eq!(doc.id, "erp/tender_summary/S1/2026-11-27/EUR/10/0");
+        let doc = PostingDoc::address(draft, "erp", 10).remove(0);
+        assert_eq!(doc.id, "erp/tender_summary/S1/2026-11-27/EUR/10/0/1");
+        assert_eq!((doc.page, doc.pages), (1, 1));
         let json = serde_json::to_value(&doc).unwrap();
         assert_eq!(json["kind"], "tender_summary");
         assert_eq!(json["lines"][0]["paid"], 100);

@@ -126,7 +126,7 @@ pub struct MovementLine {
     pub location: LocationId,
     pub sku: Sku,
     /// `sale`, `receipt`, ..., or `adjustment:<reason code>`.
-    pub reason: String,
+    pub reason: compact_str::CompactString,
     pub qty: i64,
 }
 
@@ -1124,7 +1124,13 @@ impl Ledger {
         raw.extend(self.extra_moves.drain().map(|((slot, r), q)| (slot, r, q)));
         // A spilled tally appears twice (cell and map): add them up. Totals fit `i64` because
         // every part did and the ledger refused what would not.
-        raw.sort_unstable_by_key(|&(slot, r, _)| (slot, r));
+        // Order by (location, sku, reason) indices: deterministic (interning follows the
+        // stream) and far cheaper than comparing names.
+        let keys = &self.slot_keys;
+        raw.sort_unstable_by_key(|&(slot, r, _)| {
+            let (s, l) = keys[slot as usize];
+            (l, s, r, slot)
+        });
         raw.dedup_by(|b, a| {
             if (a.0, a.1) == (b.0, b.1) {
                 a.2 = a.2.saturating_add(b.2);
@@ -1133,14 +1139,14 @@ impl Ledger {
                 false
             }
         });
-        let mut out: Vec<MovementLine> = raw
+        let out: Vec<MovementLine> = raw
             .into_iter()
             .filter(|&(_, _, q)| q != 0)
             .map(|(slot, reason, qty)| {
                 let (s, l) = self.slot_keys[slot as usize];
                 let reason = match FIXED_REASONS.get(reason as usize) {
-                    Some(r) => r.to_string(),
-                    None => format!(
+                    Some(r) => compact_str::CompactString::const_new(r),
+                    None => compact_str::format_compact!(
                         "adjustment:{}",
                         self.reasons
                             .name(u32::from(reason) - FIXED_REASONS.len() as u32)
@@ -1154,7 +1160,6 @@ impl Ledger {
                 }
             })
             .collect();
-        out.sort_by(|a, b| (&a.location, &a.sku, &a.reason).cmp(&(&b.location, &b.sku, &b.reason)));
         out
     }
 

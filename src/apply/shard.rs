@@ -6,6 +6,7 @@ use super::view::ViewWriter;
 use crate::ingest::deadletter::{Letter, Reason};
 use crate::snapshot::coordinator::{CoordMsg, ShardPart};
 use crate::supervise::shared::Shared;
+use crate::telemetry::Stage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -124,6 +125,7 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Batch { ops, end_seq, work } => {
+                let started = std::time::Instant::now();
                 let n = ops.len() as u64;
                 let mut refused = Vec::new();
                 state.ledger.apply_batch(&ops, |seq, op, error| {
@@ -151,6 +153,7 @@ impl Actor for ShardActor {
                 state.publish(end_seq);
                 state.shared.metrics.ops_applied.fetch_add(n, Relaxed);
                 state.shared.credits.give_back(work);
+                state.shared.metrics.busy(Stage::Shard, started);
             }
             ShardMsg::Barrier {
                 seq,

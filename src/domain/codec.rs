@@ -42,7 +42,14 @@ pub fn decode<T: DeserializeOwned>(format: Format, payload: &[u8]) -> Result<T, 
     })
 }
 
+/// Decodes an envelope. MessagePack goes through [`super::fastpack`] first; whatever it
+/// declines is decoded by `rmp_serde`, which has the last word.
 pub fn decode_envelope(format: Format, payload: &[u8]) -> Result<Envelope, CodecError> {
+    if format == Format::MsgPack {
+        if let Ok(e) = super::fastpack::decode_envelope(payload) {
+            return Ok(e);
+        }
+    }
     decode(format, payload)
 }
 

@@ -430,19 +430,23 @@ fn bad(msg: impl Into<String>) -> ValidationError {
     ValidationError::Invalid(msg.into())
 }
 
-fn check_qty(what: &str, qty: i64) -> Result<(), ValidationError> {
+// Field names for messages are built only when something is wrong: this runs for every line
+// of every event.
+fn check_qty(what: impl FnOnce() -> String, qty: i64) -> Result<(), ValidationError> {
     if qty <= 0 || qty > MAX_QTY {
         return Err(bad(format!(
-            "{what}: qty {qty} must be between 1 and {MAX_QTY}"
+            "{}: qty {qty} must be between 1 and {MAX_QTY}",
+            what()
         )));
     }
     Ok(())
 }
 
-fn check_amount(what: &str, amount: i64) -> Result<(), ValidationError> {
+fn check_amount(what: impl FnOnce() -> String, amount: i64) -> Result<(), ValidationError> {
     if !(0..=MAX_AMOUNT).contains(&amount) {
         return Err(bad(format!(
-            "{what}: amount {amount} must be between 0 and {MAX_AMOUNT} minor units"
+            "{}: amount {amount} must be between 0 and {MAX_AMOUNT} minor units",
+            what()
         )));
     }
     Ok(())
@@ -454,7 +458,7 @@ fn check_qty_lines(lines: &[QtyLine]) -> Result<(), ValidationError> {
     }
     for (i, l) in lines.iter().enumerate() {
         l.sku.check()?;
-        check_qty(&format!("lines[{i}]"), l.qty)?;
+        check_qty(|| format!("lines[{i}]"), l.qty)?;
     }
     Ok(())
 }
@@ -465,31 +469,33 @@ fn check_item_lines(lines: &[ItemLine], tenders: &[Tender]) -> Result<(), Valida
     }
     let mut total: i64 = 0;
     for (i, l) in lines.iter().enumerate() {
-        let at = format!("lines[{i}]");
+        let at = || format!("lines[{i}]");
         l.sku.check()?;
         l.tax_code.check()?;
-        check_qty(&at, l.qty)?;
-        check_amount(&format!("{at}.unit_price"), l.unit_price)?;
-        check_amount(&format!("{at}.discount"), l.discount)?;
+        check_qty(at, l.qty)?;
+        check_amount(|| format!("{}.unit_price", at()), l.unit_price)?;
+        check_amount(|| format!("{}.discount", at()), l.discount)?;
         let gross = l
             .qty
             .checked_mul(l.unit_price)
             .filter(|g| *g <= MAX_AMOUNT)
             .ok_or_else(|| {
                 bad(format!(
-                    "{at}: qty x unit_price exceeds {MAX_AMOUNT} minor units"
+                    "{}: qty x unit_price exceeds {MAX_AMOUNT} minor units",
+                    at()
                 ))
             })?;
         if l.discount > gross {
             return Err(bad(format!(
-                "{at}: discount {} exceeds the line's gross amount {gross}",
+                "{}: discount {} exceeds the line's gross amount {gross}",
+                at(),
                 l.discount
             )));
         }
         let mut line_total = gross - l.discount;
         for (j, t) in l.taxes.iter().enumerate() {
             t.code.check()?;
-            check_amount(&format!("{at}.taxes[{j}]"), t.amount)?;
+            check_amount(|| format!("{}.taxes[{j}]", at()), t.amount)?;
             line_total += t.amount;
         }
         // Bounded by (1 + 64 tax lines) x MAX_AMOUNT per line; a transaction of more than a
@@ -499,13 +505,13 @@ fn check_item_lines(lines: &[ItemLine], tenders: &[Tender]) -> Result<(), Valida
             .filter(|t| *t <= MAX_AMOUNT * 1000)
             .ok_or_else(|| bad("transaction total is too large"))?;
         if l.taxes.len() > 64 {
-            return Err(bad(format!("{at}: more than 64 tax lines")));
+            return Err(bad(format!("{}: more than 64 tax lines", at())));
         }
     }
     let mut paid: i64 = 0;
     for (i, t) in tenders.iter().enumerate() {
         t.kind.check()?;
-        check_amount(&format!("tenders[{i}]"), t.amount)?;
+        check_amount(|| format!("tenders[{i}]"), t.amount)?;
         paid += t.amount;
     }
     if paid != total {
@@ -629,7 +635,7 @@ impl Envelope {
             Event::ReservationRequested(r) => {
                 r.reservation_id.check()?;
                 r.sku.check()?;
-                check_qty("reservation", r.qty)?;
+                check_qty(|| "reservation".into(), r.qty)?;
                 match &r.target {
                     Target::Location(l) => l.check()?,
                     Target::Channel(c) => c.check()?,

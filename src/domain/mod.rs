@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod event;
+pub mod fastpack;
 pub mod ids;
 pub mod money;
 pub mod subject;

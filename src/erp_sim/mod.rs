@@ -141,6 +141,11 @@ impl ErpSim {
         self.sim.stats()
     }
 
+    /// Every acceptance so far: (last stream sequence the document covers, when accepted).
+    pub fn acceptances(&self) -> Vec<(u64, Instant)> {
+        self.sim.acceptances()
+    }
+
     /// Switches the fault mode for `for_`, or until switched again when `None`.
     pub fn set_fault(&self, mode: FaultMode, for_: Option<Duration>) {
         self.sim.set_fault(mode, for_, Instant::now());

@@ -230,6 +230,12 @@ pub struct Stats {
     pub injected_errors: u64,
     /// Documents accepted again under a different idempotency key: double bookings.
     pub duplicate_documents: u64,
+    /// 429s because the sliding window was full (a client that respects the limit causes none).
+    #[serde(default)]
+    pub throttled_window: u64,
+    /// 429s because too many requests were in flight.
+    #[serde(default)]
+    pub throttled_concurrency: u64,
     pub max_in_flight: usize,
     pub max_in_window: usize,
     pub limit_requests: u32,
@@ -241,6 +247,8 @@ pub struct Stats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    throttled_window: u64,
+    throttled_concurrency: u64,
     requests: u64,
     accepted: u64,
     replays: u64,
@@ -367,7 +375,7 @@ impl Ledger {
             DocBody::InventoryMovements(lines) => merge(
                 &mut self.inventory,
                 lines.iter().map(|l| {
-                    let key = (l.location.clone(), l.sku.clone(), l.reason.clone());
+                    let key = (l.location.clone(), l.sku.clone(), l.reason.to_string());
                     (key, [l.qty])
                 }),
             )?,
@@ -504,6 +512,9 @@ struct Inner {
     /// Sparse: an idle hour costs nothing.
     timeline: BTreeMap<u64, TimelinePoint>,
     erp_refs: u64,
+    /// (last source sequence in the document's lineage, instant accepted), for measuring how
+    /// long events take to reach the ERP.
+    acceptances: Vec<(u64, Instant)>,
 }
 
 impl Inner {
@@ -561,6 +572,7 @@ impl SimState {
                 answers: HashMap::new(),
                 attempts: HashMap::new(),
                 accepted_ids: HashSet::new(),
+                acceptances: Vec::new(),
                 ledger: Ledger::default(),
                 counters: Counters::default(),
                 timeline: BTreeMap::new(),
@@ -618,6 +630,7 @@ impl SimState {
                 ),
             )
             .retry_after(1);
+            inner.counters.throttled_concurrency += 1;
             return Err(inner.throttle(self.started, now, answer));
         }
         self.max_in_flight.fetch_max(before + 1, Ordering::AcqRel);
@@ -632,6 +645,7 @@ impl SimState {
                 ),
             )
             .retry_after(retry);
+            inner.counters.throttled_window += 1;
             return Err(inner.throttle(self.started, now, answer));
         }
         Ok(slot)
@@ -718,6 +732,7 @@ impl SimState {
             tracing::warn!(document = %doc.id, key, "ERP simulator booked a document twice");
         }
         inner.counters.accepted += 1;
+        inner.acceptances.push((doc.lineage.last_seq, now));
         inner.second(self.started, now).accepted += 1;
         inner.erp_refs += 1;
         let answer = Answer::new(
@@ -752,10 +767,17 @@ impl SimState {
         self.lock().ledger.totals()
     }
 
+    /// Every acceptance so far: (last stream sequence the document covers, when accepted).
+    pub fn acceptances(&self) -> Vec<(u64, Instant)> {
+        self.lock().acceptances.clone()
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.lock();
         let c = &inner.counters;
         Stats {
+            throttled_window: c.throttled_window,
+            throttled_concurrency: c.throttled_concurrency,
             requests: c.requests,
             accepted: c.accepted,
             replays: c.replays,
@@ -797,6 +819,8 @@ mod tests {
             currency: Some(Currency::parse("EUR").unwrap()),
             barrier_seq: 10,
             part: 0,
+            page: 1,
+            pages: 1,
             lineage: Lineage::default(),
             body,
         }

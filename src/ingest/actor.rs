@@ -8,17 +8,15 @@
 
 use super::deadletter::{Letter, Reason};
 use super::dedupe::{Dedupe, Verdict};
+use super::reader::{Decoded, Reader};
 use super::route::Routed;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
 use crate::aggregate::store::StoreAggregator;
 use crate::apply::shard::ShardMsg;
-use crate::domain::codec::{self, Format};
 use crate::domain::{Event, LocationId};
 use crate::snapshot::coordinator::{BarrierHeader, CoordMsg};
 use crate::snapshot::format::IngestState as IngestSnapshot;
 use crate::supervise::shared::Shared;
-use async_nats::jetstream::{self, consumer};
-use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -57,7 +55,7 @@ pub struct IngestState {
     dedupe: Dedupe,
     last_seq: u64,
     consume_from: u64,
-    messages: Option<consumer::pull::Stream>,
+    reader: Option<Reader>,
     shards: Vec<ActorRef<ShardMsg>>,
     stores: FxHashMap<LocationId, ActorRef<StoreMsg>>,
     coordinator: ActorRef<CoordMsg>,
@@ -65,71 +63,18 @@ pub struct IngestState {
     routed: Routed,
     letters: Vec<Letter>,
     stop_after: Arc<std::sync::atomic::AtomicU64>,
-    events_stream: String,
     generation: u64,
-}
-
-/// Stream sequence and pending count from a JetStream reply subject, without the date parsing
-/// `Message::info` does. `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
-/// or, with domain and account hash, two tokens more after `ACK`.
-pub fn ack_seq(reply: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let (s, p) = match tokens.len() {
-        9 => (5, 8),
-        n if n >= 11 => (7, 10),
-        _ => return None,
-    };
-    Some((tokens[s].parse().ok()?, tokens[p].parse().ok()?))
+    letters_unlogged: u64,
+    letters_logged: std::time::Instant,
 }
 
 impl IngestState {
-    async fn ensure_consumer(&mut self) -> Result<(), ActorProcessingErr> {
-        if self.messages.is_some() {
-            return Ok(());
-        }
-        let stream = self
-            .shared
-            .js
-            .get_stream(&self.events_stream)
-            .await
-            .map_err(|e| format!("events stream {}: {e}", self.events_stream))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.consume_from.max(1),
-                },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                memory_storage: true,
-                description: Some(
-                    "retailflow ingest (ephemeral, the snapshot is the offset)".into(),
-                ),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("creating the ingest consumer: {e}"))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.shared.config.ingest.batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| format!("starting the ingest pull: {e}"))?;
-        self.messages = Some(messages);
-        tracing::info!(from = self.consume_from.max(1), "ingest consumer started");
-        Ok(())
-    }
-
-    /// Handles one message; returns false when ingest must stop here (graceful shutdown).
-    async fn handle_message(
-        &mut self,
-        msg: jetstream::Message,
-    ) -> Result<bool, ActorProcessingErr> {
+    /// Handles one decoded message; returns false when ingest must stop here (graceful
+    /// shutdown).
+    async fn handle_message(&mut self, decoded: Decoded) -> Result<bool, ActorProcessingErr> {
         let m = self.shared.metrics.clone();
-        let reply = msg.reply.as_ref().map(|r| r.as_str()).unwrap_or("");
-        let Some((seq, pending)) = ack_seq(reply) else {
-            tracing::warn!(reply, "message without a JetStream reply subject; skipped");
+        let Some((seq, pending)) = decoded.position else {
+            tracing::warn!("message without a JetStream reply subject; skipped");
             return Ok(true);
         };
         m.consumer_lag.store(pending as i64, Relaxed);
@@ -139,24 +84,23 @@ impl IngestState {
         }
         self.last_seq = seq;
         m.events_received.fetch_add(1, Relaxed);
-        let content_type = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(codec::CONTENT_TYPE))
-            .map(|v| v.as_str());
-        let format = Format::from_content_type(content_type);
-        let envelope = match codec::decode_envelope(format, &msg.payload) {
+        let envelope = match decoded.envelope {
             Ok(e) => e,
-            Err(e) => {
-                self.dead_letter(&msg, seq, Reason::Undecodable, e.to_string());
+            Err(bad) => {
+                let bad = *bad;
+                self.letters.push(Letter {
+                    stage: "ingest",
+                    reason: bad.reason,
+                    error: bad.error,
+                    original_subject: bad.subject,
+                    headers: bad.headers,
+                    payload: bad.payload,
+                    stream_seq: Some(seq),
+                    identity: seq.to_string(),
+                });
                 return Ok(self.go_on(seq));
             }
         };
-        if let Err(e) = envelope.validate() {
-            let error = format!("{} event {}: {e}", envelope.event.kind(), envelope.id);
-            self.dead_letter(&msg, seq, Reason::Invalid, error);
-            return Ok(self.go_on(seq));
-        }
         match self.dedupe.check(&envelope.source, envelope.seq) {
             Verdict::New => {}
             Verdict::Duplicate => {
@@ -172,7 +116,18 @@ impl IngestState {
                     envelope.source,
                     self.dedupe.window()
                 );
-                self.dead_letter(&msg, seq, Reason::Late, error);
+                // The original bytes are gone by now; the letter carries the event re-encoded.
+                let payload = crate::domain::codec::encode_msgpack(&envelope).unwrap_or_default();
+                self.letters.push(Letter {
+                    stage: "ingest",
+                    reason: Reason::Late,
+                    error,
+                    original_subject: envelope.subject(&self.shared.config.streams.systems, "pos"),
+                    headers: None,
+                    payload: payload.into(),
+                    stream_seq: Some(seq),
+                    identity: seq.to_string(),
+                });
                 return Ok(self.go_on(seq));
             }
         }
@@ -193,25 +148,31 @@ impl IngestState {
         stop_after == 0 || seq < stop_after
     }
 
-    fn dead_letter(&mut self, msg: &jetstream::Message, seq: u64, reason: Reason, error: String) {
-        self.letters.push(Letter {
-            stage: "ingest",
-            reason,
-            error,
-            original_subject: msg.subject.to_string(),
-            headers: msg.headers.clone(),
-            payload: msg.payload.clone(),
-            stream_seq: Some(seq),
-            identity: seq.to_string(),
-        });
-    }
-
     /// Publishes the batch's dead letters and waits until JetStream stored them. A failure here
     /// fails the actor: the supervisor restarts from the last snapshot, so the bad events are
     /// read (and dead-lettered) again rather than lost.
     async fn flush_letters(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.letters.is_empty() {
+            return Ok(());
+        }
+        let n = self.letters.len() as u64;
+        let first = format!(
+            "{} ({})",
+            self.letters[0].error, self.letters[0].original_subject
+        );
         for letter in self.letters.drain(..) {
             self.shared.dead_letters.send(letter).await?;
+        }
+        // At most one line per 10 s, with the count since the last one: never a line per event.
+        self.letters_unlogged += n;
+        if self.letters_logged.elapsed() >= Duration::from_secs(10) {
+            tracing::warn!(
+                count = self.letters_unlogged,
+                example = %first,
+                "dead-lettered bad events; everything else was applied"
+            );
+            self.letters_unlogged = 0;
+            self.letters_logged = std::time::Instant::now();
         }
         Ok(())
     }
@@ -291,47 +252,44 @@ impl IngestState {
         Ok(())
     }
 
-    /// One pull: up to a batch of messages, whatever is ready once the first arrived.
+    /// One step: the next decoded batch from the reader, deduplicated, routed, dispatched.
     async fn pull(&mut self) -> Result<bool, ActorProcessingErr> {
         let limit = self.shared.config.ingest.credit;
+        let m = self.shared.metrics.clone();
+        let t = std::time::Instant::now();
         self.shared.credits.wait_below(limit).await;
+        m.ingest_wait_credit_us
+            .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
         if self.shared.paused.load(Relaxed) {
             self.shared.metrics.ingest_paused.fetch_add(1, Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Ok(true);
         }
-        self.ensure_consumer().await?;
-        let batch = self.shared.config.ingest.batch;
-        let Some(messages) = self.messages.as_mut() else {
+        if self.shared.hold.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             return Ok(true);
-        };
-        let first = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
-            Err(_) => return Ok(true),
-            Ok(None) => {
-                self.messages = None;
-                self.consume_from = self.last_seq + 1;
-                return Ok(true);
-            }
-            Ok(Some(Err(error))) => {
-                tracing::warn!(%error, "ingest pull failed; recreating the consumer");
-                self.messages = None;
-                self.consume_from = self.last_seq + 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return Ok(true);
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        let mut msgs = Vec::with_capacity(batch);
-        msgs.push(first);
-        while msgs.len() < batch {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => msgs.push(m),
-                _ => break,
-            }
         }
+        let reader = match &mut self.reader {
+            Some(r) => r,
+            None => self
+                .reader
+                .insert(Reader::start(self.shared.clone(), self.consume_from)),
+        };
+        let batch =
+            match tokio::time::timeout(Duration::from_millis(200), reader.batches.recv()).await {
+                Err(_) => return Ok(true),
+                Ok(None) => {
+                    // The reader ended (it never does on its own); start over after what we have.
+                    self.reader = None;
+                    self.consume_from = self.last_seq + 1;
+                    return Ok(true);
+                }
+                Ok(Some(b)) => b,
+            };
+        let busy = std::time::Instant::now();
         let mut go_on = true;
-        for msg in msgs {
-            if !self.handle_message(msg).await? {
+        for d in batch {
+            if !self.handle_message(d).await? {
                 go_on = false;
                 break;
             }
@@ -339,6 +297,9 @@ impl IngestState {
         let end = self.last_seq;
         self.dispatch(end).await?;
         self.flush_letters().await?;
+        m.ingest_busy_us
+            .fetch_add(busy.elapsed().as_micros() as u64, Relaxed);
+        m.busy(crate::telemetry::Stage::Ingest, busy);
         Ok(go_on)
     }
 }
@@ -356,12 +317,11 @@ impl Actor for IngestActor {
         myself.send_message(IngestMsg::Pull)?;
         let shards = args.shards.len();
         Ok(IngestState {
-            events_stream: args.shared.config.streams.events.clone(),
             shared: args.shared,
             dedupe: args.dedupe,
             last_seq: args.from_seq,
             consume_from: args.from_seq + 1,
-            messages: None,
+            reader: None,
             shards: args.shards,
             stores: args.stores,
             coordinator: args.coordinator,
@@ -370,6 +330,8 @@ impl Actor for IngestActor {
             letters: Vec::new(),
             stop_after: args.stop_after,
             generation: args.generation,
+            letters_unlogged: 0,
+            letters_logged: std::time::Instant::now() - Duration::from_secs(60),
         })
     }
 
@@ -388,7 +350,7 @@ impl Actor for IngestActor {
                 }
             }
             IngestMsg::Rewind(to) => {
-                state.messages = None;
+                state.reader = None;
                 state.consume_from = to.max(1);
             }
             IngestMsg::Crash => panic!("ingest crash requested (test hook)"),

@@ -121,7 +121,8 @@ impl DeadLetters {
         if !ack.duplicate {
             self.metrics.dead_letter(letter.reason.as_str());
         }
-        tracing::warn!(
+        // Per event, so trace only; callers summarise at a visible level.
+        tracing::trace!(
             stage = letter.stage,
             reason = letter.reason.as_str(),
             original_subject = %letter.original_subject,

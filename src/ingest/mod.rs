@@ -4,4 +4,5 @@
 pub mod actor;
 pub mod deadletter;
 pub mod dedupe;
+pub mod reader;
 pub mod route;

@@ -92,9 +92,20 @@ impl Routed {
         self.events += 1;
     }
 
-    /// Takes the batch, leaving an empty one of the same shape.
+    /// Takes the batch, leaving an empty one of the same shape, sized like this one (batches
+    /// are alike, so the vectors rarely grow).
     pub fn take(&mut self) -> Routed {
-        std::mem::replace(self, Routed::new(self.shard_ops.len()))
+        let next = Routed {
+            shard_ops: self
+                .shard_ops
+                .iter()
+                .map(|v| Vec::with_capacity(v.len()))
+                .collect(),
+            stores: FxHashMap::with_capacity_and_hasher(self.stores.len(), Default::default()),
+            work: 0,
+            events: 0,
+        };
+        std::mem::replace(self, next)
     }
 }
 

@@ -8,6 +8,11 @@
 //!
 //! A `Retry-After` from the ERP pauses all grants until it has passed. Time is passed in, so the
 //! limiter is tested with tokio's paused clock.
+//!
+//! The ERP counts a request when it arrives, we when we send it; network time differs from one
+//! request to the next, so a request sent exactly one window after the oldest could arrive
+//! while the ERP still counts that oldest one. The window is therefore kept slightly longer
+//! than the ERP's (1%, at most one second).
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -63,7 +68,12 @@ impl RateLimiter {
     }
 
     fn interval(&self) -> Duration {
-        self.limit.window / self.limit.requests.max(1)
+        self.window() / self.limit.requests.max(1)
+    }
+
+    /// The ERP's window plus the safety margin.
+    fn window(&self) -> Duration {
+        self.limit.window + (self.limit.window / 100).min(Duration::from_secs(1))
     }
 
     /// Grants one request now, or says how long to wait before asking again.
@@ -74,8 +84,9 @@ impl RateLimiter {
             }
             self.paused_until = None;
         }
+        let window = self.window();
         while let Some(&oldest) = self.log.front() {
-            if oldest + self.limit.window <= now {
+            if oldest + window <= now {
                 self.log.pop_front();
             } else {
                 break;
@@ -84,7 +95,7 @@ impl RateLimiter {
         let mut wait = Duration::ZERO;
         if self.log.len() >= self.limit.requests as usize {
             if let Some(&oldest) = self.log.front() {
-                wait = wait.max(oldest + self.limit.window - now);
+                wait = wait.max(oldest + window - now);
             }
         }
         let t = self.interval();
@@ -111,8 +122,9 @@ impl RateLimiter {
 
     /// Grants inside the window ending now.
     pub fn in_window(&mut self, now: Instant) -> usize {
+        let window = self.window();
         while let Some(&oldest) = self.log.front() {
-            if oldest + self.limit.window <= now {
+            if oldest + window <= now {
                 self.log.pop_front();
             } else {
                 break;
@@ -206,6 +218,7 @@ mod tests {
         let grants = greedy(&mut l, Duration::from_secs(180)).await;
         assert!(max_in_any_window(&grants, lim.window) <= 600);
         assert!(max_in_any_window(&grants, Duration::from_secs(1)) <= 5 + 10);
-        assert!(grants.len() >= 1790, "{}", grants.len());
+        // 10/s less the 1% safety margin on the window: about 1,782 in 180 s.
+        assert!(grants.len() >= 1775, "{}", grants.len());
     }
 }

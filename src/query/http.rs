@@ -221,6 +221,10 @@ pub async fn serve(
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    // No Nagle delay on answers: they are small and latency is the point.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = router(state);
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)

@@ -72,10 +72,12 @@ async fn handle(
     }
 }
 
-/// Subscribes the responders; each request is answered on its own task.
+/// Subscribes the responders on `client` (the API's own connection); each request is
+/// answered on its own task.
 pub async fn serve(
     shared: Arc<Shared>,
     reservations: Arc<Reservations>,
+    client: async_nats::Client,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
     let mut subs = Vec::new();
     for s in [
@@ -83,12 +85,7 @@ pub async fn serve(
         subject::ATP_RESERVE,
         subject::ATP_RELEASE,
     ] {
-        subs.push(
-            shared
-                .client
-                .queue_subscribe(s, "retailflow".to_string())
-                .await?,
-        );
+        subs.push(client.queue_subscribe(s, "retailflow".to_string()).await?);
     }
     let mut all = futures::stream::select_all(subs);
     Ok(tokio::spawn(async move {
@@ -98,10 +95,11 @@ pub async fn serve(
             };
             let shared = shared.clone();
             let reservations = reservations.clone();
+            let client = client.clone();
             tokio::spawn(async move {
                 let answer =
                     handle(&shared, &reservations, msg.subject.as_str(), &msg.payload).await;
-                if let Err(error) = shared.client.publish(reply, answer).await {
+                if let Err(error) = client.publish(reply, answer).await {
                     tracing::debug!(%error, "reply not sent");
                 }
             });

@@ -96,16 +96,23 @@ pub enum ReserveError {
 /// Publishes reservation events and waits for their decisions.
 pub struct Reservations {
     shared: Arc<Shared>,
+    /// The API's own connection: requests do not queue behind the data path's traffic.
+    js: async_nats::jetstream::Context,
     source: SourceId,
     seq: AtomicU64,
 }
 
 impl Reservations {
     /// `role` distinguishes publishers (`api`, `expiry`) so each has its own sequence space.
-    pub fn new(shared: Arc<Shared>, role: &str) -> Reservations {
+    pub fn new(
+        shared: Arc<Shared>,
+        js: async_nats::jetstream::Context,
+        role: &str,
+    ) -> Reservations {
         let source = format!("{role}/{}-{}", now_ms(), std::process::id());
         Reservations {
             shared,
+            js,
             source: SourceId::from(source.as_str()),
             seq: AtomicU64::new(0),
         }
@@ -129,7 +136,6 @@ impl Reservations {
         headers.insert("Nats-Msg-Id", env.id.as_str());
         let subj = format!("{}.{token}.{kind}", subject::API_EVENTS);
         let ack = self
-            .shared
             .js
             .publish_with_headers(subj, headers, payload.into())
             .await
@@ -251,7 +257,7 @@ impl Reservations {
 
 /// Runs the expiry timer until `stopping`.
 pub async fn expiry_loop(shared: Arc<Shared>) {
-    let r = Reservations::new(shared.clone(), "expiry");
+    let r = Reservations::new(shared.clone(), shared.js.clone(), "expiry");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recently: std::collections::HashMap<ReservationId, std::time::Instant> =

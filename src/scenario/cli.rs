@@ -1,11 +1,80 @@
-//! `retailflow scenario ...`.
+//! `retailflow scenario run FILE`.
 
-use anyhow::Result;
+use super::run::{RunOptions, run as run_scenario};
+use super::spec::Scenario;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
-pub enum ScenarioCommand {}
+pub enum ScenarioCommand {
+    /// Run a scenario: generate, publish, verify against the oracle, measure, report.
+    Run {
+        /// Scenario file (TOML), e.g. scenarios/black-friday.toml.
+        file: PathBuf,
+        /// Run the scenario's small smoke version (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+        /// Also measure the raw JetStream drain ceiling with the same messages and report the
+        /// pipeline's drain rate as a ratio of it.
+        #[arg(long)]
+        ceiling: bool,
+        /// Directory for report.json, report.html and chart.png.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Use this NATS server instead of a private one (it must not hold retailflow's streams).
+        #[arg(long)]
+        nats: Option<String>,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
 
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
-    match cmd {}
+    match cmd {
+        ScenarioCommand::Run {
+            file,
+            smoke,
+            ceiling,
+            out,
+            nats,
+            quiet,
+        } => {
+            let spec = Scenario::load(&file)?;
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let out = out.join(if smoke { format!("{name}-smoke") } else { name });
+            let opts = RunOptions {
+                smoke,
+                ceiling,
+                out: out.clone(),
+                nats,
+                progress: !quiet,
+                settle_limit: None,
+            };
+            let report = run_scenario(&spec, &opts).await.context("scenario run")?;
+            print!("{}", report.summary());
+            println!(
+                "  report: {}/report.html, report.json, chart.png",
+                out.display()
+            );
+            if report.passed {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let failed: Vec<String> = report
+                    .failed_checks()
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect();
+                eprintln!("FAILED: {}", failed.join("; "));
+                for p in &report.problems {
+                    eprintln!("FAILED: {p}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
 }

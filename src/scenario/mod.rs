@@ -2,10 +2,14 @@
 //! independent oracle, measured, and reported.
 
 pub mod capture;
+pub mod ceiling;
+pub mod chart;
 pub mod cli;
 pub mod generate;
+pub mod measure;
 pub mod oracle;
 pub mod publish;
+pub mod report;
 pub mod run;
 pub mod settle;
 pub mod spec;

@@ -38,6 +38,9 @@ pub enum Until {
 }
 
 /// Rate in events/s at `t` since start (None: as fast as possible).
+///
+/// `in_flight` must stay below the JetStream context's own in-flight limit (5,000 by default;
+/// see `ContextBuilder::max_ack_inflight`).
 pub type Pace<'a> = &'a dyn Fn(Duration) -> Option<f64>;
 
 #[allow(clippy::too_many_arguments)]

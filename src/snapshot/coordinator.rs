@@ -102,7 +102,7 @@ pub fn address(drafts: Vec<Draft>, endpoints: &[ErpEndpointConfig], seq: u64) ->
             let takes_loc =
                 e.locations.is_empty() || e.locations.iter().any(|l| l == d.location.as_str());
             if takes_kind && takes_loc {
-                out.push(PostingDoc::address(d.clone(), &e.name, seq));
+                out.extend(PostingDoc::address(d.clone(), &e.name, seq));
             }
         }
     }
@@ -130,16 +130,14 @@ pub fn movement_drafts(parts: &mut [Option<ShardPart>]) -> Vec<Draft> {
     by_loc
         .into_iter()
         .filter(|(_, (lines, _))| !lines.is_empty())
-        .map(|(location, (mut lines, lineage))| {
-            lines.sort_by(|a, b| (&a.sku, &a.reason).cmp(&(&b.sku, &b.reason)));
-            Draft {
-                location,
-                business_day: None,
-                currency: None,
-                part: 0,
-                lineage,
-                body: DocBody::InventoryMovements(lines),
-            }
+        // Lines keep the shards' order (shard index, then each ledger's deterministic order).
+        .map(|(location, (lines, lineage))| Draft {
+            location,
+            business_day: None,
+            currency: None,
+            part: 0,
+            lineage,
+            body: DocBody::InventoryMovements(lines),
         })
         .collect()
 }
@@ -339,7 +337,12 @@ impl Actor for Coordinator {
         };
         if state.pending.get(&seq).is_some_and(Pending::complete) {
             if let Some(p) = state.pending.remove(&seq) {
+                let started = std::time::Instant::now();
                 state.finish(p).await;
+                state
+                    .shared
+                    .metrics
+                    .busy(crate::telemetry::Stage::Coordinator, started);
             }
         }
         Ok(())

@@ -43,20 +43,76 @@ pub struct Pipeline {
     http_addr: Option<SocketAddr>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub reservations: Arc<Reservations>,
+    /// The data path's runtime; shut down in the background when the pipeline stops.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Relaxed);
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        self.supervisor.stop(None);
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        // Dropping a runtime blocks, which is not allowed inside async code.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The runtime of the data path: its own threads, at a lower CPU priority than the API's.
+fn data_runtime(cfg: &crate::config::RuntimeConfig) -> Result<tokio::runtime::Runtime, StartError> {
+    let nice = cfg.data_nice.clamp(0, 19);
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("retailflow-data");
+    if cfg.data_workers > 0 {
+        b.worker_threads(cfg.data_workers);
+    }
+    if nice > 0 {
+        b.on_thread_start(move || lower_priority(nice));
+    }
+    b.build()
+        .map_err(|e| StartError::Spawn(format!("data runtime: {e}")))
+}
+
+/// Gives the calling thread a higher nice value (Linux threads have their own).
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread with valid arguments; failure only
+        // means the thread keeps its priority, which is logged.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::debug!(nice, "could not lower the data-path thread priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 impl Pipeline {
     /// Connects to NATS (refusing servers that are too old) and starts everything.
     pub async fn start(config: Config) -> Result<Pipeline, StartError> {
-        let client = bus::connect(&config.nats, "retailflow").await?;
-        Self::start_with_client(config, client, Metrics::new()).await
+        Self::start_with(config, Metrics::new()).await
     }
 
-    pub async fn start_with_client(
-        config: Config,
-        client: async_nats::Client,
-        metrics: Arc<Metrics>,
-    ) -> Result<Pipeline, StartError> {
+    pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+        let runtime = data_runtime(&config.runtime)?;
+        let data = runtime.handle().clone();
+        // The data path's connection lives on the data runtime, the API's on the caller's.
+        let nats_cfg = config.nats.clone();
+        let client = data
+            .spawn(async move { bus::connect(&nats_cfg, "retailflow").await })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))??;
+        let api_client = bus::connect(&config.nats, "retailflow-api").await?;
         let config = Arc::new(config);
         let shared = Shared::new(config.clone(), client, metrics);
         bus::streams::ensure(&shared.js, &config.streams).await?;
@@ -78,24 +134,25 @@ impl Pipeline {
         let restored = super::recovery::restore(&shared, snapshots.as_ref()).await?;
         let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
         let stop_after = Arc::new(AtomicU64::new(0));
-        let (supervisor, supervisor_task) = Actor::spawn(
-            Some(format!("retailflow-{}", std::process::id())),
-            Supervisor,
-            SupervisorArgs {
-                shared: shared.clone(),
-                snapshots,
-                restored: Some(restored),
-                fatal: fatal_tx,
-                stop_after: stop_after.clone(),
-            },
-        )
-        .await
-        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let args = SupervisorArgs {
+            shared: shared.clone(),
+            snapshots,
+            restored: Some(restored),
+            fatal: fatal_tx,
+            stop_after: stop_after.clone(),
+        };
+        let name = format!("retailflow-{}", std::process::id());
+        let (supervisor, supervisor_task) = data
+            .spawn(async move { Actor::spawn(Some(name), Supervisor, args).await })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
         let publisher = Arc::new(BarrierPublisher::new(shared.clone()));
-        let reservations = Arc::new(Reservations::new(shared.clone(), "api"));
+        let api_js = async_nats::jetstream::new(api_client.clone());
+        let reservations = Arc::new(Reservations::new(shared.clone(), api_js, "api"));
         let mut tasks = vec![
-            tokio::spawn(ticker::run(shared.clone(), publisher.clone())),
-            tokio::spawn(reserve::expiry_loop(shared.clone())),
+            data.spawn(ticker::run(shared.clone(), publisher.clone())),
+            data.spawn(reserve::expiry_loop(shared.clone())),
         ];
         let mut http_addr = None;
         let mut http_stop = None;
@@ -119,9 +176,10 @@ impl Pipeline {
             tasks.push(task);
         }
         if config.api.nats {
-            let t = crate::query::nats::serve(shared.clone(), reservations.clone())
-                .await
-                .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
+            let t =
+                crate::query::nats::serve(shared.clone(), reservations.clone(), api_client.clone())
+                    .await
+                    .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
             tasks.push(t);
         }
         Ok(Pipeline {
@@ -135,6 +193,7 @@ impl Pipeline {
             http_addr,
             http_stop,
             reservations,
+            runtime: Some(runtime),
         })
     }
 
@@ -221,6 +280,9 @@ impl Pipeline {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.supervisor_task).await;
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }

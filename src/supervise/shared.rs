@@ -59,6 +59,8 @@ pub struct Shared {
     pub credits: Credits,
     /// Set while the ERP backlog is above `barrier.backlog_pause`.
     pub paused: AtomicBool,
+    /// Set by a scenario that wants a backlog to build before ingest drains it.
+    pub hold: AtomicBool,
     pub decisions: Arc<Decisions>,
     pub active: Arc<ActiveReservations>,
     pub dead_letters: DeadLetters,
@@ -83,6 +85,7 @@ impl Shared {
             view,
             credits: Credits::default(),
             paused: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
             decisions: Arc::new(Decisions::default()),
             active: Arc::new(ActiveReservations::default()),
             stopping: AtomicBool::new(false),

@@ -28,6 +28,18 @@ pub struct EndpointMetrics {
     pub pending: AtomicI64,
 }
 
+/// Kinds of worker whose busy time is counted.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    Reader = 0,
+    Ingest = 1,
+    Shard = 2,
+    Store = 3,
+    Coordinator = 4,
+}
+
+pub const STAGES: [&str; 5] = ["reader", "ingest", "shard", "store", "coordinator"];
+
 #[derive(Default, Debug)]
 pub struct Metrics {
     pub events_received: AtomicU64,
@@ -47,6 +59,13 @@ pub struct Metrics {
     pub actor_restarts: AtomicU64,
     pub ingest_paused: AtomicU64,
     pub consumer_lag: AtomicI64,
+    /// Where ingest spends its time, in microseconds: waiting for credit (actors behind),
+    /// waiting for messages (stream drained or server slow), processing.
+    pub ingest_wait_credit_us: AtomicU64,
+    pub ingest_wait_messages_us: AtomicU64,
+    pub ingest_busy_us: AtomicU64,
+    /// Time spent handling messages, per kind of worker (see [`Stage`]), in microseconds.
+    pub busy_us: [AtomicU64; 5],
     pub last_applied_seq: AtomicU64,
     pub stream_last_seq: AtomicU64,
     pub negative_on_hand: AtomicU64,
@@ -68,6 +87,11 @@ impl Metrics {
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(EndpointMetrics::default()))
             .clone()
+    }
+
+    /// Adds the time since `start` to a stage's busy counter.
+    pub fn busy(&self, stage: Stage, start: std::time::Instant) {
+        self.busy_us[stage as usize].fetch_add(start.elapsed().as_micros() as u64, Relaxed);
     }
 
     pub fn dead_letter(&self, reason: &str) {

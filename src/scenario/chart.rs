@@ -1,0 +1,352 @@
+//! Line charts as inline SVG (for the HTML report) and as PNG (drawn pixel by pixel with an
+//! 8x8 bitmap font, so no system fonts or external tools are needed).
+
+use std::fmt::Write;
+
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub color: (u8, u8, u8),
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// A horizontal reference line (value, label), e.g. a limit.
+    pub reference: Option<(f64, String)>,
+}
+
+pub const COLORS: [(u8, u8, u8); 5] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+];
+
+impl Chart {
+    fn bounds(&self) -> (f64, f64, f64) {
+        let xs = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0));
+        let x_max = xs.fold(0.0f64, f64::max).max(1e-9);
+        let ys = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1));
+        let mut y_max = ys.fold(0.0f64, f64::max);
+        if let Some((r, _)) = &self.reference {
+            y_max = y_max.max(*r);
+        }
+        (0.0, x_max, nice(y_max.max(1e-9) * 1.05))
+    }
+}
+
+/// Rounds up to 1, 2 or 5 times a power of ten.
+fn nice(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if v <= m * p {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+pub fn svg(c: &Chart, w: u32, h: u32) -> String {
+    let (l, r, t, b) = (70.0, 20.0, 30.0, 45.0);
+    let (pw, ph) = (w as f64 - l - r, h as f64 - t - b);
+    let (_, x_max, y_max) = c.bounds();
+    let x = |v: f64| l + v / x_max * pw;
+    let y = |v: f64| t + ph - v / y_max * ph;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = write!(
+        s,
+        r#"<text x="{l}" y="18" font-size="14" font-weight="bold">{}</text>"#,
+        esc(&c.title)
+    );
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        let yy = y(v);
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/>"##,
+            l + pw
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            l - 6.0,
+            yy + 4.0,
+            fmt_num(v)
+        );
+        let xv = x_max * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x(xv),
+            t + ph + 16.0,
+            fmt_num(xv)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        l + pw / 2.0,
+        h as f64 - 8.0,
+        esc(&c.x_label)
+    );
+    let _ = write!(
+        s,
+        r#"<text x="14" y="{:.1}" text-anchor="middle" transform="rotate(-90 14 {:.1})">{}</text>"#,
+        t + ph / 2.0,
+        t + ph / 2.0,
+        esc(&c.y_label)
+    );
+    if let Some((v, label)) = &c.reference {
+        let yy = y(*v);
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#d62728" stroke-dasharray="6 4"/>"##,
+            l + pw
+        );
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#d62728">{}</text>"##,
+            l + pw - 4.0,
+            yy - 4.0,
+            esc(label)
+        );
+    }
+    for (i, se) in c.series.iter().enumerate() {
+        let (cr, cg, cb) = se.color;
+        let pts: String = se
+            .points
+            .iter()
+            .map(|p| format!("{:.1},{:.1} ", x(p.0), y(p.1)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="rgb({cr},{cg},{cb})" stroke-width="1.8" points="{pts}"/>"#
+        );
+        let lx = l + 10.0 + i as f64 * 170.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="3" fill="rgb({cr},{cg},{cb})"/>"#,
+            t + 8.0
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 16.0,
+            t + 13.0,
+            esc(&se.name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+struct Canvas {
+    w: usize,
+    h: usize,
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(w: usize, h: usize) -> Canvas {
+        Canvas {
+            w,
+            h,
+            px: vec![255; w * h * 3],
+        }
+    }
+
+    fn set(&mut self, x: i64, y: i64, c: (u8, u8, u8)) {
+        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
+            let i = (y as usize * self.w + x as usize) * 3;
+            self.px[i] = c.0;
+            self.px[i + 1] = c.1;
+            self.px[i + 2] = c.2;
+        }
+    }
+
+    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: (u8, u8, u8), thick: bool) {
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
+        for i in 0..=steps {
+            let f = i as f64 / steps as f64;
+            let (x, y) = (
+                (x0 + (x1 - x0) * f).round() as i64,
+                (y0 + (y1 - y0) * f).round() as i64,
+            );
+            self.set(x, y, c);
+            if thick {
+                self.set(x, y + 1, c);
+                self.set(x + 1, y, c);
+            }
+        }
+    }
+
+    fn text(&mut self, x: i64, y: i64, s: &str, c: (u8, u8, u8)) {
+        for (n, ch) in s.chars().enumerate() {
+            let glyph = font8x8::legacy::BASIC_LEGACY
+                .get(ch as usize)
+                .copied()
+                .unwrap_or([0; 8]);
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..8 {
+                    if bits & (1 << col) != 0 {
+                        self.set(x + n as i64 * 8 + col, y + row as i64, c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
+    let (l, r, t, b) = (80.0, 20.0, 40.0, 40.0);
+    let (pw, ph) = (w as f64 - l - r, h as f64 - t - b);
+    let (_, x_max, y_max) = c.bounds();
+    let x = |v: f64| l + v / x_max * pw;
+    let y = |v: f64| t + ph - v / y_max * ph;
+    let mut cv = Canvas::new(w as usize, h as usize);
+    let grey = (200, 200, 200);
+    let ink = (40, 40, 40);
+    cv.text(l as i64, 10, &c.title, ink);
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        cv.line((l, y(v)), (l + pw, y(v)), grey, false);
+        let label = fmt_num(v);
+        cv.text(
+            l as i64 - 6 - 8 * label.len() as i64,
+            y(v) as i64 - 4,
+            &label,
+            ink,
+        );
+        let xv = x_max * i as f64 / 4.0;
+        let xl = fmt_num(xv);
+        cv.text(
+            x(xv) as i64 - 4 * xl.len() as i64,
+            (t + ph) as i64 + 6,
+            &xl,
+            ink,
+        );
+    }
+    cv.line((l, t), (l, t + ph), ink, false);
+    cv.line((l, t + ph), (l + pw, t + ph), ink, false);
+    cv.text(
+        (l + pw / 2.0) as i64 - 4 * c.x_label.len() as i64,
+        h as i64 - 14,
+        &c.x_label,
+        ink,
+    );
+    cv.text(4, (t - 14.0) as i64, &c.y_label, ink);
+    if let Some((v, label)) = &c.reference {
+        let red = (214, 39, 40);
+        let mut xx = l;
+        while xx < l + pw {
+            cv.line((xx, y(*v)), ((xx + 6.0).min(l + pw), y(*v)), red, false);
+            xx += 10.0;
+        }
+        cv.text(
+            (l + pw) as i64 - 8 * label.len() as i64 - 4,
+            y(*v) as i64 - 12,
+            label,
+            red,
+        );
+    }
+    for (i, se) in c.series.iter().enumerate() {
+        for p in se.points.windows(2) {
+            cv.line(
+                (x(p[0].0), y(p[0].1)),
+                (x(p[1].0), y(p[1].1)),
+                se.color,
+                true,
+            );
+        }
+        let lx = l as i64 + 10 + i as i64 * 200;
+        for dx in 0..12 {
+            cv.set(lx + dx, t as i64 + 10, se.color);
+            cv.set(lx + dx, t as i64 + 11, se.color);
+        }
+        cv.text(lx + 16, t as i64 + 7, &se.name, ink);
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(&cv.px).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart() -> Chart {
+        Chart {
+            title: "throughput".into(),
+            x_label: "s".into(),
+            y_label: "events/s".into(),
+            series: vec![Series {
+                name: "applied".into(),
+                color: COLORS[0],
+                points: (0..50).map(|i| (i as f64, (i * i) as f64)).collect(),
+            }],
+            reference: Some((1000.0, "limit".into())),
+        }
+    }
+
+    #[test]
+    fn svg_and_png_are_well_formed() {
+        let s = svg(&chart(), 600, 300);
+        assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
+        assert!(s.contains("polyline") && s.contains("limit"));
+        let p = png(&chart(), 600, 300).unwrap();
+        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn nice_rounds_up() {
+        assert_eq!(nice(7.3), 10.0);
+        assert_eq!(nice(1.2), 2.0);
+        assert_eq!(nice(4000.0), 5000.0);
+    }
+}

@@ -1,0 +1,585 @@
+//! The scenario report: `report.json`, a self-contained `report.html` with charts, `chart.png`,
+//! and a summary on the terminal. Every threshold is checked and named when it fails.
+
+use super::chart::{self, COLORS, Chart, Series};
+use super::measure::{Percentiles, Point};
+use super::spec::{Expect, Scenario};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Environment {
+    pub cpus: usize,
+    pub nats_server_version: String,
+    pub build_profile: String,
+    pub git_revision: String,
+    pub host: String,
+    pub started_at_unix_ms: i64,
+}
+
+impl Environment {
+    pub fn here(nats_version: &str) -> Environment {
+        Environment {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            nats_server_version: nats_version.to_string(),
+            build_profile: if cfg!(debug_assertions) {
+                "debug".into()
+            } else {
+                "release".into()
+            },
+            git_revision: super::run::git_revision(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            started_at_unix_ms: crate::snapshot::ticker::now_ms(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub setup_events: u64,
+    pub trading_events: u64,
+    pub duplicates: u64,
+    pub resends: u64,
+    pub poison: u64,
+    /// Trading messages JetStream stored (events, re-sends, poison; not same-id duplicates).
+    pub stored_messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Throughput {
+    pub publish_rate: f64,
+    pub published_s: f64,
+    /// Backlog mode: stored trading messages / time to drain them.
+    pub drain_rate: f64,
+    pub drain_seconds: f64,
+    /// Median and best of the per-interval applied-event rates.
+    pub sustained_rate: f64,
+    pub peak_rate: f64,
+    /// From the end of the load until the ERP answered every posting.
+    pub settle_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub messages: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Messages per second an ordered consumer doing no work drained.
+    pub rate: f64,
+    pub publish_rate: f64,
+    /// Pipeline drain rate / ceiling rate.
+    pub ratio: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Publish to visible in the view (live mode only).
+    pub e2e: Percentiles,
+    pub query_http: Percentiles,
+    pub query_nats: Percentiles,
+    pub query_all: Percentiles,
+    pub query_errors: u64,
+    pub queries_per_s: f64,
+    /// Event published to the ERP accepting the document that covers it.
+    pub posting: Percentiles,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ErpSummary {
+    pub endpoint: String,
+    pub limit_requests: u32,
+    pub limit_window_s: f64,
+    pub max_concurrent: usize,
+    pub requests: u64,
+    pub accepted: u64,
+    pub replays: u64,
+    pub throttled: u64,
+    pub rejected: u64,
+    pub injected_errors: u64,
+    pub max_in_window: u64,
+    pub max_in_flight: u64,
+    /// 429s the simulator gave because the window was full (the limiter should prevent all).
+    pub over_limit: u64,
+    pub duplicate_documents: u64,
+    /// (second, requests, accepted, throttled)
+    pub timeline: Vec<(u64, u64, u64, u64)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PipelineStats {
+    pub mode: String,
+    pub duplicates_redelivered: u64,
+    pub duplicates_resent: u64,
+    pub dead_letters: u64,
+    pub late_events: u64,
+    pub barriers: u64,
+    pub snapshots: u64,
+    pub restarts: u64,
+    pub negative_on_hand: u64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Verification {
+    pub atp_checked: u64,
+    pub atp_mismatches: u64,
+    pub erp_sales_checked: u64,
+    pub erp_tenders_checked: u64,
+    pub erp_inventory_checked: u64,
+    pub erp_mismatches: u64,
+    pub dead_letters_expected: u64,
+    pub dead_letters_found: u64,
+    pub erp_rejections: u64,
+    pub erp_rejections_expected: bool,
+    pub duplicate_documents: u64,
+    pub examples: Vec<String>,
+}
+
+impl Verification {
+    pub fn exact(&self) -> bool {
+        self.atp_mismatches == 0
+            && self.erp_mismatches == 0
+            && self.dead_letters_found == self.dead_letters_expected
+            && self.duplicate_documents == 0
+            && (self.erp_rejections > 0) == self.erp_rejections_expected
+            && self.atp_checked > 0
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub threshold: String,
+    pub actual: String,
+    pub passed: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub smoke: bool,
+    pub environment: Environment,
+    pub counts: Counts,
+    pub throughput: Throughput,
+    pub ceiling: Option<Ceiling>,
+    pub latency: Latency,
+    pub erp: Vec<ErpSummary>,
+    pub pipeline: PipelineStats,
+    pub verification: Verification,
+    pub checks: Vec<Check>,
+    pub problems: Vec<String>,
+    pub passed: bool,
+    pub timeline: Vec<Point>,
+}
+
+impl Report {
+    pub fn new(spec: &Scenario, smoke: bool) -> Report {
+        Report {
+            scenario: spec.name.clone(),
+            smoke,
+            ..Default::default()
+        }
+    }
+
+    fn check(&mut self, name: &str, threshold: String, actual: String, passed: bool) {
+        self.checks.push(Check {
+            name: name.into(),
+            threshold,
+            actual,
+            passed,
+        });
+    }
+
+    /// Verification first, then every threshold the scenario sets.
+    pub fn check_expectations(&mut self, e: &Expect) {
+        let v = self.verification.clone();
+        self.check(
+            "atp equals the oracle",
+            "0 mismatches".into(),
+            format!("{} of {} positions differ", v.atp_mismatches, v.atp_checked),
+            v.atp_mismatches == 0 && v.atp_checked > 0,
+        );
+        self.check(
+            "ERP books equal the source",
+            "0 mismatches".into(),
+            format!(
+                "{} differences over {} sales keys, {} tender keys, {} stock keys",
+                v.erp_mismatches,
+                v.erp_sales_checked,
+                v.erp_tenders_checked,
+                v.erp_inventory_checked
+            ),
+            v.erp_mismatches == 0,
+        );
+        self.check(
+            "dead letters equal the poison injected",
+            format!("{}", v.dead_letters_expected),
+            format!("{}", v.dead_letters_found),
+            v.dead_letters_found == v.dead_letters_expected,
+        );
+        self.check(
+            "no document booked twice",
+            "0".into(),
+            format!("{}", v.duplicate_documents),
+            v.duplicate_documents == 0,
+        );
+        if v.erp_rejections_expected {
+            self.check(
+                "ERP rejections dead-lettered",
+                "> 0".into(),
+                format!("{}", v.erp_rejections),
+                v.erp_rejections > 0,
+            );
+        }
+        let over: u64 = self.erp.iter().map(|x| x.over_limit).sum();
+        self.check(
+            "ERP window never exceeded (429s for a full window)",
+            format!("<= {}", e.max_erp_over_limit),
+            format!("{over}"),
+            over <= e.max_erp_over_limit,
+        );
+        if let Some(min) = e.min_drain_ratio {
+            let ratio = self.ceiling.as_ref().map(|c| c.ratio);
+            self.check(
+                "drain rate / ceiling",
+                format!(">= {min:.2}"),
+                ratio.map_or("not measured (run with --ceiling)".into(), |r| {
+                    format!("{r:.3}")
+                }),
+                ratio.is_some_and(|r| r >= min),
+            );
+        }
+        if let Some(max) = e.max_query_p99_ms {
+            let p = self.latency.query_all.p99_ms;
+            self.check(
+                "availability query p99",
+                format!("<= {max} ms"),
+                format!("{p:.3} ms over {} queries", self.latency.query_all.count),
+                p <= max && self.latency.query_all.count > 0,
+            );
+        }
+        if let Some(max) = e.max_e2e_p99_ms {
+            let p = self.latency.e2e.p99_ms;
+            self.check(
+                "publish-to-visible p99",
+                format!("<= {max} ms"),
+                format!("{p:.2} ms"),
+                p <= max && self.latency.e2e.count > 0,
+            );
+        }
+        if let Some(min) = e.min_throughput {
+            let t = self
+                .throughput
+                .drain_rate
+                .max(self.throughput.sustained_rate);
+            self.check(
+                "throughput",
+                format!(">= {min:.0}/s"),
+                format!("{t:.0}/s"),
+                t >= min,
+            );
+        }
+        if let Some(max) = e.max_settle_s {
+            let s = self.throughput.settle_s;
+            self.check(
+                "ERP settled after the load",
+                format!("<= {max} s"),
+                format!("{s:.1} s"),
+                s <= max,
+            );
+        }
+        if let Some(max) = e.max_peak_rss_mb {
+            let m = self.pipeline.peak_rss_mb;
+            self.check(
+                "peak RSS",
+                format!("<= {max} MB"),
+                format!("{m:.0} MB"),
+                m <= max,
+            );
+        }
+        self.passed = self.checks.iter().all(|c| c.passed) && self.problems.is_empty();
+    }
+
+    pub fn failed_checks(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.passed).collect()
+    }
+
+    pub fn charts(&self) -> Vec<Chart> {
+        let t: Vec<f64> = self.timeline.iter().map(|p| p.t).collect();
+        let series = |name: &str, i: usize, f: &dyn Fn(&Point) -> f64| Series {
+            name: name.into(),
+            color: COLORS[i],
+            points: t.iter().copied().zip(self.timeline.iter().map(f)).collect(),
+        };
+        let mut charts = vec![
+            Chart {
+                title: format!("{}: throughput and lag", self.scenario),
+                x_label: "seconds".into(),
+                y_label: "events".into(),
+                series: vec![
+                    series("applied events/s", 0, &|p| p.applied_rate),
+                    series("consumer lag (messages)", 1, &|p| p.lag as f64),
+                ],
+                reference: self
+                    .ceiling
+                    .as_ref()
+                    .map(|c| (c.rate, format!("JetStream ceiling {:.0}/s", c.rate))),
+            },
+            Chart {
+                title: "latency per interval".into(),
+                x_label: "seconds".into(),
+                y_label: "ms".into(),
+                series: vec![
+                    series("query p50", 2, &|p| p.query_p50_ms),
+                    series("query p99", 3, &|p| p.query_p99_ms),
+                    series("publish-to-visible p99", 4, &|p| p.e2e_p99_ms),
+                ],
+                reference: None,
+            },
+            Chart {
+                title: "postings waiting for the ERP".into(),
+                x_label: "seconds".into(),
+                y_label: "documents".into(),
+                series: vec![series("postings pending", 0, &|p| {
+                    p.postings_pending as f64
+                })],
+                reference: None,
+            },
+        ];
+        for e in &self.erp {
+            let per_s = e.limit_requests as f64 / e.limit_window_s.max(1e-9);
+            let pts = |i: usize, f: &ErpPick| Series {
+                name: ["requests/s", "accepted/s", "429s/s"][i].into(),
+                color: COLORS[i],
+                points: e
+                    .timeline
+                    .iter()
+                    .map(|p| (p.0 as f64, f(p) as f64))
+                    .collect(),
+            };
+            charts.push(Chart {
+                title: format!("ERP {}: requests against the limit", e.endpoint),
+                x_label: "seconds since the simulator started".into(),
+                y_label: "requests/s".into(),
+                series: vec![pts(0, &|p| p.1), pts(1, &|p| p.2), pts(2, &|p| p.3)],
+                reference: Some((
+                    per_s,
+                    format!(
+                        "limit {} per {:.0} s = {per_s:.1}/s",
+                        e.limit_requests, e.limit_window_s
+                    ),
+                )),
+            });
+        }
+        charts
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("report.json"), json)?;
+        std::fs::write(dir.join("report.html"), self.html())?;
+        if let Some(main) = self.charts().first() {
+            let png = chart::png(main, 1000, 420).map_err(std::io::Error::other)?;
+            std::fs::write(dir.join("chart.png"), png)?;
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> Vec<(String, String)> {
+        let l = &self.latency;
+        let t = &self.throughput;
+        let p = |x: &Percentiles| {
+            format!(
+                "p50 {:.3} / p99 {:.3} / p99.9 {:.3} / max {:.3} ms (n={})",
+                x.p50_ms, x.p99_ms, x.p999_ms, x.max_ms, x.count
+            )
+        };
+        let mut r = vec![
+            ("mode".into(), self.pipeline.mode.clone()),
+            (
+                "events".into(),
+                format!(
+                    "{} setup + {} trading; {} duplicates, {} re-sends, {} poison; {:.1} MB",
+                    self.counts.setup_events,
+                    self.counts.trading_events,
+                    self.counts.duplicates,
+                    self.counts.resends,
+                    self.counts.poison,
+                    self.counts.bytes as f64 / 1e6
+                ),
+            ),
+            (
+                "publish rate".into(),
+                format!("{:.0} msg/s", t.publish_rate),
+            ),
+        ];
+        if t.drain_rate > 0.0 {
+            r.push((
+                "drain rate".into(),
+                format!("{:.0} msg/s ({:.1} s)", t.drain_rate, t.drain_seconds),
+            ));
+        }
+        if let Some(c) = &self.ceiling {
+            r.push((
+                "JetStream ceiling".into(),
+                format!(
+                    "{:.0} msg/s (ordered consumer, no work, same count and sizes); ratio {:.3}",
+                    c.rate, c.ratio
+                ),
+            ));
+        }
+        r.push((
+            "applied rate".into(),
+            format!(
+                "sustained {:.0}/s, peak {:.0}/s",
+                t.sustained_rate, t.peak_rate
+            ),
+        ));
+        if l.e2e.count > 0 {
+            r.push(("publish to visible".into(), p(&l.e2e)));
+        }
+        r.push((
+            format!(
+                "queries ({:.0}/s, {} errors)",
+                l.queries_per_s, l.query_errors
+            ),
+            p(&l.query_all),
+        ));
+        r.push(("  over HTTP".into(), p(&l.query_http)));
+        r.push(("  over NATS".into(), p(&l.query_nats)));
+        r.push(("event to ERP accepted".into(), p(&l.posting)));
+        for e in &self.erp {
+            r.push((
+                format!("ERP {}", e.endpoint),
+                format!(
+                    "{} requests, {} accepted, {} replays, {} throttled ({} window), {} rejected, {} 503s; peak {} in window (limit {} per {:.0} s), {} in flight (limit {})",
+                    e.requests,
+                    e.accepted,
+                    e.replays,
+                    e.throttled,
+                    e.over_limit,
+                    e.rejected,
+                    e.injected_errors,
+                    e.max_in_window,
+                    e.limit_requests,
+                    e.limit_window_s,
+                    e.max_in_flight,
+                    e.max_concurrent
+                ),
+            ));
+        }
+        r.push((
+            "ERP settled".into(),
+            format!("{:.1} s after the last event was applied", t.settle_s),
+        ));
+        let s = &self.pipeline;
+        r.push((
+            "pipeline".into(),
+            format!(
+                "{} re-sends and {} redeliveries dropped, {} dead letters, {} late, {} barriers, {} snapshots, {} restarts, {} negative-stock exceptions",
+                s.duplicates_resent, s.duplicates_redelivered, s.dead_letters, s.late_events, s.barriers, s.snapshots, s.restarts, s.negative_on_hand
+            ),
+        ));
+        r.push((
+            "peak RSS (whole process)".into(),
+            format!("{:.0} MB", s.peak_rss_mb),
+        ));
+        let e = &self.environment;
+        r.push((
+            "environment".into(),
+            format!(
+                "{} CPUs, nats-server {}, {} build, revision {}",
+                e.cpus, e.nats_server_version, e.build_profile, e.git_revision
+            ),
+        ));
+        r
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scenario {}{}",
+            self.scenario,
+            if self.passed { ": PASSED" } else { ": FAILED" }
+        );
+        for (k, v) in self.rows() {
+            let _ = writeln!(s, "  {k:<26} {v}");
+        }
+        let _ = writeln!(s, "  checks:");
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "    [{}] {} (want {}, got {})",
+                if c.passed { "ok" } else { "FAIL" },
+                c.name,
+                c.threshold,
+                c.actual
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "  problem: {p}");
+        }
+        for e in &self.verification.examples {
+            let _ = writeln!(s, "  mismatch: {e}");
+        }
+        s
+    }
+
+    pub fn html(&self) -> String {
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>retailflow scenario {}</title><style>body{{font-family:sans-serif;margin:24px;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}.ok{{color:#2a7}}.fail{{color:#c22;font-weight:bold}}</style></head><body>",
+            esc(&self.scenario)
+        );
+        let _ = write!(
+            h,
+            "<h1>{} <span class=\"{}\">{}</span></h1>",
+            esc(&self.scenario),
+            if self.passed { "ok" } else { "fail" },
+            if self.passed { "passed" } else { "FAILED" }
+        );
+        h.push_str("<table>");
+        for (k, v) in self.rows() {
+            let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
+        }
+        h.push_str("</table><h2>Checks</h2><table><tr><th>check</th><th>want</th><th>got</th><th></th></tr>");
+        for c in &self.checks {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                esc(&c.name),
+                esc(&c.threshold),
+                esc(&c.actual),
+                if c.passed { "ok" } else { "fail" },
+                if c.passed { "ok" } else { "FAIL" }
+            );
+        }
+        h.push_str("</table>");
+        for p in self.problems.iter().chain(&self.verification.examples) {
+            let _ = write!(h, "<p class=\"fail\">{}</p>", esc(p));
+        }
+        h.push_str("<h2>Charts</h2>");
+        for c in self.charts() {
+            h.push_str(&chart::svg(&c, 1000, 360));
+            h.push_str("<br>");
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+type ErpPick = dyn Fn(&(u64, u64, u64, u64)) -> u64;

@@ -1,0 +1,69 @@
+//! The smoke version of every shipped scenario, end to end: generated load with duplicates,
+//! reordering and poison, verified against the oracle (ATP, ERP books, dead letters).
+
+use retailflow::scenario::run::{RunOptions, run};
+use retailflow::scenario::spec::Scenario;
+use std::path::Path;
+use std::time::Duration;
+
+/// One scenario at a time: each brings up its own nats-server, ERP simulator and pipeline, and
+/// the machine has two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn smoke(name: &str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"));
+    let spec = Scenario::load(&path).expect("scenario file parses");
+    assert!(spec.smoke.is_some(), "{name} has a smoke section");
+    let out = tempfile::tempdir().unwrap();
+    let report = run(
+        &spec,
+        &RunOptions {
+            smoke: true,
+            ceiling: false,
+            out: out.path().to_path_buf(),
+            nats: None,
+            progress: false,
+            settle_limit: Some(Duration::from_secs(180)),
+        },
+    )
+    .await
+    .expect("scenario runs");
+    assert!(report.passed, "{name} smoke failed:\n{}", report.summary());
+    let v = &report.verification;
+    assert!(
+        v.atp_checked > 100 && v.erp_inventory_checked > 100,
+        "{name}: checked too little"
+    );
+    assert_eq!(v.dead_letters_found, report.counts.poison);
+    for f in ["report.json", "report.html", "chart.png"] {
+        assert!(out.path().join(f).exists(), "{name}: {f} written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_friday_smoke() {
+    smoke("black-friday").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_day_smoke() {
+    smoke("steady-day").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erp_outage_smoke() {
+    smoke("erp-outage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_sale_hot_sku_smoke() {
+    smoke("flash-sale-hot-sku").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_duplicates_smoke() {
+    smoke("poison-and-duplicates").await;
+}
