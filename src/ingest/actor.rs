@@ -182,7 +182,10 @@ impl IngestState {
             return Ok(r.clone());
         }
         let (r, _) = Actor::spawn_linked(
-            Some(format!("store-{loc}-{}", self.generation)),
+            Some(format!(
+                "store-{loc}-{}{}",
+                self.generation, self.shared.tag
+            )),
             StoreActor,
             StoreArgs {
                 shared: self.shared.clone(),

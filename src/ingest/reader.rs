@@ -121,8 +121,10 @@ async fn open(shared: &Shared, from: u64) -> Result<consumer::pull::Stream, Stri
     consumer
         .stream()
         .max_messages_per_batch(shared.config.ingest.batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        // Short: a consumer lost with a restarted server is noticed (two missed heartbeats)
+        // and recreated within seconds.
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(10))
         .messages()
         .await
         .map_err(|e| format!("starting the ingest pull: {e}"))

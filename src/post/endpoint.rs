@@ -22,6 +22,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a fetched posting stays with this process without a word from it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How often a delivery in progress tells JetStream it still holds the posting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 pub enum EndpointMsg {
     Tick,
     Delivered {
@@ -95,7 +100,9 @@ impl EndpointState {
                     durable_name: Some(name.clone()),
                     filter_subject: format!("{}.{}.>", subject::POSTINGS, self.cfg.name),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(300),
+                    // Short, so a posting held by a process that died is offered again soon;
+                    // a live delivery keeps it with progress acks (PROGRESS_EVERY).
+                    ack_wait: ACK_WAIT,
                     max_ack_pending: (self.cfg.max_concurrent as i64 * 4).max(64),
                     max_deliver: -1,
                     description: Some(format!(
@@ -185,13 +192,30 @@ impl EndpointState {
             let timeout = self.cfg.timeout;
             let metrics = self.metrics.clone();
             let me = myself.clone();
+            let doc_id = doc.id.clone();
             tokio::spawn(async move {
-                acquire(&limiter).await;
-                metrics.requests.fetch_add(1, Relaxed);
-                let outcome = delivery::deliver(&http, &url, token.as_deref(), &doc, timeout).await;
+                let work = async {
+                    acquire(&limiter).await;
+                    metrics.requests.fetch_add(1, Relaxed);
+                    delivery::deliver(&http, &url, token.as_deref(), &doc, timeout).await
+                };
+                tokio::pin!(work);
+                let mut beat = tokio::time::interval_at(
+                    tokio::time::Instant::now() + PROGRESS_EVERY,
+                    PROGRESS_EVERY,
+                );
+                let outcome = loop {
+                    tokio::select! {
+                        o = &mut work => break o,
+                        _ = beat.tick() => {
+                            // Still working on it (waiting for the limiter or the ERP).
+                            let _ = msg.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                };
                 let _ = me.send_message(EndpointMsg::Delivered {
                     msg: Box::new(msg),
-                    doc_id: doc.id,
+                    doc_id,
                     outcome,
                 });
             });

@@ -28,6 +28,14 @@ pub enum ScenarioCommand {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Chaos: run the pipeline as a separate process, SIGKILL and restart it this many
+        /// times at random moments, kill and restart nats-server once, stop it with SIGTERM,
+        /// then verify the books exactly.
+        #[arg(long)]
+        chaos_kills: Option<u32>,
+        /// Chaos: nats-server kill/restart cycles after the load is published.
+        #[arg(long, default_value_t = 1)]
+        chaos_nats_restarts: u32,
     },
 }
 
@@ -40,6 +48,8 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
             out,
             nats,
             quiet,
+            chaos_kills,
+            chaos_nats_restarts,
         } => {
             let spec = Scenario::load(&file)?;
             let name = file
@@ -47,15 +57,24 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default();
             let out = out.join(if smoke { format!("{name}-smoke") } else { name });
-            let opts = RunOptions {
-                smoke,
-                ceiling,
-                out: out.clone(),
-                nats,
-                progress: !quiet,
-                settle_limit: None,
+            let report = if let Some(kills) = chaos_kills {
+                let out = out.join("chaos");
+                let mut opts =
+                    super::chaos::ChaosOptions::new(super::chaos::own_binary()?, kills, out);
+                opts.smoke = smoke;
+                opts.nats_restarts = chaos_nats_restarts;
+                super::chaos::run(&spec, &opts).await.context("chaos run")?
+            } else {
+                let opts = RunOptions {
+                    smoke,
+                    ceiling,
+                    out: out.clone(),
+                    nats,
+                    progress: !quiet,
+                    settle_limit: None,
+                };
+                run_scenario(&spec, &opts).await.context("scenario run")?
             };
-            let report = run_scenario(&spec, &opts).await.context("scenario run")?;
             print!("{}", report.summary());
             println!(
                 "  report: {}/report.html, report.json, chart.png",

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod ceiling;
+pub mod chaos;
 pub mod chart;
 pub mod cli;
 pub mod generate;

@@ -136,3 +136,32 @@ pub async fn publish(
     out.elapsed = start.elapsed();
     Ok(out)
 }
+
+/// A JetStream context for a load generator publishing with `in_flight` acks outstanding: the
+/// context's own in-flight limit must exceed ours, or publishing waits for acks nobody polls.
+pub fn load_context(client: async_nats::Client, in_flight: usize) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .max_ack_inflight(in_flight.max(1) * 2)
+        .build(client)
+}
+
+/// Publishes the generator's setup (master data, opening stock) as fast as acks allow.
+pub async fn setup(
+    js: &jetstream::Context,
+    generator: &mut Generator,
+    oracle: &mut Oracle,
+    in_flight: usize,
+) -> Result<Published, String> {
+    let mut none = |_: u64, _: Instant| {};
+    publish(
+        js,
+        generator,
+        oracle,
+        Until::SetupDone,
+        in_flight,
+        &|_| None,
+        &mut none,
+        false,
+    )
+    .await
+}

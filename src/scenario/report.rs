@@ -52,6 +52,20 @@ pub struct Counts {
     pub bytes: u64,
 }
 
+impl Counts {
+    pub fn of(setup: &super::publish::Published, trading: &super::publish::Published) -> Counts {
+        Counts {
+            setup_events: setup.events,
+            trading_events: trading.events,
+            duplicates: trading.duplicates,
+            resends: trading.resends,
+            poison: trading.poison,
+            stored_messages: trading.stored,
+            bytes: trading.bytes,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Throughput {
     pub publish_rate: f64,
@@ -176,6 +190,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub problems: Vec<String>,
     pub passed: bool,
+    /// Set by a chaos run (`--chaos-kills`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<super::chaos::ChaosStats>,
     pub timeline: Vec<Point>,
 }
 
@@ -188,7 +205,7 @@ impl Report {
         }
     }
 
-    fn check(&mut self, name: &str, threshold: String, actual: String, passed: bool) {
+    pub(crate) fn check(&mut self, name: &str, threshold: String, actual: String, passed: bool) {
         self.checks.push(Check {
             name: name.into(),
             threshold,

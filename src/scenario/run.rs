@@ -10,7 +10,7 @@ use super::generate::Generator;
 use super::measure::{self, E2eSamples, Percentiles, Point, Recorders};
 use super::oracle::Oracle;
 use super::publish::{self, Until};
-use super::report::{Environment, Report};
+use super::report::{Counts, Environment, Report};
 use super::spec::Scenario;
 use super::world::World;
 use crate::config::{Config, ErpEndpointConfig};
@@ -86,7 +86,7 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
 }
 
 /// The ERP simulator settings for one endpoint of a scenario.
-fn sim_config(spec: &Scenario, e: &super::spec::ErpSpec) -> ErpSimConfig {
+pub(crate) fn sim_config(spec: &Scenario, e: &super::spec::ErpSpec) -> ErpSimConfig {
     ErpSimConfig {
         listen: "127.0.0.1:0".into(),
         limit_requests: e.requests,
@@ -170,30 +170,14 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     let load_client = async_nats::connect(nats_url.as_str())
         .await
         .map_err(setup("NATS (load)"))?;
-    // The context's in-flight ack limit must exceed ours, or publishing waits for acks nobody
-    // polls yet.
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .max_ack_inflight(spec.load.in_flight.max(1) * 2)
-        .build(load_client.clone());
-
+    let in_flight = spec.load.in_flight.max(1);
+    let js = publish::load_context(load_client.clone(), in_flight);
     let mut generator = Generator::new(&spec, world.clone());
     let mut oracle = Oracle::default();
-    let in_flight = spec.load.in_flight.max(1);
-
     // Setup: master data and opening stock, applied before anything is measured.
-    let mut none = |_: u64, _: Instant| {};
-    let setup_pub = publish::publish(
-        &js,
-        &mut generator,
-        &mut oracle,
-        Until::SetupDone,
-        in_flight,
-        &|_| None,
-        &mut none,
-        false,
-    )
-    .await
-    .map_err(RunError::Run)?;
+    let setup_pub = publish::setup(&js, &mut generator, &mut oracle, in_flight)
+        .await
+        .map_err(RunError::Run)?;
     if !pipeline
         .shared
         .view
@@ -333,15 +317,16 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     report.environment = Environment::here(&nats_version);
     verify_atp(&pipeline, &oracle, &mut report);
     verify_erp(&spec, &sims, &oracle, &mut report);
-    verify_dead_letters(&pipeline, &trading, &spec, &mut report).await;
+    verify_dead_letters(
+        &pipeline.shared.js,
+        &pipeline.shared.config.streams.dead_letters,
+        &trading,
+        &spec,
+        &mut report,
+    )
+    .await;
     let m = &pipeline.shared.metrics;
-    report.counts.setup_events = setup_pub.events;
-    report.counts.trading_events = trading.events;
-    report.counts.duplicates = trading.duplicates;
-    report.counts.resends = trading.resends;
-    report.counts.poison = trading.poison;
-    report.counts.stored_messages = trading.stored;
-    report.counts.bytes = trading.bytes;
+    report.counts = Counts::of(&setup_pub, &trading);
     report.pipeline.duplicates_redelivered = m.duplicates_redelivered.load(Ordering::Relaxed);
     report.pipeline.duplicates_resent = m.duplicates_resent.load(Ordering::Relaxed);
     report.pipeline.dead_letters = m.dead_letters.load(Ordering::Relaxed);
@@ -520,7 +505,7 @@ fn verify_atp(pipeline: &Pipeline, oracle: &Oracle, report: &mut Report) {
     }
 }
 
-fn verify_erp(spec: &Scenario, sims: &[ErpSim], oracle: &Oracle, report: &mut Report) {
+pub(crate) fn verify_erp(spec: &Scenario, sims: &[ErpSim], oracle: &Oracle, report: &mut Report) {
     let rejected: std::collections::HashSet<&str> = spec
         .faults
         .erp_reject_locations
@@ -619,8 +604,9 @@ fn verify_erp(spec: &Scenario, sims: &[ErpSim], oracle: &Oracle, report: &mut Re
     v.duplicate_documents = sims.iter().map(|s| s.stats().duplicate_documents).sum();
 }
 
-async fn verify_dead_letters(
-    pipeline: &Pipeline,
+pub(crate) async fn verify_dead_letters(
+    js: &async_nats::jetstream::Context,
+    stream_name: &str,
     trading: &publish::Published,
     spec: &Scenario,
     report: &mut Report,
@@ -628,12 +614,7 @@ async fn verify_dead_letters(
     use futures::StreamExt;
     let v = &mut report.verification;
     v.dead_letters_expected = trading.poison;
-    let Ok(mut stream) = pipeline
-        .shared
-        .js
-        .get_stream(&pipeline.shared.config.streams.dead_letters)
-        .await
-    else {
+    let Ok(mut stream) = js.get_stream(stream_name).await else {
         v.examples.push("dead-letter stream missing".into());
         return;
     };
@@ -695,7 +676,7 @@ fn posting_latency(
     measure::percentiles(&h)
 }
 
-fn erp_summary(spec: &Scenario, sims: &[ErpSim]) -> Vec<super::report::ErpSummary> {
+pub(crate) fn erp_summary(spec: &Scenario, sims: &[ErpSim]) -> Vec<super::report::ErpSummary> {
     spec.erp
         .iter()
         .zip(sims)

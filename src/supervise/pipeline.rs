@@ -44,8 +44,33 @@ pub struct Pipeline {
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub reservations: Arc<Reservations>,
     /// The data path's runtime; shut down in the background when the pipeline stops.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: Option<DataRuntime>,
 }
+
+/// Owns the data runtime and shuts it down in the background when dropped: dropping a
+/// runtime blocks, which is not allowed inside async code (e.g. when starting fails).
+struct DataRuntime(Option<tokio::runtime::Runtime>);
+
+impl DataRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime present until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for DataRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Distinguishes pipelines started in one process (their supervisors need distinct names).
+static STARTED: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
@@ -57,10 +82,7 @@ impl Drop for Pipeline {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        // Dropping a runtime blocks, which is not allowed inside async code.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.runtime.take();
     }
 }
 
@@ -104,8 +126,8 @@ impl Pipeline {
     }
 
     pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
-        let runtime = data_runtime(&config.runtime)?;
-        let data = runtime.handle().clone();
+        let runtime = DataRuntime(Some(data_runtime(&config.runtime)?));
+        let data = runtime.handle();
         // The data path's connection lives on the data runtime, the API's on the caller's.
         let nats_cfg = config.nats.clone();
         let client = data
@@ -141,7 +163,11 @@ impl Pipeline {
             fatal: fatal_tx,
             stop_after: stop_after.clone(),
         };
-        let name = format!("retailflow-{}", std::process::id());
+        let name = format!(
+            "retailflow-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, SeqCst)
+        );
         let (supervisor, supervisor_task) = data
             .spawn(async move { Actor::spawn(Some(name), Supervisor, args).await })
             .await
@@ -281,8 +307,6 @@ impl Pipeline {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.runtime.take();
     }
 }

@@ -51,6 +51,9 @@ impl Credits {
 }
 
 pub struct Shared {
+    /// Appended to actor names: ractor's registry is per process, and a test process may run
+    /// several pipelines.
+    pub tag: String,
     pub config: Arc<Config>,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -76,7 +79,12 @@ impl Shared {
     ) -> Arc<Shared> {
         let js = jetstream::new(client.clone());
         let view = View::new(config.shards.count);
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Arc::new(Shared {
+            tag: format!(
+                "@{}",
+                STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dead_letters: DeadLetters::new(js.clone(), metrics.clone()),
             config,
             client,

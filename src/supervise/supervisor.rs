@@ -122,7 +122,7 @@ impl SupervisorState {
         shared.active.clear();
         shared.credits.reset();
         let (coordinator, _) = Actor::spawn_linked(
-            Some(format!("coordinator-g{g}")),
+            Some(format!("coordinator-g{g}{}", shared.tag)),
             Coordinator,
             CoordArgs {
                 shared: shared.clone(),
@@ -136,7 +136,7 @@ impl SupervisorState {
         let mut shards = Vec::new();
         for (index, ledger) in restored.ledgers.into_iter().enumerate() {
             let (s, _) = Actor::spawn_linked(
-                Some(format!("shard-{index}-g{g}")),
+                Some(format!("shard-{index}-g{g}{}", shared.tag)),
                 ShardActor,
                 ShardArgs {
                     index,
@@ -152,7 +152,7 @@ impl SupervisorState {
         let mut stores: FxHashMap<_, ActorRef<StoreMsg>> = FxHashMap::default();
         for (loc, aggregator) in restored.stores {
             let (s, _) = Actor::spawn_linked(
-                Some(format!("store-{loc}-{g}")),
+                Some(format!("store-{loc}-{g}{}", shared.tag)),
                 StoreActor,
                 StoreArgs {
                     shared: shared.clone(),
@@ -165,7 +165,7 @@ impl SupervisorState {
         }
         shared.view.set_ready(true);
         let (ingest, _) = Actor::spawn_linked(
-            Some(format!("ingest-g{g}")),
+            Some(format!("ingest-g{g}{}", shared.tag)),
             IngestActor,
             IngestArgs {
                 shared: shared.clone(),
@@ -227,7 +227,10 @@ impl SupervisorState {
             .or_insert_with(|| Arc::new(Mutex::new(RateLimiter::new(cfg.rate.clone()))))
             .clone();
         let (r, _) = Actor::spawn_linked(
-            Some(format!("erp-{name}-{}", self.total_restarts)),
+            Some(format!(
+                "erp-{name}-{}{}",
+                self.total_restarts, self.shared.tag
+            )),
             EndpointActor,
             EndpointArgs {
                 shared: self.shared.clone(),
