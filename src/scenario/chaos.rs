@@ -12,12 +12,11 @@ use super::oracle::{Oracle, Stock};
 use super::publish::{self, Until};
 use super::report::{Counts, Environment, Report};
 use super::run::{
-    RunError, erp_summary, pipeline_config, sim_config, verify_dead_letters, verify_erp,
+    RunError, erp_summary, pipeline_config, start_sims, verify_dead_letters, verify_erp, version,
 };
 use super::spec::Scenario;
 use super::world::{Rng, World};
 use crate::bus::server::{NatsServer, free_port};
-use crate::erp_sim::ErpSim;
 use crate::post::endpoint::consumer_name;
 use crate::query::model::{QueryRequest, QueryResponse};
 use serde::{Deserialize, Serialize};
@@ -295,24 +294,13 @@ async fn killer(
 
 /// Runs `spec` against a separately started pipeline process under chaos.
 pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunError> {
-    let spec = if opts.smoke {
-        spec.smoke()
-    } else {
-        spec.clone()
-    };
+    let spec = version(spec, opts.smoke);
     let world = Arc::new(World::build(&spec).map_err(RunError::Setup)?);
     let mut nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .map_err(|e| RunError::Setup(format!("starting nats-server: {e}")))?
         .map_err(|e| RunError::Setup(format!("starting nats-server: {e}")))?;
-    let mut sims = Vec::new();
-    for e in &spec.erp {
-        sims.push(
-            ErpSim::start(sim_config(&spec, e))
-                .await
-                .map_err(|e| RunError::Setup(format!("ERP simulator: {e}")))?,
-        );
-    }
+    let sims = start_sims(&spec).await?;
     let urls: Vec<String> = sims.iter().map(|s| s.postings_url()).collect();
     let mut cfg = pipeline_config(&spec, &nats.url(), &urls);
     let port = free_port();

@@ -1,5 +1,6 @@
 //! Measuring a run: latency histograms, the per-second timeline, query load, peak memory.
 
+use super::spec::Queries;
 use crate::domain::subject;
 use crate::erp_sim::ErpSim;
 use crate::supervise::pipeline::Pipeline;
@@ -106,15 +107,11 @@ pub fn snapshot(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
 
 /// Runs [`query_load`] on its own thread and runtime, so the load generator's work never
 /// queues behind the service's own tasks (it stands in for shoppers on other machines).
-#[allow(clippy::too_many_arguments)]
 pub fn query_load_thread(
     http_base: String,
     nats_url: String,
     skus: Arc<Vec<String>>,
-    rate: u64,
-    http_share: f64,
-    workers: usize,
-    per_query: usize,
+    load: Queries,
     rec: Arc<Recorders>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -133,12 +130,7 @@ pub fn query_load_thread(
             };
             rt.block_on(async move {
                 match async_nats::connect(nats_url.as_str()).await {
-                    Ok(nats) => {
-                        query_load(
-                            http_base, nats, skus, rate, http_share, workers, per_query, rec, stop,
-                        )
-                        .await
-                    }
+                    Ok(nats) => query_load(http_base, nats, skus, load, rec, stop).await,
                     Err(error) => tracing::error!(%error, "query load cannot reach NATS"),
                 }
             });
@@ -202,18 +194,20 @@ impl Http1 {
 }
 
 /// Availability queries at a fixed total rate, over HTTP and NATS, until `stop`.
-#[allow(clippy::too_many_arguments)]
 pub async fn query_load(
     http_base: String,
     nats: async_nats::Client,
     skus: Arc<Vec<String>>,
-    rate: u64,
-    http_share: f64,
-    workers: usize,
-    per_query: usize,
+    load: Queries,
     rec: Arc<Recorders>,
     stop: Arc<AtomicBool>,
 ) {
+    let Queries {
+        rate,
+        http_share,
+        workers,
+        skus_per_query: per_query,
+    } = load;
     if rate == 0 {
         return;
     }

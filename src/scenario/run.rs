@@ -86,7 +86,7 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
 }
 
 /// The ERP simulator settings for one endpoint of a scenario.
-pub(crate) fn sim_config(spec: &Scenario, e: &super::spec::ErpSpec) -> ErpSimConfig {
+fn sim_config(spec: &Scenario, e: &super::spec::ErpSpec) -> ErpSimConfig {
     ErpSimConfig {
         listen: "127.0.0.1:0".into(),
         limit_requests: e.requests,
@@ -120,13 +120,27 @@ pub fn git_revision() -> String {
     }
 }
 
+/// The scenario as run: its smoke version or itself.
+pub(crate) fn version(spec: &Scenario, smoke: bool) -> Scenario {
+    if smoke { spec.smoke() } else { spec.clone() }
+}
+
+/// One ERP simulator per endpoint of the scenario.
+pub(crate) async fn start_sims(spec: &Scenario) -> Result<Vec<ErpSim>, RunError> {
+    let mut sims = Vec::new();
+    for e in &spec.erp {
+        sims.push(
+            ErpSim::start(sim_config(spec, e))
+                .await
+                .map_err(setup("ERP simulator"))?,
+        );
+    }
+    Ok(sims)
+}
+
 /// Runs one scenario end to end and returns its report (also written to `opts.out`).
 pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
-    let spec = if opts.smoke {
-        spec.smoke()
-    } else {
-        spec.clone()
-    };
+    let spec = version(spec, opts.smoke);
     let world = Arc::new(World::build(&spec).map_err(RunError::Setup)?);
     let nats = match &opts.nats {
         Some(url) => (url.clone(), None),
@@ -139,15 +153,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
         }
     };
     let (nats_url, nats_server) = nats;
-    let mut sims = Vec::new();
-    for e in &spec.erp {
-        sims.push(
-            ErpSim::start(sim_config(&spec, e))
-                .await
-                .map_err(setup("ERP simulator"))?,
-        );
-    }
-    let sims = Arc::new(sims);
+    let sims = Arc::new(start_sims(&spec).await?);
     let urls: Vec<String> = sims.iter().map(|s| s.postings_url()).collect();
     let cfg = pipeline_config(&spec, &nats_url, &urls);
     let client = crate::bus::connect(&cfg.nats, "retailflow-scenario")
@@ -214,10 +220,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
         http_base.clone(),
         nats_url.clone(),
         skus,
-        spec.queries.rate,
-        spec.queries.http_share,
-        spec.queries.workers,
-        spec.queries.skus_per_query,
+        spec.queries.clone(),
         rec.clone(),
         stop_queries.clone(),
     )
