@@ -30,6 +30,7 @@ pub struct Config {
     pub barrier: BarrierConfig,
     pub snapshot: SnapshotConfig,
     pub api: ApiConfig,
+    pub feed: FeedConfig,
     pub reservations: ReservationConfig,
     pub supervision: SupervisionConfig,
     pub runtime: RuntimeConfig,
@@ -47,6 +48,7 @@ impl Default for Config {
             barrier: BarrierConfig::default(),
             snapshot: SnapshotConfig::default(),
             api: ApiConfig::default(),
+            feed: FeedConfig::default(),
             reservations: ReservationConfig::default(),
             supervision: SupervisionConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -255,6 +257,27 @@ impl Default for ApiConfig {
     }
 }
 
+/// The availability change feed (`retail.v1.atp.changed.<sku>`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Whether to publish the feed at all.
+    pub enabled: bool,
+    /// Coalescing window: a SKU that changed any number of times within it is announced once,
+    /// with its state at the end of the window.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            enabled: true,
+            interval: Duration::from_millis(250),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReservationConfig {
@@ -417,6 +440,12 @@ impl Config {
             return bad(format!(
                 "shards.count {} must be 1..=256",
                 self.shards.count
+            ));
+        }
+        if self.feed.enabled && self.feed.interval < Duration::from_millis(10) {
+            return bad(format!(
+                "feed.interval {:?} is too short (at least 10ms)",
+                self.feed.interval
             ));
         }
         if self.ingest.batch == 0 || self.ingest.credit == 0 {

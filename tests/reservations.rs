@@ -11,17 +11,6 @@ use retailflow::supervise::pipeline::Pipeline;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn receipt(loc: &str, sku: &str, qty: i64) -> Event {
-    Event::Receipt(Receipt {
-        location: loc.into(),
-        lines: vec![QtyLine {
-            sku: sku.into(),
-            qty,
-        }],
-        reference: None,
-    })
-}
-
 fn dc(loc: &str, priority: u32) -> Event {
     Event::LocationUpsert(LocationUpsert {
         location: loc.into(),

@@ -41,17 +41,6 @@ fn sale(store: &str, sku: &str, qty: i64) -> Event {
     })
 }
 
-fn receipt(store: &str, sku: &str, qty: i64) -> Event {
-    Event::Receipt(Receipt {
-        location: store.into(),
-        lines: vec![QtyLine {
-            sku: sku.into(),
-            qty,
-        }],
-        reference: None,
-    })
-}
-
 fn sim_config() -> ErpSimConfig {
     ErpSimConfig {
         listen: "127.0.0.1:0".into(),

@@ -55,9 +55,19 @@ impl ShardState {
         let dirty = self.ledger.take_dirty();
         self.writer
             .publish(&self.shared.view, &self.ledger, &dirty, seq);
+        let feed = &self.shared.feed;
+        if feed.enabled() && !dirty.is_empty() && self.shared.view.is_ready() {
+            let ledger = &self.ledger;
+            feed.mark(
+                dirty
+                    .iter()
+                    .map(|&slot| ledger.sku_name(ledger.slot(slot).0)),
+            );
+        }
         if let Some(channels) = self.ledger.take_channels_if_changed() {
             if self.index == 0 {
                 self.shared.view.set_channels(channels);
+                feed.mark_channels();
             }
         }
         for d in self.ledger.take_decisions() {

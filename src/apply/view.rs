@@ -53,6 +53,8 @@ pub struct ShardMark {
 pub struct View {
     /// False while the pipeline restores state; queries answer 503 then.
     ready: std::sync::atomic::AtomicBool,
+    /// Counts the times the view became ready (each start or restart of a generation).
+    ready_epoch: AtomicU64,
     cells: DashMap<Sku, Arc<SkuCell>>,
     marks: Vec<ShardMark>,
     channels: RwLock<Arc<BTreeMap<ChannelId, ChannelView>>>,
@@ -69,6 +71,7 @@ impl View {
     pub fn new(shards: usize) -> Arc<View> {
         Arc::new(View {
             ready: std::sync::atomic::AtomicBool::new(false),
+            ready_epoch: AtomicU64::new(0),
             cells: DashMap::new(),
             marks: (0..shards)
                 .map(|_| ShardMark {
@@ -85,7 +88,15 @@ impl View {
     }
 
     pub fn set_ready(&self, ready: bool) {
+        if ready {
+            self.ready_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// How many times the view became ready; a change means it was rebuilt.
+    pub fn ready_epoch(&self) -> u64 {
+        self.ready_epoch.load(Ordering::Acquire)
     }
 
     /// Forgets everything before a restore: restored shards republish their state at `seq`.

@@ -12,6 +12,9 @@ pub const ATP_RESERVE: &str = "retail.v1.atp.reserve";
 pub const ATP_RELEASE: &str = "retail.v1.atp.release";
 /// Prefix of the availability change feed: `retail.v1.atp.changed.<sku>`.
 pub const ATP_CHANGED: &str = "retail.v1.atp.changed";
+/// Published when every cached availability answer may be stale (retailflow restarted and
+/// replayed, or a channel definition changed): caches drop what they hold.
+pub const ATP_RESET: &str = "retail.v1.atp.reset";
 /// Prefix of dead letters: `retail.v1.dlq.<stage>.<reason>`.
 pub const DLQ: &str = "retail.v1.dlq";
 /// Prefix of the postings outbox: `retail.v1.postings.<endpoint>.<document kind>`.

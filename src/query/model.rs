@@ -1,7 +1,8 @@
 //! Availability questions and answers, shared by the HTTP and NATS front ends. Answers are
 //! computed from the view alone; nothing here goes through an actor.
 
-use crate::apply::view::View;
+use crate::apply::ledger::Position;
+use crate::apply::view::{ChannelView, View};
 use crate::domain::{ChannelId, LocationId, Sku, ids::check_token};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,7 +112,30 @@ impl QueryRequest {
     }
 }
 
-fn loc_answer(location: &str, p: Option<&crate::apply::ledger::Position>) -> LocationAvailability {
+/// A channel's network availability for one SKU, from that SKU's positions.
+pub(crate) fn channel_answer(
+    name: &str,
+    cv: &ChannelView,
+    by_loc: &BTreeMap<LocationId, Position>,
+) -> ChannelAvailability {
+    ChannelAvailability {
+        channel: name.to_string(),
+        available: cv
+            .locations
+            .iter()
+            .map(|l| {
+                by_loc
+                    .get(l)
+                    .map(|p| (p.available() - cv.buffer).max(0))
+                    .unwrap_or(0)
+            })
+            .sum(),
+        buffer: cv.buffer,
+        locations: cv.locations.iter().map(|l| l.to_string()).collect(),
+    }
+}
+
+pub(crate) fn loc_answer(location: &str, p: Option<&Position>) -> LocationAvailability {
     let known = p.is_some();
     let p = p.copied().unwrap_or_default();
     LocationAvailability {
@@ -165,7 +189,7 @@ pub async fn answer(
         let sku = Sku::from(s.as_str());
         let (entries, as_of) = view.read(&sku);
         let known = entries.is_some();
-        let by_loc: BTreeMap<LocationId, crate::apply::ledger::Position> = entries
+        let by_loc: BTreeMap<LocationId, Position> = entries
             .unwrap_or_default()
             .into_iter()
             .map(|a| (a.location, a.position))
@@ -181,21 +205,9 @@ pub async fn answer(
             .iter()
             .map(|l| loc_answer(l, by_loc.get(l.as_str())))
             .collect();
-        let channel_answer = channel.as_ref().map(|(name, cv)| ChannelAvailability {
-            channel: name.clone(),
-            available: cv
-                .locations
-                .iter()
-                .map(|l| {
-                    by_loc
-                        .get(l)
-                        .map(|p| (p.available() - cv.buffer).max(0))
-                        .unwrap_or(0)
-                })
-                .sum(),
-            buffer: cv.buffer,
-            locations: cv.locations.iter().map(|l| l.to_string()).collect(),
-        });
+        let channel_answer = channel
+            .as_ref()
+            .map(|(name, cv)| channel_answer(name, cv, &by_loc));
         results.push(SkuAvailability {
             sku: s.clone(),
             known,

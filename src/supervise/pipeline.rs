@@ -179,6 +179,7 @@ impl Pipeline {
         let mut tasks = vec![
             data.spawn(ticker::run(shared.clone(), publisher.clone())),
             data.spawn(reserve::expiry_loop(shared.clone())),
+            data.spawn(crate::query::feed::run(shared.clone())),
         ];
         let mut http_addr = None;
         let mut http_stop = None;

@@ -5,6 +5,7 @@ use crate::apply::view::View;
 use crate::config::Config;
 use crate::ingest::deadletter::DeadLetters;
 use crate::query::decisions::{ActiveReservations, Decisions};
+use crate::query::feed::ChangeFeed;
 use crate::telemetry::Metrics;
 use async_nats::jetstream;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Shared {
     pub hold: AtomicBool,
     pub decisions: Arc<Decisions>,
     pub active: Arc<ActiveReservations>,
+    /// SKUs changed since the change feed last published.
+    pub feed: ChangeFeed,
     pub dead_letters: DeadLetters,
     /// Set once a shutdown was requested; actors stop taking new work.
     pub stopping: AtomicBool,
@@ -85,6 +88,7 @@ impl Shared {
                 "@{}",
                 STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
+            feed: ChangeFeed::new(config.feed.enabled),
             dead_letters: DeadLetters::new(js.clone(), metrics.clone()),
             config,
             client,

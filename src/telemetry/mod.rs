@@ -73,6 +73,8 @@ pub struct Metrics {
     pub queries: AtomicU64,
     pub reservations_granted: AtomicU64,
     pub reservations_rejected: AtomicU64,
+    /// Messages published on the availability change feed (changes and resets).
+    pub feed_messages: AtomicU64,
     pub endpoints: DashMap<String, Arc<EndpointMetrics>>,
     pub dead_letter_reasons: DashMap<String, u64>,
 }
@@ -194,6 +196,11 @@ impl Metrics {
             "reservations_rejected_total",
             "Reservation requests rejected.",
             self.reservations_rejected.load(Relaxed),
+        );
+        counter(
+            "feed_messages_total",
+            "Availability change feed messages published.",
+            self.feed_messages.load(Relaxed),
         );
         let _ = writeln!(
             out,

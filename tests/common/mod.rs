@@ -95,6 +95,18 @@ pub async fn last_seq(js: &async_nats::jetstream::Context, stream: &str) -> u64 
     s.info().await.expect("info").state.last_sequence
 }
 
+/// A receipt of `qty` units of one SKU at a location.
+pub fn receipt(loc: &str, sku: &str, qty: i64) -> Event {
+    Event::Receipt(Receipt {
+        location: loc.into(),
+        lines: vec![QtyLine {
+            sku: sku.into(),
+            qty,
+        }],
+        reference: None,
+    })
+}
+
 pub fn envelope(source: &str, seq: u64, event: Event) -> Envelope {
     Envelope {
         v: 1,

@@ -1,0 +1,173 @@
+//! The availability change feed. A shard marks the SKUs each batch changed; one task wakes
+//! every `feed.interval`, takes the marked set and publishes each SKU once on
+//! `retail.v1.atp.changed.<sku>` with its availability read from the view at that moment. Ten
+//! changes to one SKU inside a window cost one message, and the message always carries the
+//! latest state, never a delta, so a subscriber that misses one is corrected by the next.
+//!
+//! The feed is core NATS (at most once). When every cached answer may be stale — the view was
+//! rebuilt after a start or restart, or a channel definition changed — the task publishes one
+//! message on `retail.v1.atp.reset` instead, and caches drop what they hold.
+
+use super::model::{ChannelAvailability, LocationAvailability, channel_answer, loc_answer};
+use crate::apply::view::View;
+use crate::domain::{LocationId, Sku, subject};
+use crate::supervise::shared::Shared;
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// SKUs changed since the last publication.
+#[derive(Default)]
+pub struct ChangeFeed {
+    enabled: bool,
+    pending: Mutex<FxHashSet<Sku>>,
+    channels_changed: AtomicBool,
+}
+
+impl ChangeFeed {
+    pub fn new(enabled: bool) -> ChangeFeed {
+        ChangeFeed {
+            enabled,
+            ..ChangeFeed::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Shard side: these SKUs changed.
+    pub fn mark<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) {
+        if let Ok(mut set) = self.pending.lock() {
+            for s in skus {
+                if !set.contains(s) {
+                    set.insert(s.clone());
+                }
+            }
+        }
+    }
+
+    /// Shard side: the channel table changed.
+    pub fn mark_channels(&self) {
+        self.channels_changed.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> FxHashSet<Sku> {
+        self.pending
+            .lock()
+            .map(|mut set| std::mem::take(&mut *set))
+            .unwrap_or_default()
+    }
+}
+
+/// Body of `retail.v1.atp.changed.<sku>` (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtpChanged {
+    pub sku: String,
+    /// Stream sequence the numbers reflect (at least).
+    pub as_of: u64,
+    /// Every location holding the SKU.
+    pub locations: Vec<LocationAvailability>,
+    /// Every channel with at least one of those locations among its fulfilment locations.
+    pub channels: Vec<ChannelAvailability>,
+}
+
+/// Body of `retail.v1.atp.reset` (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtpReset {
+    /// `rebuilt` (retailflow started or restarted and rebuilt its view) or `channels` (a
+    /// channel's locations or buffer changed).
+    pub reason: String,
+    pub as_of: u64,
+}
+
+/// The feed message for one SKU, read from the view now.
+pub fn changed(view: &View, sku: &Sku) -> AtpChanged {
+    let (entries, as_of) = view.read(sku);
+    let by_loc: BTreeMap<LocationId, _> = entries
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.location, a.position))
+        .collect();
+    let locations = by_loc
+        .iter()
+        .map(|(l, p)| loc_answer(l.as_str(), Some(p)))
+        .collect();
+    let channels = view
+        .channels()
+        .iter()
+        .filter(|(_, cv)| cv.locations.iter().any(|l| by_loc.contains_key(l)))
+        .map(|(c, cv)| channel_answer(c.as_str(), cv, &by_loc))
+        .collect();
+    AtpChanged {
+        sku: sku.to_string(),
+        as_of,
+        locations,
+        channels,
+    }
+}
+
+/// Publishes the feed until the pipeline stops.
+pub async fn run(shared: Arc<Shared>) {
+    let feed = &shared.feed;
+    if !feed.enabled() {
+        return;
+    }
+    let mut tick = tokio::time::interval(shared.config.feed.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch = 0;
+    loop {
+        tick.tick().await;
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let view = &shared.view;
+        if !view.is_ready() {
+            continue;
+        }
+        let now_epoch = view.ready_epoch();
+        let channels = feed.channels_changed.swap(false, Ordering::AcqRel);
+        if now_epoch != epoch || channels {
+            let reason = if now_epoch != epoch {
+                "rebuilt"
+            } else {
+                "channels"
+            };
+            epoch = now_epoch;
+            // Caches start over, so what was marked before is moot.
+            drop(feed.take());
+            let body = AtpReset {
+                reason: reason.into(),
+                as_of: view.applied_all(),
+            };
+            send(&shared, subject::ATP_RESET.to_string(), &body).await;
+            continue;
+        }
+        for sku in feed.take() {
+            let body = changed(view, &sku);
+            send(&shared, subject::changed(sku.as_str()), &body).await;
+        }
+    }
+}
+
+async fn send<T: Serialize>(shared: &Shared, subject: String, body: &T) {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(error) => {
+            tracing::error!(%error, subject, "change feed message not encoded");
+            return;
+        }
+    };
+    match shared.client.publish(subject, bytes.into()).await {
+        Ok(()) => {
+            shared
+                .metrics
+                .feed_messages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(error) => tracing::warn!(%error, "change feed message not published"),
+    }
+}
