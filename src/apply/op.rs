@@ -221,6 +221,11 @@ pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
         Event::LocationUpsert(l) => push(Op::Location(Arc::new(l.clone()))),
         Event::ChannelUpsert(c) => push(Op::Channel(Arc::new(c.clone()))),
         Event::ReservationRequested(r) => push(Op::Reserve(Arc::new(r.clone()))),
+        Event::ReservationBatch(b) => {
+            for r in &b.requests {
+                push(Op::Reserve(Arc::new(r.clone())));
+            }
+        }
         Event::ReservationReleased(r) => push(Op::Release {
             reservation: r.reservation_id.clone(),
             sku: r.sku.clone(),

@@ -55,6 +55,9 @@ pub enum Event {
     ReservationRequested(ReservationRequested),
     ReservationReleased(ReservationReleased),
     ReservationExpired(ReservationExpired),
+    /// Several reservation requests the API received at about the same time, in one stream
+    /// message; decided one after the other, in this order, as if published one by one.
+    ReservationBatch(ReservationBatch),
     /// Control marker published by retailflow itself: all actors cut state at this sequence.
     Barrier(Barrier),
 }
@@ -79,6 +82,7 @@ impl Event {
             Event::ReservationRequested(_) => "reservation_requested",
             Event::ReservationReleased(_) => "reservation_released",
             Event::ReservationExpired(_) => "reservation_expired",
+            Event::ReservationBatch(_) => "reservation_batch",
             Event::Barrier(_) => "barrier",
         }
     }
@@ -110,6 +114,7 @@ impl Event {
             },
             Event::ReservationReleased(r) => r.sku.as_str(),
             Event::ReservationExpired(r) => r.sku.as_str(),
+            Event::ReservationBatch(_) => "many",
             Event::Barrier(_) => "all",
         }
     }
@@ -395,6 +400,15 @@ pub struct ReservationExpired {
     pub sku: Sku,
 }
 
+/// At most this many requests in one [`ReservationBatch`].
+pub const MAX_RESERVATION_BATCH: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationBatch {
+    pub requests: Vec<ReservationRequested>,
+}
+
 /// Cut point for snapshots and postings. Published into the events stream so that where
 /// barriers fall is itself part of the stream: replaying the same prefix forms the same
 /// postings with the same ids.
@@ -450,6 +464,19 @@ fn check_amount(what: impl FnOnce() -> String, amount: i64) -> Result<(), Valida
         )));
     }
     Ok(())
+}
+
+impl ReservationRequested {
+    fn check(&self) -> Result<(), ValidationError> {
+        self.reservation_id.check()?;
+        self.sku.check()?;
+        check_qty(|| "reservation".into(), self.qty)?;
+        match &self.target {
+            Target::Location(l) => l.check()?,
+            Target::Channel(c) => c.check()?,
+        }
+        Ok(())
+    }
 }
 
 fn check_qty_lines(lines: &[QtyLine]) -> Result<(), ValidationError> {
@@ -632,13 +659,16 @@ impl Envelope {
                     )));
                 }
             }
-            Event::ReservationRequested(r) => {
-                r.reservation_id.check()?;
-                r.sku.check()?;
-                check_qty(|| "reservation".into(), r.qty)?;
-                match &r.target {
-                    Target::Location(l) => l.check()?,
-                    Target::Channel(c) => c.check()?,
+            Event::ReservationRequested(r) => r.check()?,
+            Event::ReservationBatch(b) => {
+                if b.requests.is_empty() || b.requests.len() > MAX_RESERVATION_BATCH {
+                    return Err(bad(format!(
+                        "a reservation batch holds 1 to {MAX_RESERVATION_BATCH} requests ({} given)",
+                        b.requests.len()
+                    )));
+                }
+                for r in &b.requests {
+                    r.check()?;
                 }
             }
             Event::ReservationReleased(r) => {
@@ -689,6 +719,33 @@ pub(crate) mod tests {
                 }],
             }),
         }
+    }
+
+    #[test]
+    fn reservation_batches_are_checked_request_by_request() {
+        let req = |id: &str, qty: i64| ReservationRequested {
+            reservation_id: id.into(),
+            sku: "A".into(),
+            qty,
+            target: Target::Location("DC1".into()),
+            expires_at_ms: 1,
+            allow_partial: false,
+        };
+        let batch = |requests| {
+            let mut e = sale(1);
+            e.event = Event::ReservationBatch(ReservationBatch { requests });
+            e
+        };
+        assert!(batch(vec![req("r1", 1), req("r2", 3)]).validate().is_ok());
+        assert!(batch(vec![]).validate().is_err(), "empty");
+        let err = batch(vec![req("r1", 1), req("r2", 0)])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("reservation"), "{err}");
+        let too_many = (0..=MAX_RESERVATION_BATCH)
+            .map(|i| req(&format!("r{i}"), 1))
+            .collect();
+        assert!(batch(too_many).validate().is_err(), "over the limit");
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use crate::apply::ledger::Decision;
 use crate::domain::money::MAX_QTY;
 use crate::domain::{
-    ChannelId, Envelope, Event, EventId, LocationId, ReservationExpired, ReservationId,
-    ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId, Target,
-    ids::check_token, subject,
+    ChannelId, Envelope, Event, EventId, LocationId, ReservationBatch, ReservationExpired,
+    ReservationId, ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId,
+    Target, ids::check_token, subject,
 };
 use crate::snapshot::ticker::now_ms;
 use crate::supervise::shared::Shared;
@@ -83,7 +83,7 @@ impl From<Decision> for ReserveAnswer {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReserveError {
     #[error("{0}")]
     BadRequest(String),
@@ -93,31 +93,15 @@ pub enum ReserveError {
     Unavailable(String),
 }
 
-/// Publishes reservation events and waits for their decisions.
-pub struct Reservations {
-    shared: Arc<Shared>,
+/// Publishes events into the stream under one source id with its own sequence.
+struct Publisher {
     /// The API's own connection: requests do not queue behind the data path's traffic.
     js: async_nats::jetstream::Context,
     source: SourceId,
     seq: AtomicU64,
 }
 
-impl Reservations {
-    /// `role` distinguishes publishers (`api`, `expiry`) so each has its own sequence space.
-    pub fn new(
-        shared: Arc<Shared>,
-        js: async_nats::jetstream::Context,
-        role: &str,
-    ) -> Reservations {
-        let source = format!("{role}/{}-{}", now_ms(), std::process::id());
-        Reservations {
-            shared,
-            js,
-            source: SourceId::from(source.as_str()),
-            seq: AtomicU64::new(0),
-        }
-    }
-
+impl Publisher {
     async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let kind = event.kind();
@@ -148,15 +132,95 @@ impl Reservations {
             })?;
         Ok(ack.sequence)
     }
+}
 
-    async fn decide(
+/// A reservation request waiting to be published, and who to tell how that went.
+struct Pending {
+    request: ReservationRequested,
+    token: String,
+    published: tokio::sync::oneshot::Sender<Result<(), ReserveError>>,
+}
+
+/// Batches in flight to the stream at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Largest batch the API forms (the event allows more).
+const BATCH_LIMIT: usize = 256;
+
+/// Publishes reservation requests: whatever arrived while the previous batches were being
+/// stored goes out as one `reservation_batch` event (a lone request as a plain
+/// `reservation_requested`). Under light load every request leaves at once; under heavy load
+/// the stream takes one message per batch instead of one per request.
+async fn batcher(publisher: Arc<Publisher>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_LIMIT {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = if batch.len() == 1 {
+                let p = &batch[0];
+                let event = Event::ReservationRequested(p.request.clone());
+                publisher.publish(&p.token, event).await
+            } else {
+                let requests = batch.iter().map(|p| p.request.clone()).collect();
+                let event = Event::ReservationBatch(ReservationBatch { requests });
+                publisher.publish("many", event).await
+            };
+            for p in batch {
+                let _ = p.published.send(result.clone().map(|_| ()));
+            }
+        });
+    }
+}
+
+/// Publishes reservation events and waits for their decisions.
+pub struct Reservations {
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    requests: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+impl Reservations {
+    /// `role` distinguishes publishers (`api`, `expiry`) so each has its own sequence space.
+    /// Must be called inside a Tokio runtime: it starts the request batcher there.
+    pub fn new(
+        shared: Arc<Shared>,
+        js: async_nats::jetstream::Context,
+        role: &str,
+    ) -> Reservations {
+        let source = format!("{role}/{}-{}", now_ms(), std::process::id());
+        let publisher = Arc::new(Publisher {
+            js,
+            source: SourceId::from(source.as_str()),
+            seq: AtomicU64::new(0),
+        });
+        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(publisher.clone(), rx));
+        Reservations {
+            shared,
+            publisher,
+            requests,
+        }
+    }
+
+    async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
+        self.publisher.publish(token, event).await
+    }
+
+    /// Waits for the decision on `id` once `publish` has put its event into the stream.
+    async fn await_decision(
         &self,
-        id: &ReservationId,
-        token: &str,
-        event: Event,
+        waiter: tokio::sync::oneshot::Receiver<Decision>,
     ) -> Result<Decision, ReserveError> {
-        let waiter = self.shared.decisions.wait(id);
-        self.publish(token, event).await?;
         let timeout = self.shared.config.reservations.decision_timeout;
         match tokio::time::timeout(timeout, waiter).await {
             Ok(Ok(d)) => Ok(d),
@@ -167,6 +231,17 @@ impl Reservations {
                 )))
             }
         }
+    }
+
+    async fn decide(
+        &self,
+        id: &ReservationId,
+        token: &str,
+        event: Event,
+    ) -> Result<Decision, ReserveError> {
+        let waiter = self.shared.decisions.wait(id);
+        self.publish(token, event).await?;
+        self.await_decision(waiter).await
     }
 
     pub fn check(
@@ -222,15 +297,25 @@ impl Reservations {
 
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveAnswer, ReserveError> {
         let (id, target, token, expires_at_ms) = self.check(&req)?;
-        let event = Event::ReservationRequested(ReservationRequested {
+        let request = ReservationRequested {
             reservation_id: id.clone(),
             sku: Sku::from(req.sku.as_str()),
             qty: req.qty,
             target,
             expires_at_ms,
             allow_partial: req.allow_partial,
-        });
-        Ok(self.decide(&id, &token, event).await?.into())
+        };
+        let waiter = self.shared.decisions.wait(&id);
+        let (published, done) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            request,
+            token,
+            published,
+        };
+        let unavailable = || ReserveError::Unavailable("the request publisher stopped".into());
+        self.requests.send(pending).map_err(|_| unavailable())?;
+        done.await.map_err(|_| unavailable())??;
+        Ok(self.await_decision(waiter).await?.into())
     }
 
     pub async fn release(&self, id: &str) -> Result<ReserveAnswer, ReserveError> {

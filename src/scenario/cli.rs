@@ -37,10 +37,37 @@ pub enum ScenarioCommand {
         #[arg(long, default_value_t = 1)]
         chaos_nats_restarts: u32,
     },
+    /// Reservations: retailflow against a PostgreSQL conditional UPDATE, side by side.
+    Reserve {
+        /// Scenario file (TOML), e.g. scenarios/reserve-vs-postgres.toml.
+        file: PathBuf,
+        /// Run the small smoke version (what CI runs).
+        #[arg(long)]
+        smoke: bool,
+        /// Directory for report.json.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
 }
 
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     match cmd {
+        ScenarioCommand::Reserve { file, smoke, out } => {
+            let spec = super::reserve_bench::ReserveSpec::load(&file)?;
+            let out = out.join(if smoke {
+                format!("{}-smoke", spec.name)
+            } else {
+                spec.name.clone()
+            });
+            let report = super::reserve_bench::run(&spec, smoke, &out).await?;
+            print!("{}", super::reserve_bench::summary(&report));
+            println!("report: {}", out.join("report.json").display());
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         ScenarioCommand::Run {
             file,
             smoke,

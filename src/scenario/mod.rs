@@ -11,6 +11,7 @@ pub mod measure;
 pub mod oracle;
 pub mod publish;
 pub mod report;
+pub mod reserve_bench;
 pub mod run;
 pub mod settle;
 pub mod spec;
