@@ -288,3 +288,113 @@ async fn expiry_channel_sourcing_and_replay_give_the_same_decisions() {
     assert_eq!(at(&c1), first_alloc, "the same grant after replay: {c1}");
     replayed.shutdown(Duration::from_secs(10)).await;
 }
+
+/// Sends `n` one-unit requests for HOT at DC1 at once, keys `{prefix}-{i}`; returns
+/// (status, answer) per key.
+async fn wave(base: &str, prefix: &str, n: usize) -> Vec<(String, u16, Value)> {
+    let http = http_client();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, base) = (http.clone(), base.to_string());
+            let key = format!("{prefix}-{i}");
+            async move {
+                let body = json!({"sku": "HOT", "qty": 1, "location": "DC1",
+                                  "ttl_seconds": 3600, "idempotency_key": key});
+                loop {
+                    let (status, v) = reserve(&http, &base, body.clone()).await;
+                    if status != 503 {
+                        return (key, status, v);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_snapshot_and_replaying_reproduces_every_decision() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    // Only the explicit snapshot below: the restart must replay what came after it.
+    cfg.snapshot.interval = Duration::from_secs(3600);
+    cfg.snapshot.every_events = 1_000_000_000;
+    let pipeline = Pipeline::start(cfg.clone()).await.expect("pipeline starts");
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let last = publish_all(&js, vec![("wms/DC1", receipt("DC1", "HOT", 150))]).await;
+    applied(&pipeline, last, 10).await;
+    let base = format!("http://{}", pipeline.http_addr().unwrap());
+
+    let mut answers = wave(&base, "before", 100).await;
+    let snap = pipeline.barrier(false, true).await.expect("barrier");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            pipeline
+                .coordinator_status()
+                .await
+                .is_some_and(|s| s.last_snapshot >= snap)
+        })
+        .await,
+        "snapshot at {snap} written"
+    );
+    // After the snapshot: 100 shoppers for the 50 units left, in concurrent batches.
+    answers.extend(wave(&base, "after", 100).await);
+    let granted = answers.iter().filter(|(_, s, _)| *s == 201).count();
+    assert_eq!(granted, 150, "the stock, no more");
+    let end = last_seq(&js, "RETAIL_EVENTS").await;
+    assert!(end > snap + 1, "events after the snapshot to replay");
+    let mut pipeline = pipeline;
+    pipeline.stop_now().await;
+    drop(pipeline);
+
+    // A new process: restores the snapshot, replays from snap + 1.
+    let restarted = Pipeline::start(cfg).await.expect("restart");
+    applied(&restarted, end, 20).await;
+    let read = restarted
+        .shared
+        .metrics
+        .events_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read <= end - snap,
+        "only the events after the snapshot were replayed ({read} read, {} after it)",
+        end - snap
+    );
+    let base2 = format!("http://{}", restarted.http_addr().unwrap());
+    let pos = position(&http_client(), &base2, "HOT", "DC1").await;
+    assert_eq!(
+        (&pos["on_hand"], &pos["reserved"]),
+        (&json!(150), &json!(150))
+    );
+    // Every key, asked again, gets its first decision back: same outcome, same allocation,
+    // decided at the same stream sequence.
+    let again: std::collections::HashMap<String, (u16, Value)> =
+        futures::stream::iter(answers.iter())
+            .map(|(key, _, _)| {
+                let base2 = base2.clone();
+                async move {
+                    let body = json!({"sku": "HOT", "qty": 1, "location": "DC1",
+                                  "ttl_seconds": 3600, "idempotency_key": key});
+                    let (s, v) = reserve(&http_client(), &base2, body).await;
+                    (key.clone(), (s, v))
+                }
+            })
+            .buffer_unordered(50)
+            .collect()
+            .await;
+    for (key, status, first) in &answers {
+        let (s, v) = &again[key];
+        assert_eq!(s, status, "{key}: {first} then {v}");
+        for field in ["granted", "state", "allocations", "decided_at"] {
+            assert_eq!(v[field], first[field], "{key}.{field}: {first} then {v}");
+        }
+    }
+    let pos = position(&http_client(), &base2, "HOT", "DC1").await;
+    assert_eq!(
+        pos["reserved"],
+        json!(150),
+        "asking again reserved nothing more"
+    );
+    restarted.shutdown(Duration::from_secs(10)).await;
+}
