@@ -37,6 +37,8 @@ pub enum ScenarioCommand {
         #[arg(long, default_value_t = 1)]
         chaos_nats_restarts: u32,
     },
+    /// Recovery: restore a snapshot of many positions and replay a long tail, timed.
+    Recovery(super::recovery_bench::RecoveryArgs),
     /// Reservations: retailflow against a PostgreSQL conditional UPDATE, side by side.
     Reserve {
         /// Scenario file (TOML), e.g. scenarios/reserve-vs-postgres.toml.
@@ -52,6 +54,15 @@ pub enum ScenarioCommand {
 
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     match cmd {
+        ScenarioCommand::Recovery(args) => {
+            let report = super::recovery_bench::run(&args).await?;
+            print!("{}", super::recovery_bench::summary(&report, &args.out));
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         ScenarioCommand::Reserve { file, smoke, out } => {
             let spec = super::reserve_bench::ReserveSpec::load(&file)?;
             let out = out.join(if smoke {

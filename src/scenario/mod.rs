@@ -10,6 +10,7 @@ pub mod generate;
 pub mod measure;
 pub mod oracle;
 pub mod publish;
+pub mod recovery_bench;
 pub mod report;
 pub mod reserve_bench;
 pub mod run;
