@@ -58,11 +58,10 @@ impl ShardState {
         let feed = &self.shared.feed;
         if feed.enabled() && !dirty.is_empty() && self.shared.view.is_ready() {
             let ledger = &self.ledger;
-            feed.mark(
-                dirty
-                    .iter()
-                    .map(|&slot| ledger.sku_name(ledger.slot(slot).0)),
-            );
+            feed.mark(dirty.iter().map(|&slot| {
+                let (s, l, _) = ledger.slot(slot);
+                (ledger.sku_name(s), ledger.loc_name(l))
+            }));
         }
         if let Some(channels) = self.ledger.take_channels_if_changed() {
             if self.index == 0 {

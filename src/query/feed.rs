@@ -1,8 +1,9 @@
-//! The availability change feed. A shard marks the SKUs each batch changed; one task wakes
-//! every `feed.interval`, takes the marked set and publishes each SKU once on
-//! `retail.v1.atp.changed.<sku>` with its availability read from the view at that moment. Ten
-//! changes to one SKU inside a window cost one message, and the message always carries the
-//! latest state, never a delta, so a subscriber that misses one is corrected by the next.
+//! The availability change feed. A shard marks the (location, sku) positions each batch
+//! changed; one task wakes every `feed.interval`, takes what was marked and publishes each SKU
+//! once on `retail.v1.atp.changed.<sku>`, with the changed locations' availability read from
+//! the view at that moment. Ten changes to one position inside a window cost one message, and
+//! the message carries the latest state of each position it names, never a delta, so a
+//! subscriber that misses one is corrected by the next change of that position.
 //!
 //! The feed is core NATS (at most once). When every cached answer may be stale — the view was
 //! rebuilt after a start or restart, or a channel definition changed — the task publishes one
@@ -12,18 +13,19 @@ use super::model::{ChannelAvailability, LocationAvailability, channel_answer, lo
 use crate::apply::view::View;
 use crate::domain::{LocationId, Sku, subject};
 use crate::supervise::shared::Shared;
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// SKUs changed since the last publication.
+/// (location, sku) positions changed since the last publication, by SKU.
 #[derive(Default)]
 pub struct ChangeFeed {
     enabled: bool,
-    pending: Mutex<FxHashSet<Sku>>,
+    pending: Mutex<FxHashMap<Sku, SmallVec<[LocationId; 2]>>>,
     channels_changed: AtomicBool,
 }
 
@@ -39,12 +41,19 @@ impl ChangeFeed {
         self.enabled
     }
 
-    /// Shard side: these SKUs changed.
-    pub fn mark<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) {
-        if let Ok(mut set) = self.pending.lock() {
-            for s in skus {
-                if !set.contains(s) {
-                    set.insert(s.clone());
+    /// Shard side: these positions changed.
+    pub fn mark<'a>(&self, changed: impl IntoIterator<Item = (&'a Sku, &'a LocationId)>) {
+        if let Ok(mut map) = self.pending.lock() {
+            for (sku, loc) in changed {
+                match map.get_mut(sku) {
+                    Some(locs) => {
+                        if !locs.contains(loc) {
+                            locs.push(loc.clone());
+                        }
+                    }
+                    None => {
+                        map.insert(sku.clone(), smallvec::smallvec![loc.clone()]);
+                    }
                 }
             }
         }
@@ -55,10 +64,10 @@ impl ChangeFeed {
         self.channels_changed.store(true, Ordering::Release);
     }
 
-    fn take(&self) -> FxHashSet<Sku> {
+    fn take(&self) -> FxHashMap<Sku, SmallVec<[LocationId; 2]>> {
         self.pending
             .lock()
-            .map(|mut set| std::mem::take(&mut *set))
+            .map(|mut map| std::mem::take(&mut *map))
             .unwrap_or_default()
     }
 }
@@ -69,9 +78,10 @@ pub struct AtpChanged {
     pub sku: String,
     /// Stream sequence the numbers reflect (at least).
     pub as_of: u64,
-    /// Every location holding the SKU.
+    /// The locations whose position changed in the window, each with its whole current state.
     pub locations: Vec<LocationAvailability>,
-    /// Every channel with at least one of those locations among its fulfilment locations.
+    /// Every channel with one of those locations among its fulfilment locations, computed over
+    /// all of the channel's locations.
     pub channels: Vec<ChannelAvailability>,
 }
 
@@ -84,22 +94,23 @@ pub struct AtpReset {
     pub as_of: u64,
 }
 
-/// The feed message for one SKU, read from the view now.
-pub fn changed(view: &View, sku: &Sku) -> AtpChanged {
+/// The feed message for one SKU and the locations that changed, read from the view now.
+pub fn changed(view: &View, sku: &Sku, changed: &[LocationId]) -> AtpChanged {
     let (entries, as_of) = view.read(sku);
     let by_loc: BTreeMap<LocationId, _> = entries
         .unwrap_or_default()
         .into_iter()
         .map(|a| (a.location, a.position))
         .collect();
-    let locations = by_loc
+    let mut locations: Vec<LocationAvailability> = changed
         .iter()
-        .map(|(l, p)| loc_answer(l.as_str(), Some(p)))
+        .map(|l| loc_answer(l.as_str(), by_loc.get(l)))
         .collect();
+    locations.sort_by(|a, b| a.location.cmp(&b.location));
     let channels = view
         .channels()
         .iter()
-        .filter(|(_, cv)| cv.locations.iter().any(|l| by_loc.contains_key(l)))
+        .filter(|(_, cv)| cv.locations.iter().any(|l| changed.contains(l)))
         .map(|(c, cv)| channel_answer(c.as_str(), cv, &by_loc))
         .collect();
     AtpChanged {
@@ -146,8 +157,8 @@ pub async fn run(shared: Arc<Shared>) {
             send(&shared, subject::ATP_RESET.to_string(), &body).await;
             continue;
         }
-        for sku in feed.take() {
-            let body = changed(view, &sku);
+        for (sku, locs) in feed.take() {
+            let body = changed(view, &sku, &locs);
             send(&shared, subject::changed(sku.as_str()), &body).await;
         }
     }
