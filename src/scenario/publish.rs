@@ -5,8 +5,8 @@
 use super::generate::{Generator, OutKind, Outgoing};
 use super::oracle::Oracle;
 use async_nats::jetstream;
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Default)]
@@ -92,7 +92,20 @@ pub async fn publish(
             last = now;
             if credit < 1.0 {
                 let wait = Duration::from_secs_f64((1.0 - credit) / rate.max(1.0));
-                tokio::time::sleep(wait.max(Duration::from_micros(200))).await;
+                // Settle acks while waiting: a sample's sequence is only known from its ack, and
+                // the publish-to-visible clock must not include time the ack sat unread.
+                let sleep = tokio::time::sleep(wait.max(Duration::from_micros(200)));
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        Some(r) = acks.next(), if !acks.is_empty() => {
+                            if let Some((at, size)) = sent_at.pop_front() {
+                                settle(r, at, size, &mut out)?;
+                            }
+                        }
+                    }
+                }
                 continue;
             }
             credit -= 1.0;
@@ -124,6 +137,12 @@ pub async fn publish(
             .map_err(|e| e.to_string())?;
         acks.push_back(std::future::IntoFuture::into_future(ack));
         sent_at.push_back((Instant::now(), size));
+        // Acks already in: settle them now, for the same reason.
+        while let Some(Some(r)) = acks.next().now_or_never() {
+            if let Some((at, size)) = sent_at.pop_front() {
+                settle(r, at, size, &mut out)?;
+            }
+        }
         while acks.len() >= in_flight {
             if let (Some(r), Some((at, size))) = (acks.next().await, sent_at.pop_front()) {
                 settle(r, at, size, &mut out)?;
