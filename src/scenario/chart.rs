@@ -47,10 +47,11 @@ impl Chart {
     }
 }
 
-/// Rounds up to 1, 2 or 5 times a power of ten.
+/// Rounds up to a round multiple of a power of ten (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8), so
+/// the axis wastes at most a quarter of the plot (a 2.1M backlog gets 2.5M, not 5M).
 fn nice(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for m in [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if v <= m * p {
             return m * p;
         }
@@ -345,8 +346,10 @@ mod tests {
 
     #[test]
     fn nice_rounds_up() {
-        assert_eq!(nice(7.3), 10.0);
-        assert_eq!(nice(1.2), 2.0);
-        assert_eq!(nice(4000.0), 5000.0);
+        assert_eq!(nice(7.3), 8.0);
+        assert_eq!(nice(1.3), 1.5);
+        assert_eq!(nice(4000.0), 4000.0);
+        assert_eq!(nice(2_100_000.0), 2_500_000.0);
+        assert_eq!(nice(8.5), 10.0);
     }
 }
