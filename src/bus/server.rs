@@ -66,6 +66,14 @@ pub fn find_binary() -> Result<PathBuf, ServerError> {
 }
 
 /// Asks the OS for a free loopback port.
+/// Whether the peer sends NATS's `INFO` greeting within half a second.
+fn greets_like_nats(mut conn: std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -145,9 +153,14 @@ impl NatsServer {
     fn wait_ready(&self, limit: Duration) -> Result<(), ServerError> {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // Port open; JetStream readiness is awaited by the client's first request.
-                return Ok(());
+            if let Ok(conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                // A connect to a local port nobody listens on yet can succeed by connecting the
+                // socket to itself (the kernel picked that port as the source port). Only a
+                // server greeting with INFO counts. JetStream readiness is awaited by the
+                // client's first request.
+                if greets_like_nats(conn) {
+                    return Ok(());
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -28,10 +28,20 @@ pub fn config(url: &str) -> Config {
     c
 }
 
+/// Connects to the test server, retrying for a few seconds (it may still be starting).
 pub async fn client(url: &str) -> async_nats::Client {
-    async_nats::connect(url)
-        .await
-        .expect("connect to the test nats-server")
+    let mut tries = 0;
+    loop {
+        match async_nats::connect(url).await {
+            Ok(c) => return c,
+            Err(error) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(%error, "test nats-server not reachable yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("connect to the test nats-server {url}: {error}"),
+        }
+    }
 }
 
 /// Publishes an envelope as MessagePack (or JSON) to its subject, with `Nats-Msg-Id` unless
