@@ -184,3 +184,44 @@ pub async fn setup(
     )
     .await
 }
+
+/// An envelope from `source` with its own sequence number, stamped now.
+pub fn envelope(source: &str, seq: u64, event: crate::domain::Event) -> crate::domain::Envelope {
+    crate::domain::Envelope {
+        v: crate::domain::SCHEMA_VERSION,
+        id: crate::domain::EventId::from(format!("{source}#{seq}").as_str()),
+        source: crate::domain::SourceId::from(source),
+        seq,
+        occurred_at_ms: crate::snapshot::ticker::now_ms(),
+        trace: None,
+        event,
+    }
+}
+
+/// Publishes envelopes with up to 2,000 acks outstanding; returns the last stream sequence.
+pub async fn publish_envelopes(
+    js: &async_nats::jetstream::Context,
+    systems: &[String],
+    envelopes: impl Iterator<Item = crate::domain::Envelope>,
+) -> anyhow::Result<u64> {
+    let mut acks = FuturesOrdered::new();
+    let mut last = 0;
+    for env in envelopes {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", env.id.as_str());
+        let payload = crate::domain::codec::encode_msgpack(&env)?;
+        let ack = js
+            .publish_with_headers(env.subject(systems, "pos"), headers, payload.into())
+            .await?;
+        acks.push_back(std::future::IntoFuture::into_future(ack));
+        while acks.len() >= 2_000 {
+            if let Some(a) = acks.next().await {
+                last = a?.sequence;
+            }
+        }
+    }
+    while let Some(a) = acks.next().await {
+        last = a?.sequence;
+    }
+    Ok(last)
+}

@@ -8,12 +8,10 @@
 use crate::bus::server::NatsServer;
 use crate::config::Config;
 use crate::domain::{
-    BusinessDay, Currency, Envelope, Event, EventId, ItemLine, QtyLine, Receipt, SCHEMA_VERSION,
-    Sale, Sku, SourceId, TaxLine, Tender, codec,
+    BusinessDay, Currency, Event, ItemLine, QtyLine, Receipt, Sale, Sku, TaxLine, Tender,
 };
+use crate::scenario::publish::{envelope, publish_envelopes};
 use crate::supervise::pipeline::Pipeline;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -62,18 +60,6 @@ pub struct RecoveryReport {
 
 const OPENING: i64 = 1_000;
 
-fn envelope(source: &str, seq: u64, event: Event) -> Envelope {
-    Envelope {
-        v: SCHEMA_VERSION,
-        id: EventId::from(format!("{source}#{seq}").as_str()),
-        source: SourceId::from(source),
-        seq,
-        occurred_at_ms: crate::snapshot::ticker::now_ms(),
-        trace: None,
-        event,
-    }
-}
-
 fn sale(location: &str, sku: &str) -> Event {
     Event::Sale(Sale {
         location: location.into(),
@@ -96,34 +82,6 @@ fn sale(location: &str, sku: &str) -> Event {
             amount: 1_200,
         }],
     })
-}
-
-/// Publishes envelopes with up to 2,000 acks outstanding; returns the last stream sequence.
-async fn publish_all(
-    js: &async_nats::jetstream::Context,
-    systems: &[String],
-    envelopes: impl Iterator<Item = Envelope>,
-) -> anyhow::Result<u64> {
-    let mut acks = FuturesOrdered::new();
-    let mut last = 0;
-    for env in envelopes {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
-        let payload = codec::encode_msgpack(&env)?;
-        let ack = js
-            .publish_with_headers(env.subject(systems, "pos"), headers, payload.into())
-            .await?;
-        acks.push_back(std::future::IntoFuture::into_future(ack));
-        while acks.len() >= 2_000 {
-            if let Some(a) = acks.next().await {
-                last = a?.sequence;
-            }
-        }
-    }
-    while let Some(a) = acks.next().await {
-        last = a?.sequence;
-    }
-    Ok(last)
 }
 
 pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
@@ -178,7 +136,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
         seq += 1;
         envelope("wms/bench", seq, e)
     });
-    let opened = publish_all(&js, &systems, receipts).await?;
+    let opened = publish_envelopes(&js, &systems, receipts).await?;
     anyhow::ensure!(
         pipeline
             .shared
@@ -222,7 +180,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
         sold += 1;
         envelope(&format!("pos/{loc}"), i as u64 + 1, sale(loc, sku))
     });
-    let last_seq = publish_all(&js, &systems, sales).await?;
+    let last_seq = publish_envelopes(&js, &systems, sales).await?;
 
     // The restart being measured.
     let started = Instant::now();

@@ -8,9 +8,8 @@
 
 use crate::bus::server::NatsServer;
 use crate::config::Config;
-use crate::domain::{
-    Envelope, Event, EventId, QtyLine, Receipt, SCHEMA_VERSION, Sku, SourceId, codec, subject,
-};
+use crate::domain::{Event, QtyLine, Receipt, Sku, subject};
+use crate::scenario::publish::{envelope, publish_envelopes};
 use crate::supervise::pipeline::Pipeline;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -405,28 +404,6 @@ pub fn summary(r: &ReserveReport) -> String {
     s
 }
 
-fn receipt_envelope(seq: u64, skus: &[String], units: i64) -> Envelope {
-    Envelope {
-        v: SCHEMA_VERSION,
-        id: EventId::from(format!("bench/DC1#{seq}").as_str()),
-        source: SourceId::from("bench/DC1"),
-        seq,
-        occurred_at_ms: crate::snapshot::ticker::now_ms(),
-        trace: None,
-        event: Event::Receipt(Receipt {
-            location: "DC1".into(),
-            lines: skus
-                .iter()
-                .map(|s| QtyLine {
-                    sku: s.as_str().into(),
-                    qty: units,
-                })
-                .collect(),
-            reference: None,
-        }),
-    }
-}
-
 async fn retailflow_side(
     spec: &ReserveSpec,
     url: &str,
@@ -457,22 +434,25 @@ async fn retailflow_side(
     let version = clients[0].server_info().version;
     let js = async_nats::jetstream::new(clients[0].clone());
     // Opening stock, 500 SKUs per receipt.
-    let mut seq = 0;
-    let mut last = 0;
-    for w in workloads {
-        for chunk in w.skus.chunks(500) {
-            seq += 1;
-            let env = receipt_envelope(seq, chunk, w.units);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", env.id.as_str());
-            let payload = codec::encode_msgpack(&env)?;
-            last = js
-                .publish_with_headers(env.subject(&systems, "wms"), headers, payload.into())
-                .await?
-                .await?
-                .sequence;
-        }
-    }
+    let receipts = workloads.iter().flat_map(|w| {
+        w.skus.chunks(500).map(move |chunk| {
+            Event::Receipt(Receipt {
+                location: "DC1".into(),
+                lines: chunk
+                    .iter()
+                    .map(|s| QtyLine {
+                        sku: s.as_str().into(),
+                        qty: w.units,
+                    })
+                    .collect(),
+                reference: None,
+            })
+        })
+    });
+    let receipts = receipts
+        .enumerate()
+        .map(|(i, e)| envelope("wms/DC1", i as u64 + 1, e));
+    let last = publish_envelopes(&js, &systems, receipts).await?;
     anyhow::ensure!(
         pipeline
             .shared
