@@ -175,23 +175,36 @@ impl View {
     /// Reads one SKU: its known positions and the sequence they reflect. `None` when the SKU
     /// was never seen.
     pub fn read(&self, sku: &Sku) -> (Option<Vec<LocAnswer>>, u64) {
+        self.with_entries(sku, |entries, as_of| {
+            let answers = entries.map(|e| {
+                e.iter()
+                    .map(|(l, p)| LocAnswer {
+                        location: l.clone(),
+                        position: *p,
+                    })
+                    .collect()
+            });
+            (answers, as_of)
+        })
+    }
+
+    /// Runs `f` over one SKU's positions (in no particular order; `None` when the SKU was
+    /// never seen) and the sequence they reflect, without copying them. The SKU's cell is
+    /// read-locked while `f` runs, so `f` must be short: its shard waits to publish that cell.
+    pub fn with_entries<R>(
+        &self,
+        sku: &Sku,
+        f: impl FnOnce(Option<&[(LocationId, Position)]>, u64) -> R,
+    ) -> R {
         let shard = shard_of(sku.as_str(), self.marks.len());
         let mark = self.applied(shard);
         let Some(cell) = self.cells.get(sku).map(|c| c.clone()) else {
-            return (None, mark);
+            return f(None, mark);
         };
         let Ok(data) = cell.data.read() else {
-            return (None, mark);
+            return f(None, mark);
         };
-        let answers = data
-            .entries
-            .iter()
-            .map(|(l, p)| LocAnswer {
-                location: l.clone(),
-                position: *p,
-            })
-            .collect();
-        (Some(answers), mark.max(data.as_of))
+        f(Some(&data.entries), mark.max(data.as_of))
     }
 
     /// Waits until the shard owning `sku` has applied `seq`, at most `limit`. Returns whether

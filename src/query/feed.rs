@@ -9,9 +9,11 @@
 //! rebuilt after a start or restart, or a channel definition changed — the task publishes one
 //! message on `retail.v1.atp.reset` instead, and caches drop what they hold.
 
-use super::model::{ChannelAvailability, LocationAvailability, channel_answer, loc_answer};
-use crate::apply::view::View;
-use crate::domain::{LocationId, Sku, subject};
+use super::model::{
+    ChannelAvailability, LocationAvailability, Positions, channel_answer, loc_answer,
+};
+use crate::apply::view::{ChannelView, View};
+use crate::domain::{ChannelId, LocationId, Sku, subject};
 use crate::supervise::shared::Shared;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -95,30 +97,31 @@ pub struct AtpReset {
 }
 
 /// The feed message for one SKU and the locations that changed, read from the view now.
-pub fn changed(view: &View, sku: &Sku, changed: &[LocationId]) -> AtpChanged {
-    let (entries, as_of) = view.read(sku);
-    let by_loc: BTreeMap<LocationId, _> = entries
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| (a.location, a.position))
-        .collect();
-    let mut locations: Vec<LocationAvailability> = changed
-        .iter()
-        .map(|l| loc_answer(l.as_str(), by_loc.get(l)))
-        .collect();
-    locations.sort_by(|a, b| a.location.cmp(&b.location));
-    let channels = view
-        .channels()
-        .iter()
-        .filter(|(_, cv)| cv.locations.iter().any(|l| changed.contains(l)))
-        .map(|(c, cv)| channel_answer(c.as_str(), cv, &by_loc))
-        .collect();
-    AtpChanged {
-        sku: sku.to_string(),
-        as_of,
-        locations,
-        channels,
-    }
+pub fn changed(
+    view: &View,
+    channels: &BTreeMap<ChannelId, ChannelView>,
+    sku: &Sku,
+    changed: &[LocationId],
+) -> AtpChanged {
+    view.with_entries(sku, |entries, as_of| {
+        let positions = Positions::new(entries.unwrap_or_default(), changed.len());
+        let mut locations: Vec<LocationAvailability> = changed
+            .iter()
+            .map(|l| loc_answer(l.as_str(), positions.get(l.as_str())))
+            .collect();
+        locations.sort_by(|a, b| a.location.cmp(&b.location));
+        let channels = channels
+            .iter()
+            .filter(|(_, cv)| cv.locations.iter().any(|l| changed.contains(l)))
+            .map(|(c, cv)| channel_answer(c.as_str(), cv, &positions))
+            .collect();
+        AtpChanged {
+            sku: sku.to_string(),
+            as_of,
+            locations,
+            channels,
+        }
+    })
 }
 
 /// Publishes the feed until the pipeline stops.
@@ -157,8 +160,9 @@ pub async fn run(shared: Arc<Shared>) {
             send(&shared, subject::ATP_RESET.to_string(), &body).await;
             continue;
         }
+        let channels = view.channels();
         for (sku, locs) in feed.take() {
-            let body = changed(view, &sku, &locs);
+            let body = changed(view, &channels, &sku, &locs);
             send(&shared, subject::changed(sku.as_str()), &body).await;
         }
     }

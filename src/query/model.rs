@@ -4,8 +4,8 @@
 use crate::apply::ledger::Position;
 use crate::apply::view::{ChannelView, View};
 use crate::domain::{ChannelId, LocationId, Sku, ids::check_token};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const MAX_SKUS: usize = 100;
@@ -112,11 +112,47 @@ impl QueryRequest {
     }
 }
 
+/// One SKU's positions as the view holds them, for looking locations up by name. Few lookups
+/// scan the slice; many (a long `locations` list) go through an index built once.
+pub(crate) struct Positions<'a> {
+    entries: &'a [(LocationId, Position)],
+    index: Option<FxHashMap<&'a str, &'a Position>>,
+}
+
+impl<'a> Positions<'a> {
+    pub(crate) fn new(entries: &'a [(LocationId, Position)], lookups: usize) -> Positions<'a> {
+        let index = (lookups > 8 && entries.len() > 16)
+            .then(|| entries.iter().map(|(l, p)| (l.as_str(), p)).collect());
+        Positions { entries, index }
+    }
+
+    pub(crate) fn get(&self, location: &str) -> Option<&'a Position> {
+        match &self.index {
+            Some(index) => index.get(location).copied(),
+            None => self
+                .entries
+                .iter()
+                .find(|(l, _)| l.as_str() == location)
+                .map(|(_, p)| p),
+        }
+    }
+
+    /// Every location's answer, sorted by location.
+    pub(crate) fn all(&self) -> Vec<LocationAvailability> {
+        let mut sorted: Vec<&(LocationId, Position)> = self.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        sorted
+            .into_iter()
+            .map(|(l, p)| loc_answer(l.as_str(), Some(p)))
+            .collect()
+    }
+}
+
 /// A channel's network availability for one SKU, from that SKU's positions.
 pub(crate) fn channel_answer(
     name: &str,
     cv: &ChannelView,
-    by_loc: &BTreeMap<LocationId, Position>,
+    positions: &Positions<'_>,
 ) -> ChannelAvailability {
     ChannelAvailability {
         channel: name.to_string(),
@@ -124,8 +160,8 @@ pub(crate) fn channel_answer(
             .locations
             .iter()
             .map(|l| {
-                by_loc
-                    .get(l)
+                positions
+                    .get(l.as_str())
                     .map(|p| (p.available() - cv.buffer).max(0))
                     .unwrap_or(0)
             })
@@ -187,34 +223,38 @@ pub async fn answer(
     let mut results = Vec::with_capacity(req.skus.len());
     for s in &req.skus {
         let sku = Sku::from(s.as_str());
-        let (entries, as_of) = view.read(&sku);
-        let known = entries.is_some();
-        let by_loc: BTreeMap<LocationId, Position> = entries
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| (a.location, a.position))
-            .collect();
-        let wanted: Vec<String> = if !req.locations.is_empty() {
-            req.locations.clone()
-        } else if let Some((_, cv)) = &channel {
-            cv.locations.iter().map(|l| l.to_string()).collect()
-        } else {
-            by_loc.keys().map(|l| l.to_string()).collect()
-        };
-        let locations = wanted
-            .iter()
-            .map(|l| loc_answer(l, by_loc.get(l.as_str())))
-            .collect();
-        let channel_answer = channel
-            .as_ref()
-            .map(|(name, cv)| channel_answer(name, cv, &by_loc));
-        results.push(SkuAvailability {
-            sku: s.clone(),
-            known,
-            as_of,
-            locations,
-            channel: channel_answer,
+        let answer = view.with_entries(&sku, |entries, as_of| {
+            let known = entries.is_some();
+            let wanted = if !req.locations.is_empty() {
+                Some(req.locations.len())
+            } else {
+                channel.as_ref().map(|(_, cv)| cv.locations.len())
+            };
+            let positions = Positions::new(entries.unwrap_or_default(), wanted.unwrap_or(0));
+            let locations = if !req.locations.is_empty() {
+                req.locations
+                    .iter()
+                    .map(|l| loc_answer(l, positions.get(l)))
+                    .collect()
+            } else if let Some((_, cv)) = &channel {
+                cv.locations
+                    .iter()
+                    .map(|l| loc_answer(l.as_str(), positions.get(l.as_str())))
+                    .collect()
+            } else {
+                positions.all()
+            };
+            SkuAvailability {
+                sku: s.clone(),
+                known,
+                as_of,
+                locations,
+                channel: channel
+                    .as_ref()
+                    .map(|(name, cv)| channel_answer(name, cv, &positions)),
+            }
         });
+        results.push(answer);
     }
     let as_of = results.iter().map(|r| r.as_of).min().unwrap_or(0);
     Ok(QueryResponse { as_of, results })
