@@ -65,8 +65,10 @@ pub fn main() -> ExitCode {
     } else {
         "info,async_nats=warn"
     });
+    // The main runtime serves the API: its threads take a core as soon as they wake.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(crate::supervise::threads::short_slice)
         .build()
     {
         Ok(r) => r,

@@ -4,3 +4,4 @@ pub mod pipeline;
 pub mod recovery;
 pub mod shared;
 pub mod supervisor;
+pub mod threads;

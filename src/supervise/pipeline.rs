@@ -3,6 +3,7 @@
 
 use super::shared::Shared;
 use super::supervisor::{CrashTarget, Supervisor, SupervisorArgs, SupervisorMsg};
+use super::threads::OwnRuntime;
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::query::http::{self, ApiState};
@@ -44,29 +45,7 @@ pub struct Pipeline {
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub reservations: Arc<Reservations>,
     /// The data path's runtime; shut down in the background when the pipeline stops.
-    runtime: Option<DataRuntime>,
-}
-
-/// Owns the data runtime and shuts it down in the background when dropped: dropping a
-/// runtime blocks, which is not allowed inside async code (e.g. when starting fails).
-struct DataRuntime(Option<tokio::runtime::Runtime>);
-
-impl DataRuntime {
-    fn handle(&self) -> tokio::runtime::Handle {
-        self.0
-            .as_ref()
-            .expect("runtime present until dropped")
-            .handle()
-            .clone()
-    }
-}
-
-impl Drop for DataRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
+    runtime: Option<OwnRuntime>,
 }
 
 /// Distinguishes pipelines started in one process (their supervisors need distinct names).
@@ -87,36 +66,9 @@ impl Drop for Pipeline {
 }
 
 /// The runtime of the data path: its own threads, at a lower CPU priority than the API's.
-fn data_runtime(cfg: &crate::config::RuntimeConfig) -> Result<tokio::runtime::Runtime, StartError> {
-    let nice = cfg.data_nice.clamp(0, 19);
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all().thread_name("retailflow-data");
-    if cfg.data_workers > 0 {
-        b.worker_threads(cfg.data_workers);
-    }
-    if nice > 0 {
-        b.on_thread_start(move || lower_priority(nice));
-    }
-    b.build()
+fn data_runtime(cfg: &crate::config::RuntimeConfig) -> Result<OwnRuntime, StartError> {
+    OwnRuntime::build("retailflow-data", cfg.data_workers, cfg.data_nice)
         .map_err(|e| StartError::Spawn(format!("data runtime: {e}")))
-}
-
-/// Gives the calling thread a higher nice value (Linux threads have their own).
-fn lower_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on the calling thread with valid arguments; failure only
-        // means the thread keeps its priority, which is logged.
-        let rc = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-        };
-        if rc != 0 {
-            tracing::debug!(nice, "could not lower the data-path thread priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 impl Pipeline {
@@ -126,7 +78,7 @@ impl Pipeline {
     }
 
     pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
-        let runtime = DataRuntime(Some(data_runtime(&config.runtime)?));
+        let runtime = data_runtime(&config.runtime)?;
         let data = runtime.handle();
         // The data path's connection lives on the data runtime, the API's on the caller's.
         let nats_cfg = config.nats.clone();

@@ -1,0 +1,143 @@
+//! CPU scheduling hints for the process's threads. Ingest is throughput work and may wait;
+//! answering a shopper is latency work and should not. Linux lets a thread say both things
+//! about itself: a nice value (its share of a busy core) and, since 6.12, a slice length (how
+//! long it may run before a waking thread with an earlier deadline takes the core, and how soon
+//! a thread with a short slice gets a core when it wakes). Every call here is best effort: a
+//! kernel that refuses leaves the thread as it was, and the refusal is logged at debug level.
+
+/// Gives the calling thread a higher nice value (Linux threads have their own).
+pub fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread with valid arguments; failure only
+        // means the thread keeps its priority, which is logged.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::debug!(nice, "could not lower the thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// The shortest slice the kernel accepts (0.1 ms).
+pub const SHORT_SLICE_NS: u64 = 100_000;
+
+/// Asks for a short scheduler slice for the calling thread (normal policy, nice unchanged).
+/// Under EEVDF a thread with a short slice preempts a running thread with a longer one when it
+/// wakes, instead of waiting for that thread's slice to end: a query then waits microseconds
+/// for a core that ingest is using, not milliseconds. Kernels before 6.12 ignore the request.
+pub fn short_slice() {
+    #[cfg(target_os = "linux")]
+    {
+        /// `struct sched_attr` of `sched_setattr(2)`, version 1 (56 bytes).
+        #[repr(C)]
+        struct SchedAttr {
+            size: u32,
+            policy: u32,
+            flags: u64,
+            nice: i32,
+            priority: u32,
+            runtime: u64,
+            deadline: u64,
+            period: u64,
+            util_min: u32,
+            util_max: u32,
+        }
+        // sched_setattr sets the nice value too: keep the thread's own. (getpriority cannot
+        // fail for the calling thread.)
+        // SAFETY: reads the calling thread's nice value.
+        let nice = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        };
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: libc::SCHED_OTHER as u32,
+            flags: 0,
+            nice,
+            priority: 0,
+            runtime: SHORT_SLICE_NS,
+            deadline: 0,
+            period: 0,
+            util_min: 0,
+            util_max: 0,
+        };
+        // SAFETY: sched_setattr on the calling thread (pid 0) with a fully initialised
+        // sched_attr whose size field matches its layout; the kernel copies it and does not
+        // keep the pointer.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not shorten the thread's scheduler slice"
+            );
+        }
+    }
+}
+
+/// A runtime of its own threads, for work that must not share worker threads with the API.
+/// Dropping it shuts it down in the background: dropping a runtime blocks, which is not
+/// allowed inside async code (e.g. when starting fails half way).
+pub struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    /// `workers` threads (0: one per core) named `name`, each with nice value `nice` (0 to 19;
+    /// 0 leaves the priority alone).
+    pub fn build(name: &str, workers: usize, nice: i32) -> std::io::Result<OwnRuntime> {
+        let nice = nice.clamp(0, 19);
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all().thread_name(name);
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        if nice > 0 {
+            b.on_thread_start(move || lower_priority(nice));
+        }
+        Ok(OwnRuntime(Some(b.build()?)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime present until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice_of_this_thread() -> i32 {
+        // SAFETY: reads the calling thread's nice value.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
+    }
+
+    #[test]
+    fn a_short_slice_keeps_the_nice_value() {
+        std::thread::spawn(|| {
+            lower_priority(3);
+            short_slice();
+            assert_eq!(nice_of_this_thread(), 3);
+        })
+        .join()
+        .unwrap();
+    }
+}
