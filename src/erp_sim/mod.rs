@@ -55,6 +55,7 @@ pub use state::{
     TimelinePoint, Totals,
 };
 
+use crate::supervise::threads::OwnRuntime;
 use state::SimState;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,24 +83,53 @@ pub struct ErpSim {
     sim: Arc<SimState>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// The simulator's own threads, when it has them (see `start_isolated`).
+    runtime: Option<OwnRuntime>,
 }
 
 impl ErpSim {
-    /// Binds `config.listen` and serves on a spawned task.
+    /// Binds `config.listen` and serves on a spawned task of the calling runtime.
     pub async fn start(config: ErpSimConfig) -> Result<ErpSim, ErpSimError> {
+        Self::start_on(config, tokio::runtime::Handle::current()).await
+    }
+
+    /// Like `start`, but serves on a thread of its own at nice value `nice`. Booking a page of
+    /// postings is CPU work of several milliseconds; on a shared runtime it would hold up the
+    /// tasks queued behind it, availability queries included. An ERP is somebody else's
+    /// machine: when it has to share one with retailflow (a scenario), it must not take the
+    /// CPU from what is measured either.
+    pub async fn start_isolated(config: ErpSimConfig, nice: i32) -> Result<ErpSim, ErpSimError> {
+        let runtime =
+            OwnRuntime::build("erp-sim", 1, nice).map_err(|source| ErpSimError::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let mut sim = Self::start_on(config, runtime.handle()).await?;
+        sim.runtime = Some(runtime);
+        Ok(sim)
+    }
+
+    async fn start_on(
+        config: ErpSimConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<ErpSim, ErpSimError> {
         config.check().map_err(ErpSimError::Invalid)?;
         let bind_error = |source| ErpSimError::Bind {
             addr: config.listen.clone(),
             source,
         };
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        // Bound inside the serving runtime, whose reactor then owns the socket.
+        let listen = config.listen.clone();
+        let listener = runtime
+            .spawn(async move { tokio::net::TcpListener::bind(listen).await })
             .await
+            .map_err(|e| bind_error(std::io::Error::other(e)))?
             .map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
         let sim = Arc::new(SimState::new(config, Instant::now()));
         let app = http::router(sim.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
+        let server = runtime.spawn(async move {
             let serving = axum::serve(listener, app).with_graceful_shutdown(async {
                 // A dropped sender stops the server as well.
                 let _ = stopped.await;
@@ -114,6 +144,7 @@ impl ErpSim {
             sim,
             stop: Some(stop),
             server: Some(server),
+            runtime: None,
         })
     }
 

@@ -118,6 +118,8 @@ pub fn query_load_thread(
     std::thread::Builder::new()
         .name("query-load".into())
         .spawn(move || {
+            // A shopper's client is not waiting for ingest either.
+            crate::supervise::threads::short_slice();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -232,7 +234,11 @@ pub async fn query_load(
         let base = http_base.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = super::world::Rng::new(0xC0FFEE + w as u64);
-            let mut tick = tokio::time::interval(per_worker);
+            // Workers take turns: all ticking together would send bursts of `workers`
+            // queries at once, which shoppers do not do, and measure the bursts' queueing.
+            let offset = per_worker.mul_f64(w as f64 / workers as f64);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + offset, per_worker);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
