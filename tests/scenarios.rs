@@ -38,6 +38,25 @@ async fn smoke(name: &str) {
         "{name}: checked too little"
     );
     assert_eq!(v.dead_letters_found, report.counts.poison);
+    // Every query shape the scenario asks for was sent and answered (the report's checks
+    // fail on any query error).
+    let mix = &spec.queries.mix;
+    let wanted = [
+        ("all locations", mix.all),
+        ("channel", mix.channel),
+        ("named stores", mix.stores),
+    ];
+    for (shape, weight) in wanted {
+        let answered = report
+            .latency
+            .query_shapes
+            .iter()
+            .find(|(s, _)| s == shape)
+            .map_or(0, |(_, p)| p.count);
+        if spec.queries.rate > 0 && weight > 0 {
+            assert!(answered > 0, "{name}: no {shape} queries answered");
+        }
+    }
     for f in ["report.json", "report.html", "chart.png"] {
         assert!(out.path().join(f).exists(), "{name}: {f} written");
     }

@@ -1,6 +1,6 @@
 //! Measuring a run: latency histograms, the per-second timeline, query load, peak memory.
 
-use super::spec::Queries;
+use super::spec::{Queries, QueryMix};
 use crate::domain::subject;
 use crate::erp_sim::ErpSim;
 use crate::supervise::pipeline::Pipeline;
@@ -79,6 +79,8 @@ pub struct Recorders {
     pub query_http: Mutex<Option<Histogram<u64>>>,
     pub query_nats: Mutex<Option<Histogram<u64>>>,
     pub query_window: Mutex<Option<Histogram<u64>>>,
+    /// Per query shape, indexed by [`Shape`].
+    pub query_shape: [Mutex<Option<Histogram<u64>>>; 3],
     pub e2e: Mutex<Option<Histogram<u64>>>,
     pub e2e_window: Mutex<Option<Histogram<u64>>>,
     pub query_errors: std::sync::atomic::AtomicU64,
@@ -110,7 +112,7 @@ pub fn snapshot(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
 pub fn query_load_thread(
     http_base: String,
     nats_url: String,
-    skus: Arc<Vec<String>>,
+    targets: Arc<QueryTargets>,
     load: Queries,
     rec: Arc<Recorders>,
     stop: Arc<AtomicBool>,
@@ -132,7 +134,7 @@ pub fn query_load_thread(
             };
             rt.block_on(async move {
                 match async_nats::connect(nats_url.as_str()).await {
-                    Ok(nats) => query_load(http_base, nats, skus, load, rec, stop).await,
+                    Ok(nats) => query_load(http_base, nats, targets, load, rec, stop).await,
                     Err(error) => tracing::error!(%error, "query load cannot reach NATS"),
                 }
             });
@@ -195,11 +197,91 @@ impl Http1 {
     }
 }
 
+/// What the query load picks from.
+pub struct QueryTargets {
+    /// SKU ids, most popular first.
+    pub skus: Vec<String>,
+    pub channels: Vec<String>,
+    pub stores: Vec<String>,
+}
+
+/// The kinds of availability question (see [`crate::scenario::spec::QueryMix`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    All = 0,
+    Channel = 1,
+    Stores = 2,
+}
+
+impl Shape {
+    pub const EACH: [Shape; 3] = [Shape::All, Shape::Channel, Shape::Stores];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::All => "all locations",
+            Shape::Channel => "channel",
+            Shape::Stores => "named stores",
+        }
+    }
+
+    fn pick(mix: &QueryMix, rng: &mut super::world::Rng) -> Shape {
+        let total = (mix.all + mix.channel + mix.stores).max(1) as u64;
+        let r = rng.below(total);
+        if r < mix.all as u64 {
+            Shape::All
+        } else if r < (mix.all + mix.channel) as u64 {
+            Shape::Channel
+        } else {
+            Shape::Stores
+        }
+    }
+}
+
+/// One availability question, as an HTTP path (single SKU), an HTTP/NATS JSON body, or both.
+struct Question {
+    path: Option<String>,
+    body: serde_json::Value,
+}
+
+fn question(
+    shape: Shape,
+    skus: &[&str],
+    targets: &QueryTargets,
+    stores: usize,
+    rng: &mut super::world::Rng,
+) -> Question {
+    let mut body = serde_json::json!({ "skus": skus });
+    let mut params: Vec<String> = Vec::new();
+    match shape {
+        Shape::All => {}
+        Shape::Channel => {
+            let c = &targets.channels[rng.below(targets.channels.len() as u64) as usize];
+            body["channel"] = c.as_str().into();
+            params.push(format!("channel={c}"));
+        }
+        Shape::Stores => {
+            let picked: Vec<&str> = (0..stores)
+                .map(|_| targets.stores[rng.below(targets.stores.len() as u64) as usize].as_str())
+                .collect();
+            params.extend(picked.iter().map(|l| format!("location={l}")));
+            body["locations"] = picked.into();
+        }
+    }
+    let path = (skus.len() == 1).then(|| {
+        if params.is_empty() {
+            format!("/v1/availability/{}", skus[0])
+        } else {
+            format!("/v1/availability/{}?{}", skus[0], params.join("&"))
+        }
+    });
+    Question { path, body }
+}
+
 /// Availability queries at a fixed total rate, over HTTP and NATS, until `stop`.
 pub async fn query_load(
     http_base: String,
     nats: async_nats::Client,
-    skus: Arc<Vec<String>>,
+    targets: Arc<QueryTargets>,
     load: Queries,
     rec: Arc<Recorders>,
     stop: Arc<AtomicBool>,
@@ -209,8 +291,10 @@ pub async fn query_load(
         http_share,
         workers,
         skus_per_query: per_query,
+        mix,
+        stores_per_query,
     } = load;
-    if rate == 0 {
+    if rate == 0 || targets.skus.is_empty() {
         return;
     }
     let workers = workers.max(1);
@@ -228,10 +312,11 @@ pub async fn query_load(
             conn: None,
         };
         let nats = nats.clone();
-        let skus = skus.clone();
+        let targets = targets.clone();
         let rec = rec.clone();
         let stop = stop.clone();
         let base = http_base.clone();
+        let mix = mix.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = super::world::Rng::new(0xC0FFEE + w as u64);
             // Workers take turns: all ticking together would send bursts of `workers`
@@ -240,6 +325,7 @@ pub async fn query_load(
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + offset, per_worker);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let skus = &targets.skus;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let pick: Vec<&str> = (0..per_query.max(1))
@@ -249,18 +335,17 @@ pub async fn query_load(
                         skus[i.min(skus.len() - 1)].as_str()
                     })
                     .collect();
+                let shape = Shape::pick(&mix, &mut rng);
+                let q = question(shape, &pick, &targets, stores_per_query, &mut rng);
                 let started = Instant::now();
                 let use_http = rng.unit() < http_share;
                 let ok = if use_http {
-                    if pick.len() == 1 {
-                        matches!(
-                            get.get(&format!("/v1/availability/{}", pick[0])).await,
-                            Ok(200)
-                        )
+                    if let Some(path) = &q.path {
+                        matches!(get.get(path).await, Ok(200))
                     } else {
                         match http
                             .post(format!("{base}/v1/availability/query"))
-                            .json(&serde_json::json!({ "skus": pick }))
+                            .json(&q.body)
                             .send()
                             .await
                         {
@@ -269,7 +354,7 @@ pub async fn query_load(
                         }
                     }
                 } else {
-                    let body = serde_json::json!({ "skus": pick }).to_string();
+                    let body = q.body.to_string();
                     matches!(
                         tokio::time::timeout(
                             Duration::from_secs(5),
@@ -292,6 +377,7 @@ pub async fn query_load(
                     },
                     micros,
                 );
+                record(&rec.query_shape[shape as usize], micros);
                 record(&rec.query_window, micros);
             }
         }));

@@ -99,6 +99,9 @@ pub struct Latency {
     pub query_http: Percentiles,
     pub query_nats: Percentiles,
     pub query_all: Percentiles,
+    /// Per query shape (`queries.mix`): shape name and its latencies.
+    #[serde(default)]
+    pub query_shapes: Vec<(String, Percentiles)>,
     pub query_errors: u64,
     pub queries_per_s: f64,
     /// Event published to the ERP accepting the document that covers it.
@@ -262,6 +265,16 @@ impl Report {
             format!("{over}"),
             over <= e.max_erp_over_limit,
         );
+        let l = &self.latency;
+        if l.query_all.count > 0 || l.query_errors > 0 {
+            let errors = l.query_errors;
+            self.check(
+                "availability queries answered",
+                "0 errors".into(),
+                format!("{errors} errors of {}", l.query_all.count + errors),
+                errors == 0,
+            );
+        }
         if let Some(min) = e.min_drain_ratio {
             let ratio = self.ceiling.as_ref().map(|c| c.ratio);
             self.check(
@@ -471,6 +484,11 @@ impl Report {
         ));
         r.push(("  over HTTP".into(), p(&l.query_http)));
         r.push(("  over NATS".into(), p(&l.query_nats)));
+        if l.query_shapes.len() > 1 {
+            for (shape, q) in &l.query_shapes {
+                r.push((format!("  {shape}"), p(q)));
+            }
+        }
         r.push(("event to ERP accepted".into(), p(&l.posting)));
         for e in &self.erp {
             r.push((

@@ -216,7 +216,11 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
         points.clone(),
         stop.clone(),
     ));
-    let skus: Arc<Vec<String>> = Arc::new(world.skus.iter().map(|s| s.id.clone()).collect());
+    let targets = Arc::new(measure::QueryTargets {
+        skus: world.skus.iter().map(|s| s.id.clone()).collect(),
+        channels: world.channels.iter().map(|c| c.name.clone()).collect(),
+        stores: world.locations[..world.stores].to_vec(),
+    });
     // Queries run while events are applied: "during peak ingest". With a load profile that
     // is while they are published; in backlog mode, where nothing is applied while the backlog
     // is published, it is the drain.
@@ -225,7 +229,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
         measure::query_load_thread(
             http_base.clone(),
             nats_url.clone(),
-            skus.clone(),
+            targets.clone(),
             spec.queries.clone(),
             rec.clone(),
             stop_queries.clone(),
@@ -385,6 +389,14 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     let mut all = measure::snapshot(&rec.query_http);
     let _ = all.add(measure::snapshot(&rec.query_nats));
     report.latency.query_all = measure::percentiles(&all);
+    report.latency.query_shapes = measure::Shape::EACH
+        .iter()
+        .map(|s| {
+            let h = measure::snapshot(&rec.query_shape[*s as usize]);
+            (s.name().to_string(), measure::percentiles(&h))
+        })
+        .filter(|(_, p)| p.count > 0)
+        .collect();
     report.latency.query_errors = rec.query_errors.load(Ordering::Relaxed);
     report.latency.queries_per_s = all.len() as f64 / query_window.as_secs_f64().max(1e-9);
     report.latency.e2e = if backlog_mode {

@@ -268,6 +268,32 @@ pub struct Queries {
     pub workers: usize,
     /// SKUs per query (1: single lookups).
     pub skus_per_query: usize,
+    /// What the queries ask, by weight.
+    pub mix: QueryMix,
+    /// Stores named in each `stores` query.
+    pub stores_per_query: usize,
+}
+
+/// What shoppers ask, by relative weight. `all`: one SKU at every location that holds it (a
+/// store locator; the heaviest answer, ~100 bytes per location). `channel`: a channel's
+/// availability (a product page: "ships from the web warehouses"), the channel's total and
+/// its fulfilment locations. `stores`: a few named stores ("pick up near me").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryMix {
+    pub all: u32,
+    pub channel: u32,
+    pub stores: u32,
+}
+
+impl Default for QueryMix {
+    fn default() -> Self {
+        QueryMix {
+            all: 1,
+            channel: 0,
+            stores: 0,
+        }
+    }
 }
 
 impl Default for Queries {
@@ -277,6 +303,8 @@ impl Default for Queries {
             http_share: 0.8,
             workers: 16,
             skus_per_query: 1,
+            mix: QueryMix::default(),
+            stores_per_query: 5,
         }
     }
 }
@@ -390,6 +418,23 @@ impl Scenario {
         }
         if self.pipeline.shards == 0 {
             return Err("pipeline.shards must be positive".into());
+        }
+        let q = &self.queries;
+        if q.rate > 0 {
+            if q.mix.all + q.mix.channel + q.mix.stores == 0 {
+                return Err("queries.mix: at least one weight must be positive".into());
+            }
+            if q.mix.channel > 0 && w.channels.is_empty() {
+                return Err("queries.mix.channel needs a channel in world.channels".into());
+            }
+            if q.mix.stores > 0
+                && !(1..=crate::query::model::MAX_LOCATIONS).contains(&q.stores_per_query)
+            {
+                return Err(format!(
+                    "queries.stores_per_query must be between 1 and {}",
+                    crate::query::model::MAX_LOCATIONS
+                ));
+            }
         }
         Ok(())
     }
