@@ -5,6 +5,7 @@
 use criterion::{
     BatchSize, BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main,
 };
+use retailflow::aggregate::posting::{DocBody, Lineage, MAX_LINES, PostingDoc, SalesLine};
 use retailflow::aggregate::store::StoreAggregator;
 use retailflow::apply::ledger::Ledger;
 use retailflow::apply::op::{Op, ops_of};
@@ -150,6 +151,43 @@ fn aggregation(c: &mut Criterion) {
             }
             black_box(aggs.len())
         })
+    });
+    // A full page (1,000 lines) of a sales summary, as the endpoint actor reads it from the
+    // outbox (MessagePack) and the ERP simulator reads it off the wire (JSON).
+    let doc = PostingDoc {
+        id: "erp/sales_summary/S0001/2026-11-27/USD/1000/0/1".into(),
+        endpoint: "erp".into(),
+        location: "S0001".into(),
+        business_day: None,
+        currency: None,
+        barrier_seq: 1000,
+        part: 0,
+        page: 1,
+        pages: 1,
+        lineage: Lineage::default(),
+        body: DocBody::SalesSummary(
+            (0..MAX_LINES)
+                .map(|i| SalesLine {
+                    sku: format!("SKU-{i:06}").as_str().into(),
+                    tax_code: "STD".into(),
+                    qty_sold: 3,
+                    qty_returned: 0,
+                    sales_amount: 5997,
+                    returns_amount: 0,
+                    discount_amount: 0,
+                    tax_amount: 480,
+                })
+                .collect(),
+        ),
+    };
+    let mp = rmp_serde::to_vec_named(&doc).expect("encodes");
+    let json = serde_json::to_vec(&doc).expect("encodes");
+    g.throughput(Throughput::Elements(MAX_LINES as u64));
+    g.bench_function("posting_doc_decode_msgpack", |b| {
+        b.iter(|| black_box(rmp_serde::from_slice::<PostingDoc>(&mp).expect("decodes")))
+    });
+    g.bench_function("posting_doc_decode_json", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<PostingDoc>(&json).expect("decodes")))
     });
     g.finish();
 }

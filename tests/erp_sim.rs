@@ -386,3 +386,30 @@ async fn a_timed_429_storm_announces_how_long_it_lasts() {
     assert_eq!(sim.stats().throttled, 1);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_document_written_with_lines_before_kind_is_booked_like_any_other() {
+    let (sim, client) = start(ErpSimConfig::default()).await;
+    let doc = sales_doc("erp-main/sales/S3/1", "S3", &[("SKU-9", 4, 2000)]);
+    // Hand-written text, `lines` first: the order a person or another tool may choose.
+    let obj = doc.as_object().unwrap();
+    let mut parts = vec![format!("\"lines\":{}", obj["lines"])];
+    parts.extend(
+        obj.iter()
+            .filter(|(k, _)| k.as_str() != "lines")
+            .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str()))),
+    );
+    let text = format!("{{{}}}", parts.join(","));
+    assert!(text.starts_with("{\"lines\""));
+    let resp = post(&client, &sim, Some("key-lines-first"), &text).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let booked: Totals = client
+        .get(format!("{}/api/v1/totals", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(booked_sales(&booked), expected_sales(&[&doc]));
+}

@@ -179,12 +179,12 @@ pub struct Draft {
     pub body: DocBody,
 }
 
-fn one() -> u32 {
-    1
-}
-
 /// A document addressed to one ERP endpoint; `id` is also the HTTP `Idempotency-Key`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Read with a hand-written `Deserialize` (below) that streams the lines once `kind` is known;
+/// serde's `flatten` would first buffer the whole document into an intermediate tree, which
+/// made decoding a 1,000-line document cost more than booking it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PostingDoc {
     pub id: String,
     pub endpoint: String,
@@ -197,14 +197,114 @@ pub struct PostingDoc {
     pub barrier_seq: u64,
     /// Splits of one key within one barrier (only when a total would overflow `i64`).
     pub part: u32,
-    /// Page of this part (from 1) and how many pages it has; pages share the lineage.
-    #[serde(default = "one")]
+    /// Page of this part (from 1) and how many pages it has; pages share the lineage. Both
+    /// read as 1 when absent.
     pub page: u32,
-    #[serde(default = "one")]
     pub pages: u32,
     pub lineage: Lineage,
     #[serde(flatten)]
     pub body: DocBody,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum DocField {
+    Id,
+    Endpoint,
+    Location,
+    BusinessDay,
+    Currency,
+    BarrierSeq,
+    Part,
+    Page,
+    Pages,
+    Lineage,
+    Kind,
+    Lines,
+    #[serde(other)]
+    Other,
+}
+
+struct DocVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DocVisitor {
+    type Value = PostingDoc;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a posting document (a map with id, endpoint, location, ..., kind, lines)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PostingDoc, A::Error> {
+        use serde::de::Error;
+        fn once<T, E: Error>(slot: &mut Option<T>, v: T, name: &'static str) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            *slot = Some(v);
+            Ok(())
+        }
+        let (mut id, mut endpoint, mut location) = (None, None, None);
+        let (mut business_day, mut currency) = (None, None);
+        let (mut barrier_seq, mut part, mut page, mut pages) = (None, None, None, None);
+        let (mut lineage, mut kind, mut body) = (None, None::<DocKind>, None);
+        while let Some(field) = map.next_key::<DocField>()? {
+            match field {
+                DocField::Id => once(&mut id, map.next_value()?, "id")?,
+                DocField::Endpoint => once(&mut endpoint, map.next_value()?, "endpoint")?,
+                DocField::Location => once(&mut location, map.next_value()?, "location")?,
+                DocField::BusinessDay => {
+                    once(&mut business_day, map.next_value()?, "business_day")?
+                }
+                DocField::Currency => once(&mut currency, map.next_value()?, "currency")?,
+                DocField::BarrierSeq => once(&mut barrier_seq, map.next_value()?, "barrier_seq")?,
+                DocField::Part => once(&mut part, map.next_value()?, "part")?,
+                DocField::Page => once(&mut page, map.next_value()?, "page")?,
+                DocField::Pages => once(&mut pages, map.next_value()?, "pages")?,
+                DocField::Lineage => once(&mut lineage, map.next_value()?, "lineage")?,
+                DocField::Kind => once(&mut kind, map.next_value()?, "kind")?,
+                DocField::Lines => {
+                    let Some(k) = kind else {
+                        return Err(A::Error::custom("`kind` must come before `lines`"));
+                    };
+                    let lines = match k {
+                        DocKind::SalesSummary => DocBody::SalesSummary(map.next_value()?),
+                        DocKind::TenderSummary => DocBody::TenderSummary(map.next_value()?),
+                        DocKind::TaxSummary => DocBody::TaxSummary(map.next_value()?),
+                        DocKind::InventoryMovements => {
+                            DocBody::InventoryMovements(map.next_value()?)
+                        }
+                    };
+                    once(&mut body, lines, "lines")?;
+                }
+                DocField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(PostingDoc {
+            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+            endpoint: endpoint.ok_or_else(|| A::Error::missing_field("endpoint"))?,
+            location: location.ok_or_else(|| A::Error::missing_field("location"))?,
+            business_day: business_day.flatten(),
+            currency: currency.flatten(),
+            barrier_seq: barrier_seq.ok_or_else(|| A::Error::missing_field("barrier_seq"))?,
+            part: part.ok_or_else(|| A::Error::missing_field("part"))?,
+            page: page.unwrap_or(1),
+            pages: pages.unwrap_or(1),
+            lineage: lineage.ok_or_else(|| A::Error::missing_field("lineage"))?,
+            body: match (kind, body) {
+                (_, Some(body)) => body,
+                (None, None) => return Err(A::Error::missing_field("kind")),
+                (Some(_), None) => return Err(A::Error::missing_field("lines")),
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PostingDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PostingDoc, D::Error> {
+        d.deserialize_map(DocVisitor)
+    }
 }
 
 impl PostingDoc {
@@ -312,5 +412,80 @@ mod tests {
         let mp = rmp_serde::to_vec_named(&doc).unwrap();
         let back: PostingDoc = rmp_serde::from_slice(&mp).unwrap();
         assert_eq!(back, doc);
+    }
+
+    fn tender_doc_json() -> serde_json::Value {
+        serde_json::json!({
+            "id": "erp/tender_summary/S1/2026-11-27/EUR/10/0/1",
+            "endpoint": "erp",
+            "location": "S1",
+            "business_day": "2026-11-27",
+            "currency": "EUR",
+            "barrier_seq": 10,
+            "part": 0,
+            "lineage": {"events": 2, "first_seq": 3, "last_seq": 9},
+            "kind": "tender_summary",
+            "lines": [{"tender": "card", "paid": 100, "refunded": 0, "transactions": 2}]
+        })
+    }
+
+    #[test]
+    fn documents_read_with_defaults_and_skipped_fields_or_fail_clearly() {
+        // serde_json::Value keeps keys sorted, so `kind` precedes `lines` here.
+        let doc: PostingDoc = serde_json::from_value(tender_doc_json()).unwrap();
+        assert_eq!(
+            (doc.page, doc.pages),
+            (1, 1),
+            "absent page and pages read as 1"
+        );
+        assert_eq!(doc.lineage.last_seq, 9);
+        match &doc.body {
+            DocBody::TenderSummary(l) => assert_eq!((l[0].paid, l[0].transactions), (100, 2)),
+            other => panic!("wrong body {other:?}"),
+        }
+        // Unknown fields are skipped; null day and currency read as absent.
+        let mut v = tender_doc_json();
+        v["note"] = serde_json::json!({"free": ["form"]});
+        v["business_day"] = serde_json::Value::Null;
+        v["currency"] = serde_json::Value::Null;
+        let back: PostingDoc = serde_json::from_value(v).unwrap();
+        assert_eq!((back.business_day, back.currency), (None, None));
+        // Text with `lines` first is refused by name.
+        let text = r#"{"lines":[],"kind":"tax_summary","id":"x","endpoint":"e","location":"S1","barrier_seq":1,"part":0,"lineage":{"events":0,"first_seq":0,"last_seq":0}}"#;
+        let err = serde_json::from_str::<PostingDoc>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`kind` must come before `lines`"), "{err}");
+        let mut v = tender_doc_json();
+        v.as_object_mut().unwrap().remove("lines");
+        let err = serde_json::from_value::<PostingDoc>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `lines`"), "{err}");
+        let mut v = tender_doc_json();
+        v.as_object_mut().unwrap().remove("barrier_seq");
+        let err = serde_json::from_value::<PostingDoc>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `barrier_seq`"), "{err}");
+        let dup = r#"{"id":"a","id":"b"}"#;
+        let err = serde_json::from_str::<PostingDoc>(dup)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate field `id`"), "{err}");
+        // MessagePack (the outbox's format) of every body kind comes back equal.
+        for body in [
+            DocBody::SalesSummary(vec![]),
+            DocBody::TaxSummary(vec![]),
+            DocBody::InventoryMovements(vec![]),
+            doc.body.clone(),
+        ] {
+            let d = PostingDoc {
+                body,
+                ..doc.clone()
+            };
+            let mp = rmp_serde::to_vec_named(&d).unwrap();
+            assert_eq!(rmp_serde::from_slice::<PostingDoc>(&mp).unwrap(), d);
+        }
     }
 }

@@ -46,7 +46,12 @@ async fn postings(State(sim): State<Arc<SimState>>, headers: HeaderMap, body: By
     if let Some(answer) = sim.replay(key) {
         return respond(answer);
     }
-    let doc: PostingDoc = match serde_json::from_slice(&body) {
+    // A document written by hand may put `lines` before `kind`; the streaming reader needs
+    // `kind` first, so such a body is read through serde_json's Value, whose keys are sorted.
+    let parsed = serde_json::from_slice(&body).or_else(|_| {
+        serde_json::from_slice::<serde_json::Value>(&body).and_then(serde_json::from_value)
+    });
+    let doc: PostingDoc = match parsed {
         Ok(doc) => doc,
         Err(error) => {
             return respond(sim.bad_request(format!("invalid posting document: {error}")));
