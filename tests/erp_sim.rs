@@ -403,13 +403,6 @@ async fn a_document_written_with_lines_before_kind_is_booked_like_any_other() {
     assert!(text.starts_with("{\"lines\""));
     let resp = post(&client, &sim, Some("key-lines-first"), &text).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let booked: Totals = client
-        .get(format!("{}/api/v1/totals", sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(booked_sales(&booked), expected_sales(&[&doc]));
+    assert_eq!(booked_sales(&sim.totals()), expected_sales(&[&doc]));
+    sim.shutdown().await;
 }

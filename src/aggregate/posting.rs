@@ -456,18 +456,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`kind` must come before `lines`"), "{err}");
-        let mut v = tender_doc_json();
-        v.as_object_mut().unwrap().remove("lines");
-        let err = serde_json::from_value::<PostingDoc>(v)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("missing field `lines`"), "{err}");
-        let mut v = tender_doc_json();
-        v.as_object_mut().unwrap().remove("barrier_seq");
-        let err = serde_json::from_value::<PostingDoc>(v)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("missing field `barrier_seq`"), "{err}");
+        for field in ["lines", "barrier_seq"] {
+            let mut v = tender_doc_json();
+            v.as_object_mut().unwrap().remove(field);
+            let err = serde_json::from_value::<PostingDoc>(v)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("missing field `{field}`")), "{err}");
+        }
         let dup = r#"{"id":"a","id":"b"}"#;
         let err = serde_json::from_str::<PostingDoc>(dup)
             .unwrap_err()
