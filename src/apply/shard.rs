@@ -46,6 +46,8 @@ pub struct ShardState {
     shared: Arc<Shared>,
     ledger: Ledger,
     writer: ViewWriter,
+    /// Slots already handed to the change feed in its current window.
+    marked: crate::query::feed::Marked,
     /// Exceptions already reported to metrics.
     reported: super::ledger::Exceptions,
 }
@@ -58,10 +60,10 @@ impl ShardState {
         let feed = &self.shared.feed;
         if feed.enabled() && !dirty.is_empty() && self.shared.view.is_ready() {
             let ledger = &self.ledger;
-            feed.mark(dirty.iter().map(|&slot| {
+            feed.mark(&mut self.marked, &dirty, |slot| {
                 let (s, l, _) = ledger.slot(slot);
                 (ledger.sku_name(s), ledger.loc_name(l))
-            }));
+            });
         }
         if let Some(channels) = self.ledger.take_channels_if_changed() {
             if self.index == 0 {
@@ -120,6 +122,7 @@ impl Actor for ShardActor {
             shared: args.shared,
             ledger,
             writer: ViewWriter::default(),
+            marked: Default::default(),
             reported,
         };
         state.publish(args.from_seq);

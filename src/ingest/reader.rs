@@ -37,7 +37,8 @@ pub struct Decoded {
 /// `Message::info` does. `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
 /// or, with domain and account hash, two tokens more after `ACK`.
 pub fn ack_seq(reply: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = reply.split('.').collect();
+    // Called once per message: keep the tokens on the stack.
+    let tokens: smallvec::SmallVec<[&str; 14]> = reply.split('.').collect();
     let (s, p) = match tokens.len() {
         9 => (5, 8),
         n if n >= 11 => (7, 10),

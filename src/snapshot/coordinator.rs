@@ -195,10 +195,13 @@ impl CoordState {
                             )
                         })
                         .collect(),
-                    unreleased: self.unreleased.clone(),
+                    // Lent to the snapshot for the write and taken back after it.
+                    unreleased: std::mem::take(&mut self.unreleased),
                 };
                 let started = std::time::Instant::now();
-                match store.write(&snap).await {
+                let written = store.write(&snap).await;
+                self.unreleased = snap.unreleased;
+                match written {
                     Ok(ptr) => {
                         self.shared.metrics.snapshots.fetch_add(1, Relaxed);
                         self.status.last_snapshot = seq;
