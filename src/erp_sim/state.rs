@@ -9,8 +9,10 @@ use super::config::ErpSimConfig;
 use crate::aggregate::posting::{DocBody, PostingDoc};
 use crate::domain::{BusinessDay, Currency, LocationId, Sku, TaxCode, TenderKind};
 use axum::http::StatusCode;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -302,12 +304,12 @@ impl Sums for TenderSums {
 }
 
 /// Adds `deltas` to `map`, all or nothing.
-fn merge<K: Ord, V: Sums>(
-    map: &mut BTreeMap<K, V>,
+fn merge<K: Hash + Eq, V: Sums>(
+    map: &mut FxHashMap<K, V>,
     deltas: impl IntoIterator<Item = (K, V)>,
 ) -> Result<(), Overflow> {
     // Staged apart so that an overflow on the last line leaves the earlier ones unbooked.
-    let mut staged: BTreeMap<K, V> = BTreeMap::new();
+    let mut staged: FxHashMap<K, V> = FxHashMap::default();
     for (key, delta) in deltas {
         let current = match staged.get(&key) {
             Some(v) => *v,
@@ -322,16 +324,25 @@ fn merge<K: Ord, V: Sums>(
 
 type DayKey = (LocationId, Option<BusinessDay>, Option<Currency>);
 
-/// The books: sums of accepted documents by key.
+/// The books: sums of accepted documents by key. Hash maps, because folding a document is
+/// the simulator's hot path (hundreds of thousands of keys at peak, every line a lookup);
+/// [`Ledger::totals`] sorts when someone reads them.
 #[derive(Debug, Default)]
 struct Ledger {
     /// qty_sold, qty_returned, sales, returns, discount, tax.
-    sales: BTreeMap<(DayKey, Sku, TaxCode), [i64; 6]>,
-    tenders: BTreeMap<(DayKey, TenderKind), TenderSums>,
+    sales: FxHashMap<(DayKey, Sku, TaxCode), [i64; 6]>,
+    tenders: FxHashMap<(DayKey, TenderKind), TenderSums>,
     /// taxable, tax.
-    tax: BTreeMap<(DayKey, TaxCode), [i64; 2]>,
-    inventory: BTreeMap<(LocationId, Sku, String), [i64; 1]>,
+    tax: FxHashMap<(DayKey, TaxCode), [i64; 2]>,
+    inventory: FxHashMap<(LocationId, Sku, String), [i64; 1]>,
     documents: u64,
+}
+
+/// A map's entries in key order.
+fn sorted<K: Ord, V>(map: &FxHashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
 }
 
 impl Ledger {
@@ -386,9 +397,8 @@ impl Ledger {
 
     fn totals(&self) -> Totals {
         Totals {
-            sales: self
-                .sales
-                .iter()
+            sales: sorted(&self.sales)
+                .into_iter()
                 .map(
                     |(((location, day, currency), sku, tax_code), s)| SalesTotal {
                         location: location.clone(),
@@ -405,9 +415,8 @@ impl Ledger {
                     },
                 )
                 .collect(),
-            tenders: self
-                .tenders
-                .iter()
+            tenders: sorted(&self.tenders)
+                .into_iter()
                 .map(|(((location, day, currency), tender), s)| TenderTotal {
                     location: location.clone(),
                     business_day: *day,
@@ -418,9 +427,8 @@ impl Ledger {
                     transactions: s.transactions,
                 })
                 .collect(),
-            tax: self
-                .tax
-                .iter()
+            tax: sorted(&self.tax)
+                .into_iter()
                 .map(|(((location, day, currency), code), s)| TaxTotal {
                     location: location.clone(),
                     business_day: *day,
@@ -430,9 +438,8 @@ impl Ledger {
                     tax_amount: s[1],
                 })
                 .collect(),
-            inventory: self
-                .inventory
-                .iter()
+            inventory: sorted(&self.inventory)
+                .into_iter()
                 .map(|((location, sku, reason), [qty])| InventoryTotal {
                     location: location.clone(),
                     sku: sku.clone(),
