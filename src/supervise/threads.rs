@@ -28,7 +28,7 @@ pub fn lower_priority(nice: i32) {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long memory freed in bulk stays mapped before mimalloc hands it back to the OS.
-pub const PURGE_DELAY_MS: i64 = 30_000;
+pub const PURGE_DELAY_MS: std::ffi::c_long = 30_000;
 
 /// Keeps freed memory for [`PURGE_DELAY_MS`] instead of mimalloc's 1 s. Barriers allocate and
 /// free tens of MB every few seconds (movements, snapshot parts, posting documents); with a
@@ -42,7 +42,7 @@ pub fn keep_freed_memory() {
         return;
     }
     // SAFETY: sets a plain integer option; the caller guarantees no other thread runs yet.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _) }
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
 }
 
 /// The shortest slice the kernel accepts (0.1 ms).
@@ -166,7 +166,7 @@ mod tests {
             "option {MI_OPTION_PURGE_DELAY} is not purge_delay"
         );
         keep_freed_memory();
-        assert_eq!(get() as i64, PURGE_DELAY_MS);
+        assert_eq!(get(), PURGE_DELAY_MS);
     }
 
     #[test]
