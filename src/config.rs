@@ -324,8 +324,9 @@ impl Default for SupervisionConfig {
     }
 }
 
-/// Threads. The data path (ingest, shards, stores, delivery) runs on its own runtime whose
-/// threads are given a lower CPU priority, so a query or reservation that arrives while ingest
+/// Threads. The data path (ingest, shards, stores, delivery) and the API (HTTP and NATS
+/// request-reply) run on runtimes of their own. The data path's threads get a lower CPU
+/// priority and the API's a real-time one, so a query or reservation that arrives while ingest
 /// is busy is scheduled first: reads never wait for writes, not even for a core.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +335,13 @@ pub struct RuntimeConfig {
     pub data_workers: usize,
     /// Nice value of the data-path threads (0 to 19; 0 disables).
     pub data_nice: i32,
+    /// Worker threads of the API (0: one per core). One is plenty for thousands of queries a
+    /// second and never wakes a second thread to steal work.
+    pub api_workers: usize,
+    /// `SCHED_RR` priority of the API threads (1 to 99; 0: normal policy with short slices).
+    /// Needs root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO`; without them the API falls back to short
+    /// slices and says so once in the log.
+    pub api_realtime_priority: i32,
 }
 
 impl Default for RuntimeConfig {
@@ -341,6 +349,8 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             data_workers: 0,
             data_nice: 10,
+            api_workers: 1,
+            api_realtime_priority: 1,
         }
     }
 }

@@ -197,3 +197,57 @@ async fn http_answers_and_refuses_clearly() {
     );
     pipeline.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Threads of this process whose name starts with `prefix`, with their scheduling policy.
+fn threads_named(prefix: &str) -> Vec<(i32, i32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = entry.expect("task entry").path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let tid: i32 = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .expect("numeric task id");
+        // SAFETY: reads another thread's scheduling policy; a thread that exited answers -1.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        found.push((tid, policy));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_from_its_own_real_time_threads_and_ingest_stays_normal() {
+    let (_server, pipeline, base) = started().await;
+    let (status, _) = get(&format!("{base}/v1/availability/SKU-1")).await;
+    assert_eq!(status, 200);
+    // Whether this process may use a real-time policy at all (root, CAP_SYS_NICE, rlimit).
+    let allowed = std::thread::spawn(|| retailflow::supervise::threads::realtime(1).is_ok())
+        .join()
+        .unwrap();
+    // Other tests in this binary run pipelines of their own at the same time.
+    let api: Vec<_> = threads_named("retailflow-api")
+        .into_iter()
+        .filter(|&(_, p)| p >= 0)
+        .collect();
+    assert!(!api.is_empty(), "no API threads");
+    let want = if allowed {
+        libc::SCHED_RR
+    } else {
+        libc::SCHED_OTHER
+    };
+    assert!(api.iter().all(|&(_, p)| p == want), "{api:?}");
+    let data: Vec<_> = threads_named("retailflow-data")
+        .into_iter()
+        .filter(|&(_, p)| p >= 0)
+        .collect();
+    assert!(!data.is_empty(), "no data threads");
+    assert!(
+        data.iter().all(|&(_, p)| p == libc::SCHED_OTHER),
+        "{data:?}"
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await;
+}

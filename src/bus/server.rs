@@ -92,6 +92,25 @@ pub struct NatsServer {
     extra_args: Vec<String>,
 }
 
+/// Go scheduler slots (`GOMAXPROCS`) of a server started here: `GOMAXPROCS` from the
+/// environment when set, otherwise four per core. Go's default of one per core suits a broker
+/// with the machine to itself. Here it shares the cores with the pipeline, and a request whose
+/// socket turns readable while every slot is busy delivering to the ingest consumer waits
+/// until one comes free: up to Go's 10 ms preemption tick. That was the NATS query tail
+/// during a black-friday drain (p99 10–14 ms). With spare slots, one of them is parked on the
+/// socket poller and the kernel interleaves its thread with the busy ones (p99 5–8 ms).
+pub fn server_procs() -> usize {
+    std::env::var("GOMAXPROCS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| {
+            4 * std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
 impl NatsServer {
     /// Starts a server on a free port with a fresh temporary store directory.
     pub fn start() -> Result<NatsServer, ServerError> {
@@ -139,6 +158,7 @@ impl NatsServer {
             ])
             .arg(&self.store)
             .args(&self.extra_args)
+            .env("GOMAXPROCS", server_procs().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

@@ -120,8 +120,10 @@ pub fn query_load_thread(
     std::thread::Builder::new()
         .name("query-load".into())
         .spawn(move || {
-            // A shopper's client is not waiting for ingest either.
-            crate::supervise::threads::short_slice();
+            // It stands in for shoppers' machines, which do not wait for this box's ingest:
+            // it gets the API's scheduling, so its own waits for a core stay out of the
+            // latencies it records.
+            crate::supervise::threads::latency_thread(1);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

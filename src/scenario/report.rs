@@ -12,6 +12,10 @@ use std::path::Path;
 pub struct Environment {
     pub cpus: usize,
     pub nats_server_version: String,
+    /// `GOMAXPROCS` of the nats-server the run started (absent with `--target` or
+    /// `--nats-url`: that server was not started here).
+    #[serde(default)]
+    pub nats_server_procs: Option<usize>,
     pub build_profile: String,
     pub git_revision: String,
     pub host: String,
@@ -19,12 +23,13 @@ pub struct Environment {
 }
 
 impl Environment {
-    pub fn here(nats_version: &str) -> Environment {
+    pub fn here(nats_version: &str, nats_procs: Option<usize>) -> Environment {
         Environment {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             nats_server_version: nats_version.to_string(),
+            nats_server_procs: nats_procs,
             build_profile: if cfg!(debug_assertions) {
                 "debug".into()
             } else {
@@ -530,8 +535,14 @@ impl Report {
         r.push((
             "environment".into(),
             format!(
-                "{} CPUs, nats-server {}, {} build, revision {}",
-                e.cpus, e.nats_server_version, e.build_profile, e.git_revision
+                "{} CPUs, nats-server {}{}, {} build, revision {}",
+                e.cpus,
+                e.nats_server_version,
+                e.nats_server_procs
+                    .map(|n| format!(" (GOMAXPROCS {n}, started here)"))
+                    .unwrap_or_default(),
+                e.build_profile,
+                e.git_revision
             ),
         ));
         r

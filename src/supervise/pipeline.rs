@@ -46,6 +46,8 @@ pub struct Pipeline {
     pub reservations: Arc<Reservations>,
     /// The data path's runtime; shut down in the background when the pipeline stops.
     runtime: Option<OwnRuntime>,
+    /// The API's runtime (HTTP, NATS request-reply); likewise.
+    api_runtime: Option<OwnRuntime>,
 }
 
 /// Distinguishes pipelines started in one process (their supervisors need distinct names).
@@ -62,7 +64,14 @@ impl Drop for Pipeline {
             t.abort();
         }
         self.runtime.take();
+        self.api_runtime.take();
     }
+}
+
+/// The runtime of the API: latency threads (real-time priority when allowed).
+fn api_runtime(cfg: &crate::config::RuntimeConfig) -> Result<OwnRuntime, StartError> {
+    OwnRuntime::for_latency("retailflow-api", cfg.api_workers, cfg.api_realtime_priority)
+        .map_err(|e| StartError::Spawn(format!("API runtime: {e}")))
 }
 
 /// The runtime of the data path: its own threads, at a lower CPU priority than the API's.
@@ -80,13 +89,20 @@ impl Pipeline {
     pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
         let runtime = data_runtime(&config.runtime)?;
         let data = runtime.handle();
-        // The data path's connection lives on the data runtime, the API's on the caller's.
+        let api_rt = api_runtime(&config.runtime)?;
+        let api = api_rt.handle();
+        // Each runtime drives its own connection: the data path's on the data runtime, the
+        // API's on the API runtime.
         let nats_cfg = config.nats.clone();
         let client = data
             .spawn(async move { bus::connect(&nats_cfg, "retailflow").await })
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))??;
-        let api_client = bus::connect(&config.nats, "retailflow-api").await?;
+        let nats_cfg = config.nats.clone();
+        let api_client = api
+            .spawn(async move { bus::connect(&nats_cfg, "retailflow-api").await })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))??;
         let config = Arc::new(config);
         let shared = Shared::new(config.clone(), client, metrics);
         bus::streams::ensure(&shared.js, &config.streams).await?;
@@ -141,24 +157,33 @@ impl Pipeline {
                 shared: shared.clone(),
                 reservations: reservations.clone(),
             };
-            let (addr, task) = http::serve(state, &config.api.http, async {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(|error| StartError::Listen {
-                addr: config.api.http.clone(),
-                error,
-            })?;
+            let listen = config.api.http.clone();
+            let (addr, task) = api
+                .spawn(async move {
+                    http::serve(state, &listen, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                })
+                .await
+                .map_err(|e| StartError::Spawn(e.to_string()))?
+                .map_err(|error| StartError::Listen {
+                    addr: config.api.http.clone(),
+                    error,
+                })?;
             tracing::info!(%addr, "HTTP API listening");
             http_addr = Some(addr);
             http_stop = Some(tx);
             tasks.push(task);
         }
         if config.api.nats {
-            let t =
-                crate::query::nats::serve(shared.clone(), reservations.clone(), api_client.clone())
-                    .await
-                    .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
+            let serving =
+                crate::query::nats::serve(shared.clone(), reservations.clone(), api_client.clone());
+            let t = api
+                .spawn(serving)
+                .await
+                .map_err(|e| StartError::Spawn(e.to_string()))?
+                .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
             tasks.push(t);
         }
         Ok(Pipeline {
@@ -173,6 +198,7 @@ impl Pipeline {
             http_stop,
             reservations,
             runtime: Some(runtime),
+            api_runtime: Some(api_rt),
         })
     }
 
@@ -261,5 +287,6 @@ impl Pipeline {
             t.abort();
         }
         self.runtime.take();
+        self.api_runtime.take();
     }
 }

@@ -1,9 +1,12 @@
 //! CPU scheduling hints for the process's threads. Ingest is throughput work and may wait;
 //! answering a shopper is latency work and should not. Linux lets a thread say both things
-//! about itself: a nice value (its share of a busy core) and, since 6.12, a slice length (how
+//! about itself: a nice value (its share of a busy core), since 6.12 a slice length (how
 //! long it may run before a waking thread with an earlier deadline takes the core, and how soon
-//! a thread with a short slice gets a core when it wakes). Every call here is best effort: a
-//! kernel that refuses leaves the thread as it was, and the refusal is logged at debug level.
+//! a thread with a short slice gets a core when it wakes), and a real-time policy (it takes a
+//! core the moment it wakes, ahead of every normal thread). Every call here is best effort: a
+//! kernel or a sandbox that refuses leaves the thread as it was, and the refusal is logged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Gives the calling thread a higher nice value (Linux threads have their own).
 pub fn lower_priority(nice: i32) {
@@ -102,6 +105,57 @@ pub fn short_slice() {
     }
 }
 
+/// Puts the calling thread under `SCHED_RR` at `priority` (1 to 99): it then runs as soon as it
+/// wakes, ahead of every thread of the normal policy (ingest, the broker, other programs). For
+/// threads that wake often and work briefly; the kernel's real-time throttling (by default
+/// 5% of each second kept for normal threads) bounds what a runaway one can take.
+pub fn realtime(priority: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param {
+            sched_priority: priority.clamp(1, 99),
+        };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid sched_param.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = priority;
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Said once per process: threads that asked for a real-time priority and did not get it.
+static REALTIME_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Scheduling for a latency thread: `SCHED_RR` at `priority` when it is above 0 and the
+/// system allows it (root, `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least `priority`),
+/// otherwise a short slice under the normal policy. A refusal is logged once, as a warning:
+/// queries then wait longer for a core while ingest is busy.
+pub fn latency_thread(priority: i32) {
+    if priority > 0 {
+        match realtime(priority) {
+            Ok(()) => return,
+            Err(error) => {
+                if !REALTIME_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        priority,
+                        "latency threads could not get a real-time priority; they use short \
+                         slices instead (grant CAP_SYS_NICE or RLIMIT_RTPRIO, or set \
+                         runtime.api_realtime_priority = 0 to silence this)"
+                    );
+                }
+            }
+        }
+    }
+    short_slice();
+}
+
 /// A runtime of its own threads, for work that must not share worker threads with the API.
 /// Dropping it shuts it down in the background: dropping a runtime blocks, which is not
 /// allowed inside async code (e.g. when starting fails half way).
@@ -119,6 +173,24 @@ impl OwnRuntime {
         }
         if nice > 0 {
             b.on_thread_start(move || lower_priority(nice));
+        }
+        Ok(OwnRuntime(Some(b.build()?)))
+    }
+
+    /// `workers` latency threads (0: one per core) named `name`, each scheduled by
+    /// [`latency_thread`] with `rt_priority`. Nothing blocking may run on it: its threads,
+    /// blocking-pool ones included, take a core ahead of normal threads.
+    pub fn for_latency(
+        name: &str,
+        workers: usize,
+        rt_priority: i32,
+    ) -> std::io::Result<OwnRuntime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all()
+            .thread_name(name)
+            .on_thread_start(move || latency_thread(rt_priority));
+        if workers > 0 {
+            b.worker_threads(workers);
         }
         Ok(OwnRuntime(Some(b.build()?)))
     }
@@ -167,6 +239,36 @@ mod tests {
         );
         keep_freed_memory();
         assert_eq!(get(), PURGE_DELAY_MS);
+    }
+
+    fn policy_of_this_thread() -> i32 {
+        // SAFETY: reads the calling thread's policy.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_latency_thread_is_real_time_when_allowed_and_normal_otherwise() {
+        std::thread::spawn(|| {
+            let allowed = realtime(1).is_ok();
+            // Back to normal, then through the function under test.
+            let normal = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler on the calling thread with a valid sched_param.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal) },
+                0
+            );
+            latency_thread(1);
+            let want = if allowed {
+                libc::SCHED_RR
+            } else {
+                libc::SCHED_OTHER
+            };
+            assert_eq!(policy_of_this_thread(), want);
+            latency_thread(0);
+            assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
