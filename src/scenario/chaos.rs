@@ -383,7 +383,7 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
         .map_err(|e| RunError::Run(format!("chaos killer: {e}")))??;
 
     let mut report = Report::new(&spec, opts.smoke);
-    report.environment = Environment::here(&nats_version, Some(crate::bus::server::server_procs()));
+    report.environment = Environment::here(&nats_version, Some(&nats));
     report.counts = Counts::of(&setup_pub, &trading);
 
     // nats-server dies mid-drain; the pipeline must reconnect and carry on.

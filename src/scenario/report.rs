@@ -16,6 +16,9 @@ pub struct Environment {
     /// `--nats-url`: that server was not started here).
     #[serde(default)]
     pub nats_server_procs: Option<usize>,
+    /// Nice value of the nats-server the run started (see `bus::server::SERVER_NICE`).
+    #[serde(default)]
+    pub nats_server_nice: Option<i32>,
     pub build_profile: String,
     pub git_revision: String,
     pub host: String,
@@ -23,13 +26,18 @@ pub struct Environment {
 }
 
 impl Environment {
-    pub fn here(nats_version: &str, nats_procs: Option<usize>) -> Environment {
+    /// `server`: the nats-server this run started, if it started one.
+    pub fn here(
+        nats_version: &str,
+        server: Option<&crate::bus::server::NatsServer>,
+    ) -> Environment {
         Environment {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             nats_server_version: nats_version.to_string(),
-            nats_server_procs: nats_procs,
+            nats_server_procs: server.map(|_| crate::bus::server::server_procs()),
+            nats_server_nice: server.and_then(|s| s.nice()),
             build_profile: if cfg!(debug_assertions) {
                 "debug".into()
             } else {
@@ -539,7 +547,12 @@ impl Report {
                 e.cpus,
                 e.nats_server_version,
                 e.nats_server_procs
-                    .map(|n| format!(" (GOMAXPROCS {n}, started here)"))
+                    .map(|n| format!(
+                        " (started here: GOMAXPROCS {n}, nice {})",
+                        e.nats_server_nice
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "unknown".into())
+                    ))
                     .unwrap_or_default(),
                 e.build_profile,
                 e.git_revision

@@ -339,12 +339,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
 
     // Verification.
     let mut report = Report::new(&spec, opts.smoke);
-    report.environment = Environment::here(
-        &nats_version,
-        nats_server
-            .as_ref()
-            .map(|_| crate::bus::server::server_procs()),
-    );
+    report.environment = Environment::here(&nats_version, nats_server.as_ref());
     verify_atp(&pipeline, &oracle, &mut report);
     verify_erp(&spec, &sims, &oracle, &mut report);
     verify_dead_letters(
