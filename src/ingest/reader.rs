@@ -143,6 +143,9 @@ impl Reader {
 async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
     let batch = shared.config.ingest.batch.max(1);
     let m = shared.metrics.clone();
+    // One buffer for every batch's raw messages: a fresh one each time (hundreds of KB at the
+    // default batch) had its pages faulted in and zeroed by the kernel on every batch.
+    let mut msgs = Vec::with_capacity(batch);
     loop {
         let mut messages = match open(&shared, from).await {
             Ok(s) => s,
@@ -168,7 +171,6 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
                 None => break,
             };
             let started = std::time::Instant::now();
-            let mut msgs = Vec::with_capacity(batch);
             msgs.push(first);
             while msgs.len() < batch {
                 match messages.next().now_or_never() {
@@ -176,7 +178,7 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
                     _ => break,
                 }
             }
-            let decoded: Batch = msgs.into_iter().map(decode).collect();
+            let decoded: Batch = msgs.drain(..).map(decode).collect();
             if let Some((seq, _)) = decoded.iter().rev().find_map(|d| d.position) {
                 from = seq + 1;
             }

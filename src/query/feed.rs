@@ -117,7 +117,13 @@ impl ChangeFeed {
             .lock()
             .map(|mut pending| {
                 pending.taken += 1;
-                std::mem::take(&mut pending.by_sku)
+                // The next window starts at this one's size: grown from empty, the map rehashed
+                // into fresh memory several times a window, each time faulting it in.
+                let size = pending.by_sku.len();
+                std::mem::replace(
+                    &mut pending.by_sku,
+                    FxHashMap::with_capacity_and_hasher(size, Default::default()),
+                )
             })
             .unwrap_or_default()
     }
