@@ -65,7 +65,8 @@ pub fn main() -> ExitCode {
     } else {
         "info,async_nats=warn"
     });
-    // The main runtime serves the API: its threads take a core as soon as they wake.
+    // The main runtime runs the command (the pipeline brings its own runtimes for the data path
+    // and the API); short slices, so a scenario's publisher and sampler do not lag behind.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_start(crate::supervise::threads::short_slice)
