@@ -26,28 +26,6 @@ pub fn lower_priority(nice: i32) {
     let _ = nice;
 }
 
-/// mimalloc's option `purge_delay` (its index in mimalloc 3's `mi_option_e`; the guard test
-/// below fails if a new mimalloc moves it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long memory freed in bulk stays mapped before mimalloc hands it back to the OS.
-pub const PURGE_DELAY_MS: std::ffi::c_long = 30_000;
-
-/// Keeps freed memory for [`PURGE_DELAY_MS`] instead of mimalloc's 1 s. Barriers allocate and
-/// free tens of MB every few seconds (movements, snapshot parts, posting documents); with a
-/// 1 s delay the pages go back to the OS between barriers, and the next barrier faults them in
-/// again and the kernel zeroes every one (8.8% of the data threads' time in a black-friday
-/// drain). The price is that RSS stays near its peak for 30 s. `MIMALLOC_PURGE_DELAY` in the
-/// environment wins. Call it first thing in `main`, before any other thread exists:
-/// `mi_option_set` is not thread safe.
-pub fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: sets a plain integer option; the caller guarantees no other thread runs yet.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
-}
-
 /// The shortest slice the kernel accepts (0.1 ms).
 pub const SHORT_SLICE_NS: u64 = 100_000;
 
@@ -166,15 +144,11 @@ impl OwnRuntime {
     /// 0 leaves the priority alone).
     pub fn build(name: &str, workers: usize, nice: i32) -> std::io::Result<OwnRuntime> {
         let nice = nice.clamp(0, 19);
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.enable_all().thread_name(name);
-        if workers > 0 {
-            b.worker_threads(workers);
-        }
-        if nice > 0 {
-            b.on_thread_start(move || lower_priority(nice));
-        }
-        Ok(OwnRuntime(Some(b.build()?)))
+        Self::with_start(name, workers, move || {
+            if nice > 0 {
+                lower_priority(nice)
+            }
+        })
     }
 
     /// `workers` latency threads (0: one per core) named `name`, each scheduled by
@@ -185,10 +159,18 @@ impl OwnRuntime {
         workers: usize,
         rt_priority: i32,
     ) -> std::io::Result<OwnRuntime> {
+        Self::with_start(name, workers, move || latency_thread(rt_priority))
+    }
+
+    /// A multi-thread runtime of `workers` threads (0: one per core) named `name`, each
+    /// running `on_start` first.
+    fn with_start(
+        name: &str,
+        workers: usize,
+        on_start: impl Fn() + Send + Sync + 'static,
+    ) -> std::io::Result<OwnRuntime> {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.enable_all()
-            .thread_name(name)
-            .on_thread_start(move || latency_thread(rt_priority));
+        b.enable_all().thread_name(name).on_thread_start(on_start);
         if workers > 0 {
             b.worker_threads(workers);
         }
@@ -222,23 +204,6 @@ mod tests {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::getpriority(libc::PRIO_PROCESS, tid)
         }
-    }
-
-    #[test]
-    fn the_purge_delay_option_is_the_one_we_set() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reads a plain integer option.
-        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        // mimalloc 3's default purge delay; another value means the index moved.
-        assert_eq!(
-            get(),
-            1000,
-            "option {MI_OPTION_PURGE_DELAY} is not purge_delay"
-        );
-        keep_freed_memory();
-        assert_eq!(get(), PURGE_DELAY_MS);
     }
 
     fn policy_of_this_thread() -> i32 {
