@@ -16,6 +16,7 @@ use crate::apply::shard::ShardMsg;
 use crate::domain::{Event, LocationId};
 use crate::snapshot::coordinator::{BarrierHeader, CoordMsg};
 use crate::snapshot::format::IngestState as IngestSnapshot;
+use crate::supervise::members::Members;
 use crate::supervise::shared::Shared;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap;
@@ -48,6 +49,8 @@ pub struct IngestArgs {
     pub stop_after: Arc<std::sync::atomic::AtomicU64>,
     /// Pipeline generation, to keep actor names unique across restarts.
     pub generation: u64,
+    /// The generation's actors; a store actor spawned here joins it.
+    pub members: Members,
 }
 
 pub struct IngestState {
@@ -64,6 +67,7 @@ pub struct IngestState {
     letters: Vec<Letter>,
     stop_after: Arc<std::sync::atomic::AtomicU64>,
     generation: u64,
+    members: Members,
     letters_unlogged: u64,
     letters_logged: std::time::Instant,
 }
@@ -194,6 +198,11 @@ impl IngestState {
             self.supervisor.clone(),
         )
         .await?;
+        if !self.members.join(self.generation, r.get_id()) {
+            // Our generation was torn down while the store started; it must not outlive it.
+            r.get_cell().kill();
+            return Err("this pipeline generation was stopped".into());
+        }
         self.stores.insert(loc.clone(), r.clone());
         Ok(r)
     }
@@ -333,6 +342,7 @@ impl Actor for IngestActor {
             letters: Vec::new(),
             stop_after: args.stop_after,
             generation: args.generation,
+            members: args.members,
             letters_unlogged: 0,
             letters_logged: std::time::Instant::now() - Duration::from_secs(60),
         })

@@ -1,5 +1,6 @@
 //! Supervision: the root actor, the restart policy, and the context actors share.
 
+pub mod members;
 pub mod memory;
 pub mod pipeline;
 pub mod recovery;

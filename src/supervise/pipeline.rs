@@ -36,7 +36,9 @@ pub enum StartError {
 pub struct Pipeline {
     pub shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
-    supervisor_task: tokio::task::JoinHandle<()>,
+    /// The supervisor actor's task; `None` once it has been seen to end (a finished
+    /// `JoinHandle` must not be polled again).
+    supervisor_task: Option<tokio::task::JoinHandle<()>>,
     fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
     publisher: Arc<BarrierPublisher>,
     stop_after: Arc<AtomicU64>,
@@ -189,7 +191,7 @@ impl Pipeline {
         Ok(Pipeline {
             shared,
             supervisor,
-            supervisor_task,
+            supervisor_task: Some(supervisor_task),
             fatal,
             publisher,
             stop_after,
@@ -207,10 +209,22 @@ impl Pipeline {
     }
 
     /// Resolves when the supervisor gives up (restart intensity exceeded or recovery refused).
+    ///
+    /// The supervisor queues its reason before it stops, so the reason is read first
+    /// (`biased`): an unbiased select picks at random once both are ready and could answer
+    /// "supervisor stopped" for a pipeline that gave up for a reason.
     pub async fn fatal(&mut self) -> String {
+        const STOPPED: &str = "supervisor stopped";
+        let Some(task) = self.supervisor_task.as_mut() else {
+            return self.fatal.try_recv().unwrap_or_else(|_| STOPPED.into());
+        };
         tokio::select! {
-            m = self.fatal.recv() => m.unwrap_or_else(|| "supervisor stopped".into()),
-            _ = &mut self.supervisor_task => "supervisor stopped".into(),
+            biased;
+            m = self.fatal.recv() => m.unwrap_or_else(|| STOPPED.into()),
+            _ = task => {
+                self.supervisor_task = None;
+                self.fatal.try_recv().unwrap_or_else(|_| STOPPED.into())
+            }
         }
     }
 
@@ -282,7 +296,9 @@ impl Pipeline {
         }
         self.supervisor.stop_children(None);
         self.supervisor.stop(None);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.supervisor_task).await;
+        if let Some(task) = self.supervisor_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }

@@ -9,6 +9,7 @@
 //! - more than `max_restarts` within `within` escalates: the supervisor reports a fatal error
 //!   to its owner (the process exits with a clear message) instead of looping.
 
+use super::members::Members;
 use super::recovery::{self, Restored};
 use super::shared::Shared;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
@@ -20,7 +21,7 @@ use crate::snapshot::coordinator::{CoordArgs, CoordMsg, Coordinator};
 use crate::snapshot::store::SnapshotStore;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rustc_hash::FxHashMap;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -72,18 +73,16 @@ pub struct SupervisorState {
     endpoints: HashMap<ActorId, String>,
     endpoint_refs: HashMap<String, ActorRef<EndpointMsg>>,
     limiters: HashMap<String, Arc<Mutex<RateLimiter>>>,
-    /// Endpoint actors we stopped on purpose (their exit is not a failure).
-    retired: HashSet<ActorId>,
+    /// The current generation's pipeline actors (coordinator, shards, stores, ingest). A
+    /// supervision event from any other pipeline actor echoes a generation already torn
+    /// down and restarts nothing (see `members`).
+    members: Members,
     restarts: VecDeque<Instant>,
     total_restarts: u64,
     first: Option<Restored>,
 }
 
 impl SupervisorState {
-    fn is_pipeline_actor(&self, id: ActorId) -> bool {
-        !self.endpoints.contains_key(&id) && !self.retired.contains(&id)
-    }
-
     /// Records a restart; returns false when the intensity limit is exceeded.
     fn allow_restart(&mut self) -> bool {
         let now = Instant::now();
@@ -121,6 +120,7 @@ impl SupervisorState {
         shared.view.reset(restored.seq);
         shared.active.clear();
         shared.credits.reset();
+        self.members.begin(g);
         let (coordinator, _) = Actor::spawn_linked(
             Some(format!("coordinator-g{g}{}", shared.tag)),
             Coordinator,
@@ -133,6 +133,7 @@ impl SupervisorState {
             cell.clone(),
         )
         .await?;
+        self.members.join(g, coordinator.get_id());
         let mut shards = Vec::new();
         for (index, ledger) in restored.ledgers.into_iter().enumerate() {
             let (s, _) = Actor::spawn_linked(
@@ -147,6 +148,7 @@ impl SupervisorState {
                 cell.clone(),
             )
             .await?;
+            self.members.join(g, s.get_id());
             shards.push(s);
         }
         let mut stores: FxHashMap<_, ActorRef<StoreMsg>> = FxHashMap::default();
@@ -161,6 +163,7 @@ impl SupervisorState {
                 cell.clone(),
             )
             .await?;
+            self.members.join(g, s.get_id());
             stores.insert(loc, s);
         }
         shared.view.set_ready(true);
@@ -177,10 +180,12 @@ impl SupervisorState {
                 supervisor: cell,
                 stop_after: self.stop_after.clone(),
                 generation: g,
+                members: self.members.clone(),
             },
             myself.get_cell(),
         )
         .await?;
+        self.members.join(g, ingest.get_id());
         self.current = Some(Generation {
             ingest,
             shards,
@@ -195,10 +200,9 @@ impl SupervisorState {
         if let Some(g) = self.current.take() {
             g.ingest.get_cell().kill();
         }
+        self.members.end();
         for child in myself.get_children() {
-            let id = child.get_id();
-            if self.is_pipeline_actor(id) {
-                self.retired.insert(id);
+            if !self.endpoints.contains_key(&child.get_id()) {
                 let _ = child
                     .kill_and_wait(Some(std::time::Duration::from_secs(5)))
                     .await;
@@ -277,7 +281,7 @@ impl Actor for Supervisor {
             endpoints: HashMap::new(),
             endpoint_refs: HashMap::new(),
             limiters: HashMap::new(),
-            retired: HashSet::new(),
+            members: Members::default(),
             restarts: VecDeque::new(),
             total_restarts: 0,
             first: args.restored,
@@ -365,10 +369,6 @@ impl Actor for Supervisor {
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let id = cell.get_id();
-                if state.retired.remove(&id) || state.shared.stopping.load(Relaxed) {
-                    return Ok(());
-                }
                 // Ingest stopping at its stop sequence is the graceful path.
                 if cell.get_name().is_some_and(|n| n.starts_with("ingest-"))
                     && state.stop_after.load(Relaxed) != 0
@@ -383,7 +383,11 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        if state.retired.remove(&id) || state.shared.stopping.load(Relaxed) {
+        if state.shared.stopping.load(Relaxed) {
+            return Ok(());
+        }
+        if !state.endpoints.contains_key(&id) && !state.members.contains(&id) {
+            tracing::debug!(actor = ?cell.get_name(), error = %why, "an actor of a retired generation ended");
             return Ok(());
         }
         let name = cell.get_name().unwrap_or_else(|| id.to_string());
