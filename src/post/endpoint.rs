@@ -2,15 +2,18 @@
 //! within the endpoint's limits.
 //!
 //! The actor fetches only as many postings as it has free concurrency; each delivery runs as
-//! its own task (waiting for the rate limiter, then the HTTP call) and reports back. Retries
-//! use JetStream itself: a failed posting is NAKed with a delay, so it waits in the outbox, not
-//! in memory. The rate limiter lives outside the actor, so a restarted actor keeps counting
-//! the same window.
+//! its own task (waiting for the rate limiter, then the HTTP call), answers JetStream for its
+//! posting itself and then tells the actor it is done. The task holds the message, so the
+//! answer does not depend on the actor still being there: a restarted actor's postings go
+//! back to the outbox at once instead of waiting out the ack wait. Retries use JetStream
+//! itself: a failed posting is NAKed with a delay, so it waits in the outbox, not in memory.
+//! The rate limiter lives outside the actor, so a restarted actor keeps counting the same
+//! window.
 
 use super::delivery::{self, Outcome};
 use super::ratelimit::RateLimiter;
 use crate::aggregate::posting::PostingDoc;
-use crate::config::ErpEndpointConfig;
+use crate::config::{ErpEndpointConfig, RetryConfig};
 use crate::domain::{codec, subject};
 use crate::ingest::deadletter::{Letter, Reason};
 use crate::supervise::shared::Shared;
@@ -29,11 +32,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 pub enum EndpointMsg {
     Tick,
-    Delivered {
-        msg: Box<jetstream::Message>,
-        doc_id: String,
-        outcome: Outcome,
-    },
+    /// A delivery task answered JetStream for its posting; its slot is free.
+    Delivered,
     /// Test hook: panic.
     Crash,
 }
@@ -51,6 +51,7 @@ pub struct EndpointState {
     shared: Arc<Shared>,
     cfg: ErpEndpointConfig,
     limiter: Arc<Mutex<RateLimiter>>,
+    answer: Arc<Answer>,
     http: reqwest::Client,
     token: Option<String>,
     consumer: Option<consumer::PullConsumer>,
@@ -78,6 +79,100 @@ async fn acquire(limiter: &Mutex<RateLimiter>) {
             Err(_) => Duration::from_millis(50),
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// What a delivery task needs to answer JetStream for its posting itself; shared by the
+/// endpoint actor and its tasks, and rebuilt with the actor (the limiter and metrics it points
+/// to outlive restarts).
+struct Answer {
+    shared: Arc<Shared>,
+    name: String,
+    retry: RetryConfig,
+    limiter: Arc<Mutex<RateLimiter>>,
+    metrics: Arc<EndpointMetrics>,
+}
+
+impl Answer {
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        what: &str,
+        error: String,
+        reason: Reason,
+    ) -> Result<(), ActorProcessingErr> {
+        let identity = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| msg.subject.to_string());
+        self.shared
+            .dead_letters
+            .send(Letter {
+                stage: "erp",
+                reason,
+                error: format!("{what}: {error}"),
+                original_subject: msg.subject.to_string(),
+                headers: msg.headers.clone(),
+                payload: msg.payload.clone(),
+                stream_seq: None,
+                identity,
+            })
+            .await?;
+        msg.ack()
+            .await
+            .map_err(|e| format!("ack after dead letter: {e}"))?;
+        Ok(())
+    }
+
+    /// Answers JetStream for one delivered posting and counts the outcome.
+    async fn settle(
+        &self,
+        msg: jetstream::Message,
+        doc_id: &str,
+        outcome: Outcome,
+    ) -> Result<(), ActorProcessingErr> {
+        let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Accepted { replay } => {
+                m.accepted.fetch_add(1, Relaxed);
+                if replay {
+                    m.replays.fetch_add(1, Relaxed);
+                }
+                // If this ack is lost the posting comes back and the ERP answers it as a replay.
+                if let Err(error) = msg.ack().await {
+                    tracing::warn!(%error, doc = %doc_id, "ack of an accepted posting failed");
+                }
+            }
+            Outcome::Throttled { retry_after } => {
+                m.throttled_429.fetch_add(1, Relaxed);
+                m.retries.fetch_add(1, Relaxed);
+                if let Ok(mut l) = self.limiter.lock() {
+                    l.pause_until(tokio::time::Instant::now() + retry_after);
+                }
+                let _ = msg.ack_with(AckKind::Nak(Some(retry_after))).await;
+            }
+            Outcome::Retry { reason } => {
+                m.retries.fetch_add(1, Relaxed);
+                let wait = delivery::backoff(attempt, self.retry.initial, self.retry.max);
+                tracing::debug!(doc = %doc_id, %reason, attempt, ?wait, "posting will be retried");
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+            }
+            Outcome::Rejected { status, message } => {
+                m.rejected.fetch_add(1, Relaxed);
+                tracing::warn!(endpoint = %self.name, doc = %doc_id, status, error = %message, "ERP rejected posting");
+                self.dead_letter(
+                    &msg,
+                    &format!("ERP answered {status}"),
+                    message,
+                    Reason::Rejected,
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -173,13 +268,14 @@ impl EndpointState {
             let doc: PostingDoc = match codec::decode(codec::Format::MsgPack, &msg.payload) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.dead_letter(
-                        &msg,
-                        "undecodable posting",
-                        e.to_string(),
-                        Reason::Undecodable,
-                    )
-                    .await?;
+                    self.answer
+                        .dead_letter(
+                            &msg,
+                            "undecodable posting",
+                            e.to_string(),
+                            Reason::Undecodable,
+                        )
+                        .await?;
                     continue;
                 }
             };
@@ -192,6 +288,7 @@ impl EndpointState {
             let timeout = self.cfg.timeout;
             let metrics = self.metrics.clone();
             let me = myself.clone();
+            let answer = self.answer.clone();
             let doc_id = doc.id.clone();
             tokio::spawn(async move {
                 let work = async {
@@ -213,11 +310,11 @@ impl EndpointState {
                         }
                     }
                 };
-                let _ = me.send_message(EndpointMsg::Delivered {
-                    msg: Box::new(msg),
-                    doc_id,
-                    outcome,
-                });
+                if let Err(error) = answer.settle(msg, &doc_id, outcome).await {
+                    tracing::warn!(%error, doc = %doc_id, "posting not settled; JetStream offers it again after the ack wait");
+                }
+                // A restarted actor no longer counts this task; nothing to tell it then.
+                let _ = me.send_message(EndpointMsg::Delivered);
             });
         }
         if got > 0 || self.in_flight == 0 {
@@ -236,88 +333,6 @@ impl EndpointState {
         } else {
             myself.send_after(after, || EndpointMsg::Tick);
         }
-    }
-
-    async fn dead_letter(
-        &self,
-        msg: &jetstream::Message,
-        what: &str,
-        error: String,
-        reason: Reason,
-    ) -> Result<(), ActorProcessingErr> {
-        let identity = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_else(|| msg.subject.to_string());
-        self.shared
-            .dead_letters
-            .send(Letter {
-                stage: "erp",
-                reason,
-                error: format!("{what}: {error}"),
-                original_subject: msg.subject.to_string(),
-                headers: msg.headers.clone(),
-                payload: msg.payload.clone(),
-                stream_seq: None,
-                identity,
-            })
-            .await?;
-        msg.ack()
-            .await
-            .map_err(|e| format!("ack after dead letter: {e}"))?;
-        Ok(())
-    }
-
-    async fn delivered(
-        &mut self,
-        msg: jetstream::Message,
-        doc_id: String,
-        outcome: Outcome,
-    ) -> Result<(), ActorProcessingErr> {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.metrics.in_flight.fetch_sub(1, Relaxed);
-        let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
-        let m = &self.metrics;
-        match outcome {
-            Outcome::Accepted { replay } => {
-                m.accepted.fetch_add(1, Relaxed);
-                if replay {
-                    m.replays.fetch_add(1, Relaxed);
-                }
-                // If this ack is lost the posting comes back and the ERP answers it as a replay.
-                if let Err(error) = msg.ack().await {
-                    tracing::warn!(%error, doc = %doc_id, "ack of an accepted posting failed");
-                }
-            }
-            Outcome::Throttled { retry_after } => {
-                m.throttled_429.fetch_add(1, Relaxed);
-                m.retries.fetch_add(1, Relaxed);
-                if let Ok(mut l) = self.limiter.lock() {
-                    l.pause_until(tokio::time::Instant::now() + retry_after);
-                }
-                let _ = msg.ack_with(AckKind::Nak(Some(retry_after))).await;
-            }
-            Outcome::Retry { reason } => {
-                m.retries.fetch_add(1, Relaxed);
-                let wait = delivery::backoff(attempt, self.cfg.retry.initial, self.cfg.retry.max);
-                tracing::debug!(doc = %doc_id, %reason, attempt, ?wait, "posting will be retried");
-                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
-            }
-            Outcome::Rejected { status, message } => {
-                m.rejected.fetch_add(1, Relaxed);
-                tracing::warn!(endpoint = %self.cfg.name, doc = %doc_id, status, error = %message, "ERP rejected posting");
-                self.dead_letter(
-                    &msg,
-                    &format!("ERP answered {status}"),
-                    message,
-                    Reason::Rejected,
-                )
-                .await?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -343,8 +358,17 @@ impl Actor for EndpointActor {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         myself.send_message(EndpointMsg::Tick)?;
+        let metrics = args.shared.metrics.endpoint(&args.config.name);
+        let answer = Arc::new(Answer {
+            shared: args.shared.clone(),
+            name: args.config.name.clone(),
+            retry: args.config.retry.clone(),
+            limiter: args.limiter.clone(),
+            metrics: metrics.clone(),
+        });
         Ok(EndpointState {
-            metrics: args.shared.metrics.endpoint(&args.config.name),
+            metrics,
+            answer,
             shared: args.shared,
             cfg: args.config,
             limiter: args.limiter,
@@ -365,12 +389,9 @@ impl Actor for EndpointActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EndpointMsg::Tick => state.tick(&myself).await?,
-            EndpointMsg::Delivered {
-                msg,
-                doc_id,
-                outcome,
-            } => {
-                state.delivered(*msg, doc_id, outcome).await?;
+            EndpointMsg::Delivered => {
+                state.in_flight = state.in_flight.saturating_sub(1);
+                state.metrics.in_flight.fetch_sub(1, Relaxed);
                 state.schedule(&myself, Duration::ZERO);
             }
             EndpointMsg::Crash => panic!("endpoint {} crash requested (test hook)", state.cfg.name),
