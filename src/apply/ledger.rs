@@ -237,6 +237,10 @@ pub struct Ledger {
     scratch: Vec<u32>,
     #[serde(skip)]
     scratch_keys: Vec<u64>,
+    /// `take_movements`' working list, kept between flushes: made anew each flush, its pages
+    /// (MBs at peak) were faulted in and zeroed by the kernel every barrier.
+    #[serde(skip)]
+    scratch_moves: Vec<(u32, u16, i64)>,
 
     /// Net movements since the last flush that do not live in a cell: adjustment reasons
     /// (open-ended, rare) and tallies too large for a cell's `i32`.
@@ -1113,12 +1117,16 @@ impl Ledger {
 
     /// Net movements since the last flush, sorted, zero lines dropped; resets the tally.
     pub fn take_movements(&mut self) -> Vec<MovementLine> {
-        let mut raw: Vec<(u32, u16, i64)> = Vec::with_capacity(self.moved.len());
+        let mut raw = std::mem::take(&mut self.scratch_moves);
+        raw.clear();
+        raw.reserve(self.moved.len() * 2 + self.extra_moves.len());
         for slot in self.moved.drain(..) {
             let c = &mut self.cells[slot as usize];
             c.tag &= !MOVED;
             for (r, q) in std::mem::take(&mut c.moves).iter().enumerate() {
-                raw.push((slot, r as u16, i64::from(*q)));
+                if *q != 0 {
+                    raw.push((slot, r as u16, i64::from(*q)));
+                }
             }
         }
         raw.extend(self.extra_moves.drain().map(|((slot, r), q)| (slot, r, q)));
@@ -1139,27 +1147,29 @@ impl Ledger {
                 false
             }
         });
-        let out: Vec<MovementLine> = raw
-            .into_iter()
-            .filter(|&(_, _, q)| q != 0)
-            .map(|(slot, reason, qty)| {
-                let (s, l) = self.slot_keys[slot as usize];
-                let reason = match FIXED_REASONS.get(reason as usize) {
-                    Some(r) => compact_str::CompactString::const_new(r),
-                    None => compact_str::format_compact!(
-                        "adjustment:{}",
-                        self.reasons
-                            .name(u32::from(reason) - FIXED_REASONS.len() as u32)
-                    ),
-                };
-                MovementLine {
-                    location: self.locs.name(l).clone(),
-                    sku: self.skus.name(s).clone(),
-                    reason,
-                    qty,
-                }
-            })
-            .collect();
+        let mut out: Vec<MovementLine> = Vec::with_capacity(raw.len());
+        out.extend(
+            raw.drain(..)
+                .filter(|&(_, _, q)| q != 0)
+                .map(|(slot, reason, qty)| {
+                    let (s, l) = self.slot_keys[slot as usize];
+                    let reason = match FIXED_REASONS.get(reason as usize) {
+                        Some(r) => compact_str::CompactString::const_new(r),
+                        None => compact_str::format_compact!(
+                            "adjustment:{}",
+                            self.reasons
+                                .name(u32::from(reason) - FIXED_REASONS.len() as u32)
+                        ),
+                    };
+                    MovementLine {
+                        location: self.locs.name(l).clone(),
+                        sku: self.skus.name(s).clone(),
+                        reason,
+                        qty,
+                    }
+                }),
+        );
+        self.scratch_moves = raw;
         out
     }
 
@@ -1245,6 +1255,28 @@ mod tests {
         assert_eq!(get("return"), Some(1));
         assert_eq!(get("count"), Some(-2));
         assert!(g.take_movements().is_empty(), "movements reset after take");
+        // The next flush (its working list reused) holds only what moved since.
+        g.apply(6, &receipt("S1", "A", 4)).unwrap();
+        g.apply(7, &receipt("S2", "B", 2)).unwrap();
+        let again: Vec<(String, String, String, i64)> = g
+            .take_movements()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.location.to_string(),
+                    m.sku.to_string(),
+                    m.reason.to_string(),
+                    m.qty,
+                )
+            })
+            .collect();
+        assert_eq!(
+            again,
+            vec![
+                ("S1".into(), "A".into(), "receipt".into(), 4),
+                ("S2".into(), "B".into(), "receipt".into(), 2),
+            ]
+        );
     }
 
     #[test]
