@@ -50,14 +50,13 @@ pub struct EndpointArgs {
 pub struct EndpointState {
     shared: Arc<Shared>,
     cfg: ErpEndpointConfig,
-    limiter: Arc<Mutex<RateLimiter>>,
+    /// Also holds the endpoint's limiter and metrics, which the actor uses too.
     answer: Arc<Answer>,
     http: reqwest::Client,
     token: Option<String>,
     consumer: Option<consumer::PullConsumer>,
     in_flight: usize,
     tick_queued: bool,
-    metrics: Arc<EndpointMetrics>,
     last_info: std::time::Instant,
 }
 
@@ -221,7 +220,7 @@ impl EndpointState {
         if let Some(c) = &self.consumer {
             if let Ok(info) = c.get_info().await {
                 let pending = info.num_pending as i64 + info.num_ack_pending as i64;
-                self.metrics.pending.store(pending, Relaxed);
+                self.answer.metrics.pending.store(pending, Relaxed);
             }
         }
     }
@@ -280,13 +279,13 @@ impl EndpointState {
                 }
             };
             self.in_flight += 1;
-            self.metrics.in_flight.fetch_add(1, Relaxed);
-            let limiter = self.limiter.clone();
+            self.answer.metrics.in_flight.fetch_add(1, Relaxed);
+            let limiter = self.answer.limiter.clone();
             let http = self.http.clone();
             let url = self.cfg.url.clone();
             let token = self.token.clone();
             let timeout = self.cfg.timeout;
-            let metrics = self.metrics.clone();
+            let metrics = self.answer.metrics.clone();
             let me = myself.clone();
             let answer = self.answer.clone();
             let doc_id = doc.id.clone();
@@ -358,20 +357,17 @@ impl Actor for EndpointActor {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         myself.send_message(EndpointMsg::Tick)?;
-        let metrics = args.shared.metrics.endpoint(&args.config.name);
         let answer = Arc::new(Answer {
             shared: args.shared.clone(),
             name: args.config.name.clone(),
             retry: args.config.retry.clone(),
-            limiter: args.limiter.clone(),
-            metrics: metrics.clone(),
+            limiter: args.limiter,
+            metrics: args.shared.metrics.endpoint(&args.config.name),
         });
         Ok(EndpointState {
-            metrics,
             answer,
             shared: args.shared,
             cfg: args.config,
-            limiter: args.limiter,
             http,
             token,
             consumer: None,
@@ -391,7 +387,7 @@ impl Actor for EndpointActor {
             EndpointMsg::Tick => state.tick(&myself).await?,
             EndpointMsg::Delivered => {
                 state.in_flight = state.in_flight.saturating_sub(1);
-                state.metrics.in_flight.fetch_sub(1, Relaxed);
+                state.answer.metrics.in_flight.fetch_sub(1, Relaxed);
                 state.schedule(&myself, Duration::ZERO);
             }
             EndpointMsg::Crash => panic!("endpoint {} crash requested (test hook)", state.cfg.name),
@@ -404,7 +400,7 @@ impl Actor for EndpointActor {
         _myself: ActorRef<EndpointMsg>,
         state: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
-        state.metrics.in_flight.store(0, Relaxed);
+        state.answer.metrics.in_flight.store(0, Relaxed);
         Ok(())
     }
 }
