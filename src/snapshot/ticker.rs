@@ -13,7 +13,7 @@ use crate::supervise::shared::Shared;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish a barrier: {0}")]
@@ -82,6 +82,86 @@ fn backlog(shared: &Shared) -> u64 {
         .sum()
 }
 
+/// When barriers fall: the ticker's policy as a plain struct, with the clock passed in.
+///
+/// A barrier still ahead of ingest flushes and snapshots when ingest reaches it. While the
+/// pipeline is behind (a backlog after an outage, a peak it cannot keep up with, a pause for the
+/// ERP) more barriers behind it would only repeat that work where throughput matters most:
+/// every snapshot serialises the whole state, every flush turns every touched bucket into
+/// drafts. So while a barrier is pending the next one waits, unless the stream has grown by
+/// `every_events` past it; that keeps the replay after a crash bounded by a snapshot's worth of
+/// events, as when the pipeline keeps up.
+#[derive(Debug)]
+pub struct Cadence {
+    flush_every: Duration,
+    base_flush: Duration,
+    snapshot_interval: Duration,
+    every_events: u64,
+    snapshots: bool,
+    last_flush: Instant,
+    last_snapshot: Instant,
+    flush_barrier_seq: u64,
+    snapshot_barrier_seq: u64,
+    /// Sequence of the last barrier published here.
+    pending: u64,
+}
+
+impl Cadence {
+    pub fn new(cfg: &crate::config::Config, now: Instant) -> Cadence {
+        Cadence {
+            flush_every: cfg.barrier.flush_interval,
+            base_flush: cfg.barrier.flush_interval,
+            snapshot_interval: cfg.snapshot.interval,
+            every_events: cfg.snapshot.every_events.max(1),
+            snapshots: cfg.snapshot.enabled,
+            last_flush: now,
+            last_snapshot: now,
+            flush_barrier_seq: 0,
+            snapshot_barrier_seq: 0,
+            pending: 0,
+        }
+    }
+
+    /// Flushes are spaced out (doubling) while the ERP falls behind, back to normal once it
+    /// keeps up.
+    pub fn erp_slow(&mut self, slow: bool) {
+        self.flush_every = if slow {
+            (self.flush_every * 2).min(self.base_flush * 64)
+        } else {
+            self.base_flush
+        };
+    }
+
+    /// Whether to publish a barrier now, and of which kind: `(flush, snapshot)`. `last_seq` is
+    /// the stream's last sequence, `applied` the sequence the whole view reflects.
+    pub fn due(&self, now: Instant, last_seq: u64, applied: u64) -> Option<(bool, bool)> {
+        let behind = applied < self.pending;
+        if behind && last_seq.saturating_sub(self.pending) < self.every_events {
+            return None;
+        }
+        let flush = last_seq > self.flush_barrier_seq
+            && now.duration_since(self.last_flush) >= self.flush_every;
+        let snapshot = self.snapshots
+            && last_seq > self.snapshot_barrier_seq
+            && (now.duration_since(self.last_snapshot) >= self.snapshot_interval
+                || last_seq.saturating_sub(self.snapshot_barrier_seq) >= self.every_events);
+        (flush || snapshot).then_some((flush, snapshot))
+    }
+
+    /// A barrier was stored at `seq`.
+    pub fn published(&mut self, seq: u64, flush: bool, snapshot: bool, now: Instant) {
+        self.pending = self.pending.max(seq);
+        if flush {
+            self.last_flush = now;
+            self.flush_barrier_seq = seq;
+        }
+        if snapshot {
+            self.last_snapshot = now;
+            self.snapshot_barrier_seq = seq;
+        }
+    }
+}
+
 /// Runs until the pipeline stops: decides when to publish barriers and whether ingest pauses.
 pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
     let cfg = shared.config.clone();
@@ -92,13 +172,7 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
             return;
         }
     };
-    let base_flush = cfg.barrier.flush_interval;
-    let mut flush_every = base_flush;
-    let mut last_flush = Instant::now();
-    let mut last_snapshot = Instant::now();
-    let mut flush_barrier_seq = 0u64;
-    let mut snapshot_barrier_seq = 0u64;
-    let mut snapshot_from_seq = 0u64;
+    let mut cadence = Cadence::new(&cfg, Instant::now());
     let mut interval = tokio::time::interval(cfg.barrier.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -112,11 +186,7 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
         if shared.paused.swap(pause, Relaxed) != pause {
             tracing::warn!(pending, paused = pause, "ERP backlog changed ingest state");
         }
-        flush_every = if pending > cfg.barrier.backlog_slow {
-            (flush_every * 2).min(base_flush * 64)
-        } else {
-            base_flush
-        };
+        cadence.erp_slow(pending > cfg.barrier.backlog_slow);
 
         let last_seq = match stream.info().await {
             Ok(info) => info.state.last_sequence,
@@ -126,27 +196,82 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
             }
         };
         shared.metrics.stream_last_seq.store(last_seq, Relaxed);
-        let flush = last_seq > flush_barrier_seq && last_flush.elapsed() >= flush_every;
-        let snapshot = cfg.snapshot.enabled
-            && last_seq > snapshot_barrier_seq
-            && (last_snapshot.elapsed() >= cfg.snapshot.interval
-                || last_seq.saturating_sub(snapshot_from_seq) >= cfg.snapshot.every_events);
-        if !flush && !snapshot {
+        let Some((flush, snapshot)) =
+            cadence.due(Instant::now(), last_seq, shared.view.applied_all())
+        else {
             continue;
-        }
+        };
         match publisher.publish(flush, snapshot).await {
-            Ok(seq) => {
-                if flush {
-                    last_flush = Instant::now();
-                    flush_barrier_seq = seq;
-                }
-                if snapshot {
-                    last_snapshot = Instant::now();
-                    snapshot_barrier_seq = seq;
-                    snapshot_from_seq = seq;
-                }
-            }
+            Ok(seq) => cadence.published(seq, flush, snapshot, Instant::now()),
             Err(error) => tracing::warn!(%error, "barrier not published; next tick retries"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cadence(now: Instant) -> Cadence {
+        let mut cfg = crate::config::Config::default();
+        cfg.barrier.flush_interval = Duration::from_secs(5);
+        cfg.snapshot.interval = Duration::from_secs(30);
+        cfg.snapshot.every_events = 1000;
+        Cadence::new(&cfg, now)
+    }
+
+    #[test]
+    fn flushes_and_snapshots_follow_their_intervals_while_ingest_keeps_up() {
+        let t0 = Instant::now();
+        let mut c = cadence(t0);
+        assert_eq!(c.due(t0 + Duration::from_secs(4), 100, 100), None);
+        let t = t0 + Duration::from_secs(5);
+        assert_eq!(c.due(t, 100, 100), Some((true, false)));
+        c.published(101, true, false, t);
+        // Applied in time: the next flush is due after the interval again.
+        assert_eq!(c.due(t + Duration::from_secs(1), 150, 150), None);
+        let t = t + Duration::from_secs(5);
+        assert_eq!(c.due(t, 200, 200), Some((true, false)));
+        c.published(201, true, false, t);
+        let t = t0 + Duration::from_secs(30);
+        assert_eq!(c.due(t, 300, 300), Some((true, true)));
+        // Nothing new since the last barrier: nothing to cut.
+        c.published(301, true, true, t);
+        assert_eq!(c.due(t + Duration::from_secs(60), 301, 301), None);
+    }
+
+    #[test]
+    fn a_barrier_ahead_of_ingest_holds_back_the_next_until_a_snapshots_worth_of_events() {
+        let t0 = Instant::now();
+        let mut c = cadence(t0);
+        let t = t0 + Duration::from_secs(30);
+        assert_eq!(c.due(t, 500, 100), Some((true, true)));
+        c.published(501, true, true, t);
+        // Ingest is at 120, the barrier at 501: intervals pass, nothing more is published.
+        let later = t + Duration::from_secs(120);
+        assert_eq!(c.due(later, 1400, 120), None);
+        // The stream grew by every_events past the pending barrier: bound the replay.
+        assert_eq!(c.due(later, 1501, 120), Some((true, true)));
+        c.published(1502, true, true, later);
+        // Once ingest passed the pending barrier, the intervals rule again.
+        let later = later + Duration::from_secs(30);
+        assert_eq!(c.due(later, 1600, 1502), Some((true, true)));
+    }
+
+    #[test]
+    fn a_slow_erp_spaces_flushes_out_and_a_recovered_one_restores_them() {
+        let t0 = Instant::now();
+        let mut c = cadence(t0);
+        c.erp_slow(true);
+        assert_eq!(c.due(t0 + Duration::from_secs(5), 10, 10), None);
+        assert_eq!(
+            c.due(t0 + Duration::from_secs(10), 10, 10),
+            Some((true, false))
+        );
+        c.erp_slow(false);
+        assert_eq!(
+            c.due(t0 + Duration::from_secs(5), 10, 10),
+            Some((true, false))
+        );
     }
 }
