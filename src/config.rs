@@ -267,6 +267,14 @@ pub struct FeedConfig {
     /// with its state at the end of the window.
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// Messages per second the feed aims to stay under (0: no aim, every window is
+    /// `interval`). When a window published more than this rate allows, the next window is
+    /// longer, up to `max_interval`: under a peak a SKU is coalesced over a longer window
+    /// instead of the broker and every subscriber taking a message per change.
+    pub max_rate: u64,
+    /// Longest window, whatever the rate: the most a subscriber's copy lags the view.
+    #[serde(with = "duration")]
+    pub max_interval: Duration,
 }
 
 impl Default for FeedConfig {
@@ -274,7 +282,20 @@ impl Default for FeedConfig {
         FeedConfig {
             enabled: true,
             interval: Duration::from_millis(250),
+            max_rate: 4000,
+            max_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl FeedConfig {
+    /// How long the next window lasts, given how many messages the last one published.
+    pub fn next_window(&self, published: u64) -> Duration {
+        if self.max_rate == 0 {
+            return self.interval;
+        }
+        let wanted = Duration::from_secs_f64(published as f64 / self.max_rate as f64);
+        wanted.clamp(self.interval, self.max_interval.max(self.interval))
     }
 }
 
@@ -458,6 +479,12 @@ impl Config {
                 self.feed.interval
             ));
         }
+        if self.feed.enabled && self.feed.max_interval < self.feed.interval {
+            return bad(format!(
+                "feed.max_interval {:?} is shorter than feed.interval {:?}",
+                self.feed.max_interval, self.feed.interval
+            ));
+        }
         if self.ingest.batch == 0 || self.ingest.credit == 0 {
             return bad("ingest.batch and ingest.credit must be positive".into());
         }
@@ -596,5 +623,22 @@ mod tests {
     fn reserved_systems_are_refused() {
         let err = Config::parse("[streams]\nsystems = [\"pos\", \"atp\"]\n").unwrap_err();
         assert!(err.to_string().contains("atp"));
+    }
+
+    #[test]
+    fn the_feed_window_stretches_with_its_rate_and_stops_at_the_maximum() {
+        let f = FeedConfig::default();
+        assert_eq!(f.next_window(0), Duration::from_millis(250));
+        // 4,000 a second allows 1,000 in a 250 ms window.
+        assert_eq!(f.next_window(1000), Duration::from_millis(250));
+        assert_eq!(f.next_window(2400), Duration::from_millis(600));
+        assert_eq!(f.next_window(40_000), Duration::from_secs(1));
+        let off = FeedConfig {
+            max_rate: 0,
+            ..FeedConfig::default()
+        };
+        assert_eq!(off.next_window(40_000), Duration::from_millis(250));
+        let err = Config::parse("[feed]\ninterval = \"2s\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_interval"), "{err}");
     }
 }

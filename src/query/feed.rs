@@ -185,11 +185,12 @@ pub async fn run(shared: Arc<Shared>) {
     if !feed.enabled() {
         return;
     }
-    let mut tick = tokio::time::interval(shared.config.feed.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cfg = &shared.config.feed;
+    let mut window = cfg.interval;
     let mut epoch = 0;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(window).await;
+        window = cfg.interval;
         if shared.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -216,10 +217,13 @@ pub async fn run(shared: Arc<Shared>) {
             continue;
         }
         let channels = view.channels();
+        let mut published = 0;
         for (sku, locs) in feed.take() {
             let body = changed(view, &channels, &sku, &locs);
             send(&shared, subject::changed(sku.as_str()), &body).await;
+            published += 1;
         }
+        window = cfg.next_window(published);
     }
 }
 

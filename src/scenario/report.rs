@@ -153,6 +153,9 @@ pub struct PipelineStats {
     pub snapshots: u64,
     pub restarts: u64,
     pub negative_on_hand: u64,
+    /// Availability change feed messages published over the whole run.
+    #[serde(default)]
+    pub feed_messages: u64,
     pub peak_rss_mb: f64,
 }
 
@@ -531,8 +534,8 @@ impl Report {
         r.push((
             "pipeline".into(),
             format!(
-                "{} re-sends and {} redeliveries dropped, {} dead letters, {} late, {} barriers, {} snapshots, {} restarts, {} negative-stock exceptions",
-                s.duplicates_resent, s.duplicates_redelivered, s.dead_letters, s.late_events, s.barriers, s.snapshots, s.restarts, s.negative_on_hand
+                "{} re-sends and {} redeliveries dropped, {} dead letters, {} late, {} barriers, {} snapshots, {} restarts, {} negative-stock exceptions, {} change-feed messages",
+                s.duplicates_resent, s.duplicates_redelivered, s.dead_letters, s.late_events, s.barriers, s.snapshots, s.restarts, s.negative_on_hand, s.feed_messages
             ),
         ));
         r.push((

@@ -360,6 +360,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     report.pipeline.snapshots = m.snapshots.load(Ordering::Relaxed);
     report.pipeline.restarts = pipeline.restarts().await;
     report.pipeline.negative_on_hand = m.negative_on_hand.load(Ordering::Relaxed);
+    report.pipeline.feed_messages = m.feed_messages.load(Ordering::Relaxed);
     report.pipeline.peak_rss_mb = peak_rss;
     report.pipeline.mode = if backlog_mode {
         "backlog".into()
