@@ -1,5 +1,6 @@
 //! The availability change feed. A shard marks the (location, sku) positions each batch
-//! changed; one task wakes every `feed.interval`, takes what was marked and publishes each SKU
+//! changed; one task wakes every `feed.interval` (longer under load, up to `feed.max_interval`:
+//! see `FeedConfig::next_window`), takes what was marked and publishes each SKU
 //! once on `retail.v1.atp.changed.<sku>`, with the changed locations' availability read from
 //! the view at that moment. Ten changes to one position inside a window cost one message, and
 //! the message carries the latest state of each position it names, never a delta, so a
