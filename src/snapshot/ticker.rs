@@ -89,8 +89,9 @@ fn backlog(shared: &Shared) -> u64 {
 /// ERP) more barriers behind it would only repeat that work where throughput matters most:
 /// every snapshot serialises the whole state, every flush turns every touched bucket into
 /// drafts. So while a barrier is pending the next one waits, unless the stream has grown by
-/// `every_events` past it; that keeps the replay after a crash bounded by a snapshot's worth of
-/// events, as when the pipeline keeps up.
+/// `every_events` past the last snapshot barrier (past the pending barrier when snapshots are
+/// off). That keeps snapshot barriers at most `every_events` apart in the stream, so the
+/// replay after a crash stays bounded by the event cap; the time-based snapshot waits.
 #[derive(Debug)]
 pub struct Cadence {
     flush_every: Duration,
@@ -136,7 +137,12 @@ impl Cadence {
     /// the stream's last sequence, `applied` the sequence the whole view reflects.
     pub fn due(&self, now: Instant, last_seq: u64, applied: u64) -> Option<(bool, bool)> {
         let behind = applied < self.pending;
-        if behind && last_seq.saturating_sub(self.pending) < self.every_events {
+        let since = if self.snapshots {
+            self.snapshot_barrier_seq
+        } else {
+            self.pending
+        };
+        if behind && last_seq.saturating_sub(since) < self.every_events {
             return None;
         }
         let flush = last_seq > self.flush_barrier_seq
@@ -256,6 +262,22 @@ mod tests {
         // Once ingest passed the pending barrier, the intervals rule again.
         let later = later + Duration::from_secs(30);
         assert_eq!(c.due(later, 1600, 1502), Some((true, true)));
+    }
+
+    #[test]
+    fn behind_a_pending_flush_the_event_cap_counts_from_the_last_snapshot() {
+        let t0 = Instant::now();
+        let mut c = cadence(t0);
+        let t = t0 + Duration::from_secs(30);
+        c.published(100, true, true, t);
+        // A flush-only barrier late in the snapshot's span; ingest falls behind it.
+        let t = t + Duration::from_secs(5);
+        assert_eq!(c.due(t, 900, 100), Some((true, false)));
+        c.published(901, true, false, t);
+        let later = t + Duration::from_secs(5);
+        assert_eq!(c.due(later, 1099, 500), None);
+        // every_events past the snapshot barrier at 100, not past the flush at 901.
+        assert_eq!(c.due(later, 1100, 500), Some((true, true)));
     }
 
     #[test]
