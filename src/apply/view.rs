@@ -29,7 +29,44 @@ pub fn shard_of(sku: &str, shards: usize) -> usize {
 pub struct CellData {
     /// Stream sequence of the batch that last wrote this cell.
     pub as_of: u64,
-    pub entries: Vec<(LocationId, Position)>,
+    /// Positions in the order the shard first wrote them; a [`ViewWriter`] remembers each
+    /// one's index, so an entry never moves.
+    entries: Vec<(LocationId, Position)>,
+    /// Indexes into `entries`, ordered by location id. A popular SKU has a position at
+    /// hundreds of locations, and queries and the change feed look locations up by name: a
+    /// binary search here instead of a scan of every entry.
+    by_name: Vec<u32>,
+}
+
+impl CellData {
+    /// The positions, in no particular order.
+    pub fn entries(&self) -> &[(LocationId, Position)] {
+        &self.entries
+    }
+
+    /// Index in [`CellData::entries`] of the position at `location`.
+    pub fn find(&self, location: &str) -> Option<usize> {
+        self.by_name
+            .binary_search_by(|&i| self.entries[i as usize].0.as_str().cmp(location))
+            .ok()
+            .map(|k| self.by_name[k] as usize)
+    }
+
+    /// The positions ordered by location id.
+    pub fn sorted(&self) -> impl Iterator<Item = &(LocationId, Position)> {
+        self.by_name.iter().map(|&i| &self.entries[i as usize])
+    }
+
+    /// Adds a position at a location the cell does not hold yet; returns its index.
+    fn insert(&mut self, location: LocationId, position: Position) -> usize {
+        let i = self.entries.len();
+        let at = self
+            .by_name
+            .partition_point(|&k| self.entries[k as usize].0 < location);
+        self.by_name.insert(at, i as u32);
+        self.entries.push((location, position));
+        i
+    }
 }
 
 #[derive(Debug, Default)]
@@ -177,7 +214,8 @@ impl View {
     pub fn read(&self, sku: &Sku) -> (Option<Vec<LocAnswer>>, u64) {
         self.with_entries(sku, |entries, as_of| {
             let answers = entries.map(|e| {
-                e.iter()
+                e.entries()
+                    .iter()
                     .map(|(l, p)| LocAnswer {
                         location: l.clone(),
                         position: *p,
@@ -188,14 +226,10 @@ impl View {
         })
     }
 
-    /// Runs `f` over one SKU's positions (in no particular order; `None` when the SKU was
-    /// never seen) and the sequence they reflect, without copying them. The SKU's cell is
-    /// read-locked while `f` runs, so `f` must be short: its shard waits to publish that cell.
-    pub fn with_entries<R>(
-        &self,
-        sku: &Sku,
-        f: impl FnOnce(Option<&[(LocationId, Position)]>, u64) -> R,
-    ) -> R {
+    /// Runs `f` over one SKU's positions (`None` when the SKU was never seen) and the sequence
+    /// they reflect, without copying them. The SKU's cell is read-locked while `f` runs, so `f`
+    /// must be short: its shard waits to publish that cell.
+    pub fn with_entries<R>(&self, sku: &Sku, f: impl FnOnce(Option<&CellData>, u64) -> R) -> R {
         let shard = shard_of(sku.as_str(), self.marks.len());
         let mark = self.applied(shard);
         let Some(cell) = self.cells.get(sku).map(|c| c.clone()) else {
@@ -204,7 +238,8 @@ impl View {
         let Ok(data) = cell.data.read() else {
             return f(None, mark);
         };
-        f(Some(&data.entries), mark.max(data.as_of))
+        let as_of = mark.max(data.as_of);
+        f(Some(&data), as_of)
     }
 
     /// Waits until the shard owning `sku` has applied `seq`, at most `limit`. Returns whether
@@ -273,13 +308,9 @@ impl ViewWriter {
             if idx == NONE {
                 let loc = ledger.loc_name(l);
                 // A restarted shard finds the cell already holding this location.
-                let found = data.entries.iter().position(|(x, _)| x == loc);
-                let i = match found {
+                let i = match data.find(loc.as_str()) {
                     Some(i) => i,
-                    None => {
-                        data.entries.push((loc.clone(), *pos));
-                        data.entries.len() - 1
-                    }
+                    None => data.insert(loc.clone(), *pos),
                 };
                 self.slot_index[slot as usize] = i as u32;
                 data.entries[i].1 = *pos;
@@ -294,6 +325,36 @@ impl ViewWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_finds_each_location_by_name_and_lists_them_in_name_order() {
+        let mut cell = CellData::default();
+        let mut names: Vec<String> = Vec::new();
+        // Locations arrive in no order; each keeps the index it got.
+        for i in 0..300u32 {
+            let name = format!("L{:05}", (i * 7919) % 1000);
+            let index = cell.insert(
+                LocationId::new(name.as_str()),
+                Position {
+                    on_hand: i64::from(i),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(index, i as usize);
+            names.push(name);
+        }
+        for (i, name) in names.iter().enumerate() {
+            let found = cell.find(name).expect("an inserted location is found");
+            assert_eq!(found, i);
+            assert_eq!(cell.entries()[found].1.on_hand, i as i64);
+        }
+        assert_eq!(cell.find("L99999"), None);
+        assert_eq!(cell.find(""), None);
+        let listed: Vec<&str> = cell.sorted().map(|(l, _)| l.as_str()).collect();
+        let mut want: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        want.sort();
+        assert_eq!(listed, want);
+    }
 
     #[test]
     fn shard_hash_is_stable() {

@@ -160,7 +160,7 @@ pub fn changed(
     changed: &[LocationId],
 ) -> AtpChanged {
     view.with_entries(sku, |entries, as_of| {
-        let positions = Positions::new(entries.unwrap_or_default(), changed.len());
+        let positions = Positions::new(entries);
         let mut locations: Vec<LocationAvailability> = changed
             .iter()
             .map(|l| loc_answer(l.as_str(), positions.get(l.as_str())))

@@ -2,9 +2,8 @@
 //! computed from the view alone; nothing here goes through an actor.
 
 use crate::apply::ledger::Position;
-use crate::apply::view::{ChannelView, View};
-use crate::domain::{ChannelId, LocationId, Sku, ids::check_token};
-use rustc_hash::FxHashMap;
+use crate::apply::view::{CellData, ChannelView, View};
+use crate::domain::{ChannelId, Sku, ids::check_token};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -112,39 +111,31 @@ impl QueryRequest {
     }
 }
 
-/// One SKU's positions as the view holds them, for looking locations up by name. Few lookups
-/// scan the slice; many (a long `locations` list) go through an index built once.
+/// One SKU's positions as the view holds them, looked up by location name (a binary search
+/// in the cell's name order).
 pub(crate) struct Positions<'a> {
-    entries: &'a [(LocationId, Position)],
-    index: Option<FxHashMap<&'a str, &'a Position>>,
+    cell: Option<&'a CellData>,
 }
 
 impl<'a> Positions<'a> {
-    pub(crate) fn new(entries: &'a [(LocationId, Position)], lookups: usize) -> Positions<'a> {
-        let index = (lookups > 8 && entries.len() > 16)
-            .then(|| entries.iter().map(|(l, p)| (l.as_str(), p)).collect());
-        Positions { entries, index }
+    pub(crate) fn new(cell: Option<&'a CellData>) -> Positions<'a> {
+        Positions { cell }
     }
 
     pub(crate) fn get(&self, location: &str) -> Option<&'a Position> {
-        match &self.index {
-            Some(index) => index.get(location).copied(),
-            None => self
-                .entries
-                .iter()
-                .find(|(l, _)| l.as_str() == location)
-                .map(|(_, p)| p),
-        }
+        let cell = self.cell?;
+        cell.find(location).map(|i| &cell.entries()[i].1)
     }
 
     /// Every location's answer, sorted by location.
     pub(crate) fn all(&self) -> Vec<LocationAvailability> {
-        let mut sorted: Vec<&(LocationId, Position)> = self.entries.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        sorted
-            .into_iter()
-            .map(|(l, p)| loc_answer(l.as_str(), Some(p)))
-            .collect()
+        self.cell
+            .map(|cell| {
+                cell.sorted()
+                    .map(|(l, p)| loc_answer(l.as_str(), Some(p)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -225,12 +216,7 @@ pub async fn answer(
         let sku = Sku::from(s.as_str());
         let answer = view.with_entries(&sku, |entries, as_of| {
             let known = entries.is_some();
-            let wanted = if !req.locations.is_empty() {
-                Some(req.locations.len())
-            } else {
-                channel.as_ref().map(|(_, cv)| cv.locations.len())
-            };
-            let positions = Positions::new(entries.unwrap_or_default(), wanted.unwrap_or(0));
+            let positions = Positions::new(entries);
             let locations = if !req.locations.is_empty() {
                 req.locations
                     .iter()

@@ -111,10 +111,30 @@ pub fn address(drafts: Vec<Draft>, endpoints: &[ErpEndpointConfig], seq: u64) ->
 
 /// Merges every shard's movements into one inventory document per location.
 pub fn movement_drafts(parts: &mut [Option<ShardPart>]) -> Vec<Draft> {
-    let mut by_loc: BTreeMap<LocationId, (Vec<MovementLine>, Lineage)> = BTreeMap::new();
+    // Each location's lines are counted first, so that its document's vector is allocated
+    // once: grown a line at a time, the flush of a backlog (about a million lines) spent most
+    // of its time reallocating and faulting in fresh pages. A shard sends its lines grouped by
+    // location, so both passes touch the map once per run of one location, not once per line;
+    // lines in any other order come out the same, only slower.
+    let mut counts: BTreeMap<LocationId, usize> = BTreeMap::new();
+    for p in parts.iter().flatten() {
+        for run in p.movements.chunk_by(|a, b| a.location == b.location) {
+            *counts.entry(run[0].location.clone()).or_default() += run.len();
+        }
+    }
+    let mut by_loc: BTreeMap<LocationId, (Vec<MovementLine>, Lineage)> = counts
+        .into_iter()
+        .map(|(l, n)| (l, (Vec::with_capacity(n), Lineage::default())))
+        .collect();
     for p in parts.iter_mut().flatten() {
-        for m in p.movements.drain(..) {
-            by_loc.entry(m.location.clone()).or_default().0.push(m);
+        let mut lines = std::mem::take(&mut p.movements).into_iter().peekable();
+        while let Some(first) = lines.next() {
+            let doc = &mut by_loc.entry(first.location.clone()).or_default().0;
+            let location = first.location.clone();
+            doc.push(first);
+            while let Some(m) = lines.next_if(|m| m.location == location) {
+                doc.push(m);
+            }
         }
         for (loc, lin) in p.lineage.drain(..) {
             let e = &mut by_loc.entry(loc).or_default().1;
@@ -359,4 +379,59 @@ pub fn count_by_endpoint(docs: &[PostingDoc]) -> HashMap<String, usize> {
         *m.entry(d.endpoint.clone()).or_insert(0) += 1;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(location: &str, sku: &str, qty: i64) -> MovementLine {
+        MovementLine {
+            location: LocationId::new(location),
+            sku: crate::domain::Sku::new(sku),
+            reason: "sale".into(),
+            qty,
+        }
+    }
+
+    fn part(shard: usize, movements: Vec<MovementLine>) -> Option<ShardPart> {
+        Some(ShardPart {
+            shard,
+            seq: 9,
+            movements,
+            lineage: Vec::new(),
+            state: None,
+        })
+    }
+
+    #[test]
+    fn movements_become_one_document_per_location_with_every_line_in_shard_order() {
+        let shard0 = vec![
+            line("S1", "A", -1),
+            line("S1", "B", -2),
+            line("DC1", "A", 5),
+            // Not grouped: S1 again after another location.
+            line("S1", "C", -3),
+        ];
+        let shard1 = vec![line("S2", "D", -4), line("S1", "E", -5)];
+        let mut want: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        for m in shard0.iter().chain(&shard1) {
+            want.entry(m.location.to_string())
+                .or_default()
+                .push((m.sku.to_string(), m.qty));
+        }
+        let mut parts = vec![part(0, shard0), None, part(2, shard1)];
+        let got: BTreeMap<String, Vec<(String, i64)>> = movement_drafts(&mut parts)
+            .into_iter()
+            .map(|d| match d.body {
+                DocBody::InventoryMovements(lines) => (
+                    d.location.to_string(),
+                    lines.iter().map(|l| (l.sku.to_string(), l.qty)).collect(),
+                ),
+                other => panic!("unexpected body {other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert!(parts.iter().flatten().all(|p| p.movements.is_empty()));
+    }
 }
