@@ -16,6 +16,9 @@ pub struct Environment {
     /// `--nats-url`: that server was not started here).
     #[serde(default)]
     pub nats_server_procs: Option<usize>,
+    /// `GOGC` of the nats-server the run started (see `bus::server::SERVER_GOGC`).
+    #[serde(default)]
+    pub nats_server_gogc: Option<String>,
     /// Nice value of the nats-server the run started (see `bus::server::SERVER_NICE`).
     #[serde(default)]
     pub nats_server_nice: Option<i32>,
@@ -37,6 +40,7 @@ impl Environment {
                 .unwrap_or(1),
             nats_server_version: nats_version.to_string(),
             nats_server_procs: server.map(|_| crate::bus::server::server_procs()),
+            nats_server_gogc: server.map(|_| crate::bus::server::server_gogc()),
             nats_server_nice: server.and_then(|s| s.nice()),
             build_profile: if cfg!(debug_assertions) {
                 "debug".into()
@@ -551,7 +555,8 @@ impl Report {
                 e.nats_server_version,
                 e.nats_server_procs
                     .map(|n| format!(
-                        " (started here: GOMAXPROCS {n}, nice {})",
+                        " (started here: GOMAXPROCS {n}, GOGC {}, nice {})",
+                        e.nats_server_gogc.as_deref().unwrap_or("unknown"),
                         e.nats_server_nice
                             .map(|v| v.to_string())
                             .unwrap_or_else(|| "unknown".into())
