@@ -122,14 +122,13 @@ pub fn server_gogc() -> String {
 }
 
 /// `GOGC` for a server started here when the environment sets none. With Go's default of
-/// 100, a black-friday drain (2,000,000 messages) saw the server collect about every 12 s; each
-/// collection's marking took 0.2-0.55 s of wall time and 1.2-3.7 s of CPU, most of it in
-/// Go's idle-priority mark workers. The spare scheduling slots of [`server_procs`] let those
-/// run on every slot Go thinks idle, but the machine's cores were not idle: that CPU came out
-/// of the pipeline and the queries, as a half-second stall of both each time (`GODEBUG=gctrace=1`
-/// against the run's per-second timeline). Four times the default collects a quarter as often;
-/// the price is a larger heap, about five times the live data instead of two (the server's
-/// live heap was 250-350 MB in that run).
+/// 100, a black-friday drain (2,000,000 messages) saw the server collect about every 12 s. Each
+/// mark phase lasted 0.2-0.55 s, with Go's idle-priority mark workers on every scheduling slot
+/// Go thought idle; the spare slots of [`server_procs`] are many, but the machine's two cores
+/// were not idle. Each of those phases fell within a second of a half-second dip in ingest and
+/// a spike in query latency (`GODEBUG=gctrace=1` against the run's per-second timeline). Four
+/// times the default collects a quarter as often; the price is a larger heap, about five times
+/// the live data instead of two (the server's live heap was 250-350 MB in that run).
 pub const SERVER_GOGC: u32 = 400;
 
 /// Nice value asked for a server started here. It shares the cores with the pipeline, and
