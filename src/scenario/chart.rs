@@ -7,7 +7,30 @@ use std::fmt::Write;
 pub struct Series {
     pub name: String,
     pub color: (u8, u8, u8),
+    /// Points in x order. A point whose y is not finite (NaN) is a gap: nothing was measured
+    /// there, and the line breaks instead of dropping to zero.
     pub points: Vec<(f64, f64)>,
+    /// Line width in pixels; a wide line drawn first stays visible under a thin one with the
+    /// same values.
+    pub width: f64,
+}
+
+impl Series {
+    pub fn new(name: &str, color: (u8, u8, u8), points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: name.into(),
+            color,
+            points,
+            width: 1.8,
+        }
+    }
+
+    /// Runs of consecutive measured points, split at the gaps.
+    fn runs(&self) -> impl Iterator<Item = &[(f64, f64)]> {
+        self.points
+            .split(|p| !p.1.is_finite())
+            .filter(|r| !r.is_empty())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -34,16 +57,19 @@ impl Chart {
             .series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.0));
-        let x_max = xs.fold(0.0f64, f64::max).max(1e-9);
+        // An axis with nothing above zero still gets a unit scale, not five labels of 0.00.
+        let unit = |m: f64| if m > 0.0 { m } else { 1.0 };
+        let x_max = unit(xs.fold(0.0f64, f64::max));
         let ys = self
             .series
             .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1));
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .filter(|y| y.is_finite());
         let mut y_max = ys.fold(0.0f64, f64::max);
         if let Some((r, _)) = &self.reference {
             y_max = y_max.max(*r);
         }
-        (0.0, x_max, nice(y_max.max(1e-9) * 1.05))
+        (0.0, x_max, nice(unit(y_max) * 1.05))
     }
 }
 
@@ -148,15 +174,17 @@ pub fn svg(c: &Chart, w: u32, h: u32) -> String {
     }
     for (i, se) in c.series.iter().enumerate() {
         let (cr, cg, cb) = se.color;
-        let pts: String = se
-            .points
-            .iter()
-            .map(|p| format!("{:.1},{:.1} ", x(p.0), y(p.1)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="rgb({cr},{cg},{cb})" stroke-width="1.8" points="{pts}"/>"#
-        );
+        for run in se.runs() {
+            let pts: String = run
+                .iter()
+                .map(|p| format!("{:.1},{:.1} ", x(p.0), y(p.1)))
+                .collect();
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="rgb({cr},{cg},{cb})" stroke-width="{}" points="{pts}"/>"#,
+                se.width
+            );
+        }
         let lx = l + 10.0 + i as f64 * 170.0;
         let _ = write!(
             s,
@@ -205,7 +233,8 @@ impl Canvas {
         }
     }
 
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: (u8, u8, u8), thick: bool) {
+    /// A line `width` pixels wide (1, 2 or more), drawn as offset copies.
+    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: (u8, u8, u8), width: u8) {
         let steps = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
         for i in 0..=steps {
             let f = i as f64 / steps as f64;
@@ -214,9 +243,13 @@ impl Canvas {
                 (y0 + (y1 - y0) * f).round() as i64,
             );
             self.set(x, y, c);
-            if thick {
+            if width >= 2 {
                 self.set(x, y + 1, c);
                 self.set(x + 1, y, c);
+            }
+            if width >= 3 {
+                self.set(x, y - 1, c);
+                self.set(x - 1, y, c);
             }
         }
     }
@@ -250,7 +283,7 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
     cv.text(l as i64, 10, &c.title, ink);
     for i in 0..=4 {
         let v = y_max * i as f64 / 4.0;
-        cv.line((l, y(v)), (l + pw, y(v)), grey, false);
+        cv.line((l, y(v)), (l + pw, y(v)), grey, 1);
         let label = fmt_num(v);
         cv.text(
             l as i64 - 6 - 8 * label.len() as i64,
@@ -267,8 +300,8 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
             ink,
         );
     }
-    cv.line((l, t), (l, t + ph), ink, false);
-    cv.line((l, t + ph), (l + pw, t + ph), ink, false);
+    cv.line((l, t), (l, t + ph), ink, 1);
+    cv.line((l, t + ph), (l + pw, t + ph), ink, 1);
     cv.text(
         (l + pw / 2.0) as i64 - 4 * c.x_label.len() as i64,
         h as i64 - 14,
@@ -280,7 +313,7 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
         let red = (214, 39, 40);
         let mut xx = l;
         while xx < l + pw {
-            cv.line((xx, y(*v)), ((xx + 6.0).min(l + pw), y(*v)), red, false);
+            cv.line((xx, y(*v)), ((xx + 6.0).min(l + pw), y(*v)), red, 1);
             xx += 10.0;
         }
         cv.text(
@@ -291,13 +324,16 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
         );
     }
     for (i, se) in c.series.iter().enumerate() {
-        for p in se.points.windows(2) {
-            cv.line(
-                (x(p[0].0), y(p[0].1)),
-                (x(p[1].0), y(p[1].1)),
-                se.color,
-                true,
-            );
+        let width = if se.width > 2.5 { 3 } else { 2 };
+        for run in se.runs() {
+            for p in run.windows(2) {
+                cv.line(
+                    (x(p[0].0), y(p[0].1)),
+                    (x(p[1].0), y(p[1].1)),
+                    se.color,
+                    width,
+                );
+            }
         }
         let lx = l as i64 + 10 + i as i64 * 200;
         for dx in 0..12 {
@@ -326,11 +362,11 @@ mod tests {
             title: "throughput".into(),
             x_label: "s".into(),
             y_label: "events/s".into(),
-            series: vec![Series {
-                name: "applied".into(),
-                color: COLORS[0],
-                points: (0..50).map(|i| (i as f64, (i * i) as f64)).collect(),
-            }],
+            series: vec![Series::new(
+                "applied",
+                COLORS[0],
+                (0..50).map(|i| (i as f64, (i * i) as f64)).collect(),
+            )],
             reference: Some((1000.0, "limit".into())),
         }
     }
@@ -342,6 +378,37 @@ mod tests {
         assert!(s.contains("polyline") && s.contains("limit"));
         let p = png(&chart(), 600, 300).unwrap();
         assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn a_gap_breaks_the_line_and_does_not_count_as_zero() {
+        let mut c = chart();
+        c.reference = None;
+        c.series[0].points = vec![
+            (0.0, 4.0),
+            (1.0, 6.0),
+            (2.0, f64::NAN),
+            (3.0, 5.0),
+            (4.0, 3.0),
+        ];
+        let s = svg(&c, 600, 300);
+        // Two measured runs, two polylines; no point is drawn at the gap.
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(!s.contains("NaN"));
+        // The axis is scaled by what was measured (6 rounds up to 8 with the 5% margin).
+        assert_eq!(c.bounds().2, 8.0);
+        let p = png(&c, 600, 300).unwrap();
+        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn an_all_zero_series_gets_a_unit_axis() {
+        let mut c = chart();
+        c.reference = None;
+        c.series[0].points = vec![(0.0, 0.0), (0.0, 0.0)];
+        let (_, x_max, y_max) = c.bounds();
+        assert_eq!((x_max, y_max), (1.0, 1.2));
+        assert!(!svg(&c, 600, 300).contains(">0.00<"));
     }
 
     #[test]
