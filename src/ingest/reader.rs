@@ -49,10 +49,13 @@ pub fn ack_seq(reply: &str) -> Option<(u64, u64)> {
 
 pub fn decode(msg: jetstream::Message) -> Decoded {
     let position = msg.reply.as_ref().and_then(|r| ack_seq(r.as_str()));
+    // A name built from a `&str` allocates on every lookup; a static one does not.
+    const CONTENT_TYPE: async_nats::HeaderName =
+        async_nats::HeaderName::from_static(codec::CONTENT_TYPE);
     let content_type = msg
         .headers
         .as_ref()
-        .and_then(|h| h.get(codec::CONTENT_TYPE))
+        .and_then(|h| h.get(CONTENT_TYPE))
         .map(|v| v.as_str());
     let format = Format::from_content_type(content_type);
     let failed = match codec::decode_envelope(format, &msg.payload) {
