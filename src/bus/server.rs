@@ -114,11 +114,15 @@ pub fn server_procs() -> usize {
 /// Garbage-collection target (`GOGC`) of a server started here: `GOGC` from the environment
 /// when set, otherwise [`SERVER_GOGC`].
 pub fn server_gogc() -> String {
-    std::env::var("GOGC")
-        .ok()
-        .map(|v| v.trim().to_string())
+    gogc_from(std::env::var("GOGC").ok().as_deref())
+}
+
+/// The `GOGC` a server gets given the environment's value: that value trimmed, or
+/// [`SERVER_GOGC`] when it is absent or blank. Go itself judges the value (`off` included).
+fn gogc_from(env: Option<&str>) -> String {
+    env.map(str::trim)
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| SERVER_GOGC.to_string())
+        .map_or_else(|| SERVER_GOGC.to_string(), str::to_string)
 }
 
 /// `GOGC` for a server started here when the environment sets none. With Go's default of
@@ -348,6 +352,15 @@ mod tests {
         let server = NatsServer::start().expect("nats-server starts");
         let want = if allowed { SERVER_NICE } else { 0 };
         assert_eq!(server.nice(), Some(want));
+    }
+
+    #[test]
+    fn the_environment_s_gogc_wins_and_a_blank_one_counts_as_unset() {
+        assert_eq!(gogc_from(None), "400");
+        assert_eq!(gogc_from(Some("")), "400");
+        assert_eq!(gogc_from(Some("  ")), "400");
+        assert_eq!(gogc_from(Some("100")), "100");
+        assert_eq!(gogc_from(Some(" off\n")), "off");
     }
 
     #[test]

@@ -404,6 +404,14 @@ mod tests {
         })
     }
 
+    fn lineage(events: u64, first_seq: u64, last_seq: u64) -> Lineage {
+        Lineage {
+            events,
+            first_seq,
+            last_seq,
+        }
+    }
+
     #[test]
     fn movements_become_one_document_per_location_with_every_line_in_shard_order() {
         let shard0 = vec![
@@ -414,23 +422,41 @@ mod tests {
             line("S1", "C", -3),
         ];
         let shard1 = vec![line("S2", "D", -4), line("S1", "E", -5)];
-        let mut want: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-        for m in shard0.iter().chain(&shard1) {
-            want.entry(m.location.to_string())
-                .or_default()
-                .push((m.sku.to_string(), m.qty));
-        }
         let mut parts = vec![part(0, shard0), None, part(2, shard1)];
-        let got: BTreeMap<String, Vec<(String, i64)>> = movement_drafts(&mut parts)
+        // S1 was touched by both shards: its lineage spans both.
+        parts[0].as_mut().unwrap().lineage = vec![
+            (LocationId::new("S1"), lineage(3, 10, 40)),
+            (LocationId::new("DC1"), lineage(1, 20, 20)),
+        ];
+        parts[2].as_mut().unwrap().lineage = vec![
+            (LocationId::new("S1"), lineage(1, 5, 30)),
+            (LocationId::new("S2"), lineage(1, 50, 50)),
+            // A shard that folded nothing for a location leaves its span alone.
+            (LocationId::new("DC1"), lineage(0, 0, 0)),
+        ];
+        type Doc = (String, Vec<(String, i64)>, (u64, u64, u64));
+        let got: Vec<Doc> = movement_drafts(&mut parts)
             .into_iter()
             .map(|d| match d.body {
                 DocBody::InventoryMovements(lines) => (
                     d.location.to_string(),
                     lines.iter().map(|l| (l.sku.to_string(), l.qty)).collect(),
+                    (d.lineage.events, d.lineage.first_seq, d.lineage.last_seq),
                 ),
                 other => panic!("unexpected body {other:?}"),
             })
             .collect();
+        let l = |sku: &str, q: i64| (sku.to_string(), q);
+        // Written out by hand: documents in location-name order, lines in shard order.
+        let want: Vec<Doc> = vec![
+            ("DC1".into(), vec![l("A", 5)], (1, 20, 20)),
+            (
+                "S1".into(),
+                vec![l("A", -1), l("B", -2), l("C", -3), l("E", -5)],
+                (4, 5, 40),
+            ),
+            ("S2".into(), vec![l("D", -4)], (1, 50, 50)),
+        ];
         assert_eq!(got, want);
         assert!(parts.iter().flatten().all(|p| p.movements.is_empty()));
     }
