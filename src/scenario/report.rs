@@ -107,6 +107,9 @@ pub struct Ceiling {
     pub publish_rate: f64,
     /// Pipeline drain rate / ceiling rate.
     pub ratio: f64,
+    /// Every drain's rate; `rate` is their median (reports older than this field have none).
+    #[serde(default)]
+    pub drain_rates: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -511,8 +514,10 @@ impl Report {
             r.push((
                 "JetStream ceiling".into(),
                 format!(
-                    "{:.0} msg/s (ordered consumer, no work, same count and sizes); ratio {:.3}",
-                    c.rate, c.ratio
+                    "{:.0} msg/s ({}ordered consumer, no work, same count and sizes); ratio {:.3}",
+                    c.rate,
+                    spread(&c.drain_rates),
+                    c.ratio
                 ),
             ));
         }
@@ -680,6 +685,17 @@ fn esc(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+/// "median of N drains, lowest-highest; " for a ceiling measured more than once.
+fn spread(rates: &[f64]) -> String {
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rates.iter().copied().fold(0.0, f64::max);
+    if rates.len() > 1 {
+        format!("median of {} drains, {lo:.0}-{hi:.0}; ", rates.len())
+    } else {
+        String::new()
+    }
+}
+
 type ErpPick = dyn Fn(&(u64, u64, u64, u64)) -> u64;
 
 /// For each second of an ERP timeline (second, requests, ...), the requests sent in the window
