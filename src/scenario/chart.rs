@@ -175,6 +175,17 @@ pub fn svg(c: &Chart, w: u32, h: u32) -> String {
     for (i, se) in c.series.iter().enumerate() {
         let (cr, cg, cb) = se.color;
         for run in se.runs() {
+            if let [p] = run {
+                // One measured interval between gaps: a line needs two points, so a dot.
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="{}" fill="rgb({cr},{cg},{cb})"/>"#,
+                    x(p.0),
+                    y(p.1),
+                    se.width
+                );
+                continue;
+            }
             let pts: String = run
                 .iter()
                 .map(|p| format!("{:.1},{:.1} ", x(p.0), y(p.1)))
@@ -326,6 +337,12 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
     for (i, se) in c.series.iter().enumerate() {
         let width = if se.width > 2.5 { 3 } else { 2 };
         for run in se.runs() {
+            if let [p] = run {
+                let (cx, cy) = (x(p.0).round() as i64, y(p.1).round() as i64);
+                for (dx, dy) in (-1..=1).flat_map(|dx| (-1..=1).map(move |dy| (dx, dy))) {
+                    cv.set(cx + dx, cy + dy, se.color);
+                }
+            }
             for p in run.windows(2) {
                 cv.line(
                     (x(p[0].0), y(p[0].1)),
@@ -394,11 +411,22 @@ mod tests {
         let s = svg(&c, 600, 300);
         // Two measured runs, two polylines; no point is drawn at the gap.
         assert_eq!(s.matches("<polyline").count(), 2);
+        assert_eq!(s.matches("<circle").count(), 0);
         assert!(!s.contains("NaN"));
         // The axis is scaled by what was measured (6 rounds up to 8 with the 5% margin).
         assert_eq!(c.bounds().2, 8.0);
         let p = png(&c, 600, 300).unwrap();
         assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn a_lone_measured_interval_between_gaps_is_a_dot() {
+        let mut c = chart();
+        c.reference = None;
+        c.series[0].points = vec![(0.0, f64::NAN), (1.0, 6.0), (2.0, f64::NAN)];
+        let s = svg(&c, 600, 300);
+        assert_eq!(s.matches("<circle").count(), 1);
+        assert_eq!(s.matches("<polyline").count(), 0);
     }
 
     #[test]

@@ -407,13 +407,6 @@ impl Report {
                 reference: None,
             },
             Chart {
-                title: "query latency per interval".into(),
-                x_label: "seconds".into(),
-                y_label: "ms".into(),
-                series: latency,
-                reference: None,
-            },
-            Chart {
                 title: "postings waiting for the ERP".into(),
                 x_label: "seconds".into(),
                 y_label: "documents".into(),
@@ -423,31 +416,52 @@ impl Report {
                 reference: None,
             },
         ];
+        // A run without queries (and not live) has no latency to draw.
+        if latency
+            .iter()
+            .any(|se| se.points.iter().any(|p| p.1.is_finite()))
+        {
+            charts.insert(
+                2,
+                Chart {
+                    title: "query latency per interval".into(),
+                    x_label: "seconds".into(),
+                    y_label: "ms".into(),
+                    series: latency,
+                    reference: None,
+                },
+            );
+        }
         for e in &self.erp {
+            // The simulator records only the seconds in which something happened; an idle
+            // stretch must read as zeros, not as a line drawn across it.
+            let timeline = every_second(&e.timeline);
             let per_second = |i: usize, f: &ErpPick| {
                 Series::new(
                     ["requests/s", "accepted/s", "429s/s"][i],
                     COLORS[i],
-                    e.timeline
-                        .iter()
-                        .map(|p| (p.0 as f64, f(p) as f64))
-                        .collect(),
+                    timeline.iter().map(|p| (p.0 as f64, f(p) as f64)).collect(),
                 )
             };
             // Requests equal accepted whenever nothing is refused: drawn wide underneath, the
             // requests line still shows.
             let mut requests = per_second(0, &|p| p.1);
             requests.width = 5.0;
-            // The limit is a count per sliding window, so the chart that shows whether it held
-            // plots the window's count, not a per-second average of the limit.
+            // The limit is a count per sliding window, so this chart plots the window's count,
+            // not a per-second average of the limit. It counts every request sent, refused ones
+            // too, so it is an upper bound of what the ERP's window held; the simulator's own
+            // peak of admitted requests is in the title.
             charts.push(Chart {
-                title: format!("ERP {}: requests in the sliding window", e.endpoint),
+                title: format!(
+                    "ERP {}: requests sent in the sliding window (peak admitted: {})",
+                    e.endpoint, e.max_in_window
+                ),
                 x_label: "seconds since the simulator started".into(),
                 y_label: "requests".into(),
                 series: vec![Series::new(
-                    &format!("requests in the last {:.0} s", e.limit_window_s),
+                    &format!("requests sent in the last {:.0} s", e.limit_window_s),
                     COLORS[0],
-                    window_counts(&e.timeline, e.limit_window_s),
+                    window_counts(&timeline, e.limit_window_s),
                 )],
                 reference: Some((
                     e.limit_requests as f64,
@@ -698,6 +712,23 @@ fn spread(rates: &[f64]) -> String {
 
 type ErpPick = dyn Fn(&(u64, u64, u64, u64)) -> u64;
 
+/// An ERP timeline (second, requests, accepted, 429s) with every second from its first to its
+/// last, the missing ones as zeros.
+fn every_second(timeline: &[(u64, u64, u64, u64)]) -> Vec<(u64, u64, u64, u64)> {
+    let mut sorted = timeline.to_vec();
+    sorted.sort_by_key(|p| p.0);
+    let mut out: Vec<(u64, u64, u64, u64)> = Vec::with_capacity(sorted.len());
+    for p in sorted {
+        if let Some(last) = out.last() {
+            for s in last.0 + 1..p.0 {
+                out.push((s, 0, 0, 0));
+            }
+        }
+        out.push(p);
+    }
+    out
+}
+
 /// For each second of an ERP timeline (second, requests, ...), the requests sent in the window
 /// that ends there: `(t - window, t]`, the span the ERP's limit counts.
 fn window_counts(timeline: &[(u64, u64, u64, u64)], window_s: f64) -> Vec<(f64, f64)> {
@@ -728,12 +759,24 @@ mod tests {
             (2, 1, 1, 0),
             (10, 4, 4, 0),
             (12, 2, 2, 0),
+            (13, 1, 1, 0),
         ];
         let got: Vec<f64> = window_counts(&tl, 3.0).iter().map(|p| p.1).collect();
-        // By hand: window (t-3, t] holds seconds t-2..=t.
-        assert_eq!(got, vec![5.0, 12.0, 13.0, 4.0, 6.0]);
+        // By hand: window (t-3, t] holds seconds t-2..=t; at 13, second 10 (exactly 3 back)
+        // is out.
+        assert_eq!(got, vec![5.0, 12.0, 13.0, 4.0, 6.0, 3.0]);
         let whole: Vec<f64> = window_counts(&tl, 300.0).iter().map(|p| p.1).collect();
-        assert_eq!(whole, vec![5.0, 12.0, 13.0, 17.0, 19.0]);
+        assert_eq!(whole, vec![5.0, 12.0, 13.0, 17.0, 19.0, 20.0]);
+    }
+
+    #[test]
+    fn idle_seconds_of_an_erp_timeline_become_zeros() {
+        let tl = [(7, 3, 3, 0), (4, 1, 0, 1), (5, 2, 2, 0)];
+        assert_eq!(
+            every_second(&tl),
+            vec![(4, 1, 0, 1), (5, 2, 2, 0), (6, 0, 0, 0), (7, 3, 3, 0)]
+        );
+        assert!(every_second(&[]).is_empty());
     }
 
     fn point(t: f64, rate: f64, lag: i64, q99: f64) -> Point {
