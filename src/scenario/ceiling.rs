@@ -59,22 +59,17 @@ pub async fn measure(client: &async_nats::Client, sizes: &[u32]) -> Result<Ceili
         r.map_err(|e| e.to_string())?;
     }
     let publish_s = publish_start.elapsed().as_secs_f64();
-    let mut drains = Vec::with_capacity(DRAINS);
-    let mut failed = None;
-    for _ in 0..DRAINS {
-        match drain(&js, sizes.len()).await {
-            Ok(d) => drains.push(d),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
+    let drained = async {
+        let mut drains = Vec::with_capacity(DRAINS);
+        for _ in 0..DRAINS {
+            drains.push(drain(&js, sizes.len()).await?);
         }
+        Ok::<_, String>(drains)
     }
+    .await;
     // The scratch stream is as large as the trading load: it goes, whatever happened.
     let _ = js.delete_stream(STREAM).await;
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let drains = drained?;
     let (seconds, rate) = median(&drains, sizes.len());
     Ok(Ceiling {
         messages: sizes.len() as u64,
@@ -83,10 +78,7 @@ pub async fn measure(client: &async_nats::Client, sizes: &[u32]) -> Result<Ceili
         rate,
         publish_rate: sizes.len() as f64 / publish_s.max(1e-9),
         ratio: 0.0,
-        drain_rates: drains
-            .iter()
-            .map(|d| sizes.len() as f64 / d.max(1e-9))
-            .collect(),
+        drain_rates: drains.iter().map(|d| rate_of(sizes.len(), *d)).collect(),
     })
 }
 
@@ -123,7 +115,12 @@ fn median(seconds: &[f64], count: usize) -> (f64, f64) {
     let mut sorted = seconds.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    (mid, count as f64 / mid.max(1e-9))
+    (mid, rate_of(count, mid))
+}
+
+/// Messages per second of a drain of `count` messages that took `seconds`.
+fn rate_of(count: usize, seconds: f64) -> f64 {
+    count as f64 / seconds.max(1e-9)
 }
 
 #[cfg(test)]

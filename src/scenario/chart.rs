@@ -26,7 +26,7 @@ impl Series {
     }
 
     /// Runs of consecutive measured points, split at the gaps.
-    fn runs(&self) -> impl Iterator<Item = &[(f64, f64)]> {
+    pub fn runs(&self) -> impl Iterator<Item = &[(f64, f64)]> {
         self.points
             .split(|p| !p.1.is_finite())
             .filter(|r| !r.is_empty())

@@ -386,9 +386,9 @@ impl Report {
                 measured(p.e2e_p99_ms)
             }));
         }
+        // Rates and the backlog have scales a hundred times apart: one chart each, or the rate
+        // line lies flat along the axis.
         let mut charts = vec![
-            // Rates and the backlog have scales a hundred times apart: one chart each, or the
-            // rate line lies flat along the axis.
             Chart {
                 title: format!("{}: throughput", self.scenario),
                 x_label: "seconds".into(),
@@ -406,32 +406,26 @@ impl Report {
                 series: vec![series("consumer lag (messages)", 1, &|p| p.lag as f64)],
                 reference: None,
             },
-            Chart {
-                title: "postings waiting for the ERP".into(),
-                x_label: "seconds".into(),
-                y_label: "documents".into(),
-                series: vec![series("postings pending", 0, &|p| {
-                    p.postings_pending as f64
-                })],
-                reference: None,
-            },
         ];
         // A run without queries (and not live) has no latency to draw.
-        if latency
-            .iter()
-            .any(|se| se.points.iter().any(|p| p.1.is_finite()))
-        {
-            charts.insert(
-                2,
-                Chart {
-                    title: "query latency per interval".into(),
-                    x_label: "seconds".into(),
-                    y_label: "ms".into(),
-                    series: latency,
-                    reference: None,
-                },
-            );
+        if latency.iter().any(|se| se.runs().next().is_some()) {
+            charts.push(Chart {
+                title: "query latency per interval".into(),
+                x_label: "seconds".into(),
+                y_label: "ms".into(),
+                series: latency,
+                reference: None,
+            });
         }
+        charts.push(Chart {
+            title: "postings waiting for the ERP".into(),
+            x_label: "seconds".into(),
+            y_label: "documents".into(),
+            series: vec![series("postings pending", 0, &|p| {
+                p.postings_pending as f64
+            })],
+            reference: None,
+        });
         for e in &self.erp {
             // The simulator records only the seconds in which something happened; an idle
             // stretch must read as zeros, not as a line drawn across it.
@@ -699,6 +693,7 @@ fn esc(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
 /// "median of N drains, lowest-highest; " for a ceiling measured more than once.
 fn spread(rates: &[f64]) -> String {
     let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
