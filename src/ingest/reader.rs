@@ -35,16 +35,46 @@ pub struct Decoded {
 
 /// Stream sequence and pending count from a JetStream reply subject, without the date parsing
 /// `Message::info` does. `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
-/// or, with domain and account hash, two tokens more after `ACK`.
+/// or, with domain and account hash, two tokens more after `ACK` (and possibly a trailing
+/// one).
 pub fn ack_seq(reply: &str) -> Option<(u64, u64)> {
-    // Called once per message: keep the tokens on the stack.
-    let tokens: smallvec::SmallVec<[&str; 14]> = reply.split('.').collect();
-    let (s, p) = match tokens.len() {
+    // Called once per message: one pass over the bytes, noting where the first tokens end.
+    let b = reply.as_bytes();
+    let mut dots = [0usize; 11];
+    let mut n = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'.' {
+            if n < dots.len() {
+                dots[n] = i;
+            }
+            n += 1;
+        }
+    }
+    let token = |k: usize| -> &[u8] {
+        let start = if k == 0 { 0 } else { dots[k - 1] + 1 };
+        let end = if k < n { dots[k] } else { b.len() };
+        &b[start..end]
+    };
+    let (s, p) = match n + 1 {
         9 => (5, 8),
-        n if n >= 11 => (7, 10),
+        t if t >= 11 => (7, 10),
         _ => return None,
     };
-    Some((tokens[s].parse().ok()?, tokens[p].parse().ok()?))
+    Some((digits(token(s))?, digits(token(p))?))
+}
+
+/// A non-empty run of ASCII digits as a `u64`; `None` for anything else or an overflow.
+fn digits(t: &[u8]) -> Option<u64> {
+    if t.is_empty() {
+        return None;
+    }
+    t.iter().try_fold(0u64, |acc, &c| {
+        if c.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 pub fn decode(msg: jetstream::Message) -> Decoded {
@@ -189,6 +219,44 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
             if tx.send(decoded).await.is_err() {
                 return; // the actor is gone
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_seq;
+
+    #[test]
+    fn the_sequence_and_pending_count_come_from_either_reply_form() {
+        assert_eq!(
+            ack_seq("$JS.ACK.RETAIL_EVENTS.c1.1.4711.4700.1764460800000000000.289"),
+            Some((4711, 289))
+        );
+        // Domain and account hash before the stream, and a trailing token after pending.
+        assert_eq!(
+            ack_seq("$JS.ACK.hub.ACCHASH.RETAIL_EVENTS.c1.2.18.17.1764460800000000000.0.xyz"),
+            Some((18, 0))
+        );
+        assert_eq!(
+            ack_seq("$JS.ACK.hub.ACCHASH.RETAIL_EVENTS.c1.2.18.17.1764460800000000000.5"),
+            Some((18, 5))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_no_position() {
+        for bad in [
+            "",
+            "_INBOX.abc",
+            "$JS.ACK.S.c.1.2.3.4",
+            "$JS.ACK.S.c.1.x2.3.4.5",
+            "$JS.ACK.S.c.1..3.4.5",
+            "$JS.ACK.S.c.1.2.3.4.-5",
+            "$JS.ACK.S.c.1.99999999999999999999.3.4.5",
+            "$JS.ACK.S.c.1.2.3.4.5.6",
+        ] {
+            assert_eq!(ack_seq(bad), None, "{bad}");
         }
     }
 }

@@ -20,8 +20,10 @@ pub struct StoreEvent {
 pub struct Routed {
     pub shard_ops: Vec<Vec<(u64, Op)>>,
     pub stores: FxHashMap<LocationId, Vec<StoreEvent>>,
-    /// Ops plus store events: the credit this batch takes.
-    pub work: u64,
+    /// Ops (a broadcast op once per shard): the credit the shard ops take.
+    pub shard_work: u64,
+    /// Store events: the credit they take.
+    pub store_work: u64,
     pub events: u64,
 }
 
@@ -30,9 +32,15 @@ impl Routed {
         Routed {
             shard_ops: (0..shards).map(|_| Vec::new()).collect(),
             stores: FxHashMap::default(),
-            work: 0,
+            shard_work: 0,
+            store_work: 0,
             events: 0,
         }
+    }
+
+    /// Ops plus store events: the credit the whole batch takes.
+    pub fn work(&self) -> u64 {
+        self.shard_work + self.store_work
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,7 +86,7 @@ impl Routed {
             _ => None,
         };
         if let Some((loc, business_day, currency, lines, tenders, returning)) = store {
-            work += 1;
+            self.store_work += 1;
             self.stores.entry(loc).or_default().push(StoreEvent {
                 seq,
                 business_day,
@@ -88,7 +96,7 @@ impl Routed {
                 returning,
             });
         }
-        self.work += work;
+        self.shard_work += work;
         self.events += 1;
     }
 
@@ -102,10 +110,34 @@ impl Routed {
                 .map(|v| Vec::with_capacity(v.len()))
                 .collect(),
             stores: FxHashMap::with_capacity_and_hasher(self.stores.len(), Default::default()),
-            work: 0,
+            shard_work: 0,
+            store_work: 0,
             events: 0,
         };
         std::mem::replace(self, next)
+    }
+
+    /// Takes the shard ops and their credit, leaving the store events where they are.
+    pub fn take_shard_ops(&mut self) -> (Vec<Vec<(u64, Op)>>, u64) {
+        let next = self
+            .shard_ops
+            .iter()
+            .map(|v| Vec::with_capacity(v.len()))
+            .collect();
+        self.events = 0;
+        (
+            std::mem::replace(&mut self.shard_ops, next),
+            std::mem::take(&mut self.shard_work),
+        )
+    }
+
+    /// Takes the store events and their credit.
+    pub fn take_store_events(&mut self) -> (FxHashMap<LocationId, Vec<StoreEvent>>, u64) {
+        let next = FxHashMap::with_capacity_and_hasher(self.stores.len(), Default::default());
+        (
+            std::mem::replace(&mut self.stores, next),
+            std::mem::take(&mut self.store_work),
+        )
     }
 }
 
@@ -122,7 +154,24 @@ mod tests {
         assert_eq!(r.shard_ops[s].len(), 1);
         assert_eq!(r.shard_ops.iter().map(Vec::len).sum::<usize>(), 1);
         assert_eq!(r.stores[&LocationId::from("S1")][0].seq, 5);
-        assert_eq!(r.work, 2);
+        assert_eq!((r.shard_work, r.store_work, r.work()), (1, 1, 2));
+    }
+
+    #[test]
+    fn shard_ops_can_leave_while_store_events_wait() {
+        let mut r = Routed::new(2);
+        r.route(1, sale(1).event);
+        r.route(2, sale(2).event);
+        let (ops, work) = r.take_shard_ops();
+        assert_eq!((ops.iter().map(Vec::len).sum::<usize>(), work), (2, 2));
+        assert!(r.shard_ops.iter().all(Vec::is_empty));
+        assert_eq!((r.shard_work, r.store_work), (0, 2));
+        r.route(3, sale(3).event);
+        let (stores, work) = r.take_store_events();
+        let seqs: Vec<u64> = stores[&LocationId::from("S1")].iter().map(|e| e.seq).collect();
+        assert_eq!((seqs, work), (vec![1, 2, 3], 3));
+        assert!(r.stores.is_empty());
+        assert_eq!((r.shard_work, r.store_work), (1, 0));
     }
 
     #[test]
@@ -138,6 +187,6 @@ mod tests {
             }),
         );
         assert!(r.shard_ops.iter().all(|ops| ops.len() == 1));
-        assert_eq!(r.work, 4);
+        assert_eq!((r.shard_work, r.store_work), (4, 0));
     }
 }
