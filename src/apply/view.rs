@@ -58,7 +58,7 @@ impl CellData {
     }
 
     /// Adds a position at a location the cell does not hold yet; returns its index.
-    fn insert(&mut self, location: LocationId, position: Position) -> usize {
+    pub(crate) fn insert(&mut self, location: LocationId, position: Position) -> usize {
         let i = self.entries.len();
         let at = self
             .by_name

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!((r.shard_work, r.store_work), (0, 2));
         r.route(3, sale(3).event);
         let (stores, work) = r.take_store_events();
-        let seqs: Vec<u64> = stores[&LocationId::from("S1")].iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = stores[&LocationId::from("S1")]
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!((seqs, work), (vec![1, 2, 3], 3));
         assert!(r.stores.is_empty());
         assert_eq!((r.shard_work, r.store_work), (1, 0));
