@@ -487,7 +487,7 @@ async fn progress_line(pipeline: Arc<Pipeline>, published: Arc<AtomicU64>, stop:
         };
         let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) / 1000;
         eprint!(
-            "\r  {:>6.0}s  published {:>10}  applied {:>10}  lag {:>9}  ETA {:>5.0}s  busy ms: {}   ",
+            "\r  {:>6.0}s  published {:>10}  applied {:>10}  lag {:>9}  ETA {:>5.0}s  busy ms: {}  ingest waited ms: messages {} credit {}   ",
             started.elapsed().as_secs_f64(),
             published.load(Ordering::Relaxed),
             applied,
@@ -498,7 +498,9 @@ async fn progress_line(pipeline: Arc<Pipeline>, published: Arc<AtomicU64>, stop:
                 .zip(&m.busy_us)
                 .map(|(n, v)| format!("{n} {}", ms(v)))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            ms(&m.ingest_wait_messages_us),
+            ms(&m.ingest_wait_credit_us),
         );
     }
     eprintln!();
