@@ -218,7 +218,7 @@ impl IngestState {
     /// Store events go too when `stores` is set, or once enough of them wait.
     ///
     /// Store aggregates are read only at barriers, so their events may wait for later batches:
-    /// a batch of 1,000 events touches about 250 of 300 stores, and one message per store per
+    /// a batch of 1,000 events touches about 270 of 300 stores, and one message per store per
     /// batch cost more in actor wake-ups than in folding its two or three sales. Whatever
     /// waits goes out before a barrier, when ingest stops, and once the stream has nothing
     /// more.
