@@ -155,6 +155,8 @@ pub struct IngestConfig {
     pub credit: u64,
     /// Per-source reorder window (sequences).
     pub reorder_window: u64,
+    /// How ingest reads the events stream.
+    pub reader: ReaderKind,
 }
 
 impl Default for IngestConfig {
@@ -163,8 +165,22 @@ impl Default for IngestConfig {
             batch: 2000,
             credit: 100_000,
             reorder_window: 4096,
+            reader: ReaderKind::Direct,
         }
     }
+}
+
+/// How ingest reads the events stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReaderKind {
+    /// A connection of its own, messages decoded in place from the read buffer
+    /// (`bus::pull`). Where the connection needs TLS or a credentials file, ingest reads
+    /// through async-nats instead and logs so once.
+    #[serde(rename = "direct")]
+    Direct,
+    /// The pipeline's async-nats connection and its pull consumer stream.
+    #[serde(rename = "async-nats")]
+    AsyncNats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

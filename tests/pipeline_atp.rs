@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use retailflow::config::ReaderKind;
 use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use std::collections::{BTreeMap, HashMap};
@@ -394,9 +395,21 @@ fn sequence(events: Vec<(String, Event)>, seed: u64) -> Vec<Envelope> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atp_equals_an_independent_model_despite_duplicates_resends_and_redeliveries() {
+    atp_equals_the_model(ReaderKind::Direct).await;
+}
+
+/// The same through the async-nats reader, which ingest falls back to where the direct one
+/// cannot connect (TLS, credentials files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_nats_reader_gives_the_same_atp() {
+    atp_equals_the_model(ReaderKind::AsyncNats).await;
+}
+
+async fn atp_equals_the_model(reader: ReaderKind) {
     let server = nats();
     let mut cfg = config(&server.url());
     cfg.snapshot.enabled = false;
+    cfg.ingest.reader = reader;
     let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
     let js = async_nats::jetstream::new(client(&server.url()).await);
 

@@ -1,6 +1,7 @@
 //! NATS: connecting (with a server version check), the streams retailflow needs, and a
 //! private nats-server for the demo, scenarios and tests.
 
+pub mod pull;
 pub mod server;
 pub mod streams;
 
@@ -52,6 +53,21 @@ pub fn version_at_least(found: &str, minimum: &str) -> bool {
     }
 }
 
+/// What the environment holds for NATS authentication (`nats.creds_env`, `nats.token_env`);
+/// an empty variable counts as unset.
+pub struct Secrets {
+    pub creds_file: Option<String>,
+    pub token: Option<String>,
+}
+
+pub fn secrets(cfg: &NatsConfig) -> Secrets {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Secrets {
+        creds_file: var(&cfg.creds_env),
+        token: var(&cfg.token_env),
+    }
+}
+
 /// Connects and refuses servers older than the configured minimum.
 pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, BusError> {
     let url = cfg.url.clone();
@@ -59,21 +75,18 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         .name(name)
         .max_reconnects(None)
         .connection_timeout(std::time::Duration::from_secs(5));
-    if let Ok(path) = std::env::var(&cfg.creds_env) {
-        if !path.is_empty() {
-            opts = opts
-                .credentials_file(&path)
-                .await
-                .map_err(|e| BusError::Connect {
-                    url: url.clone(),
-                    message: format!("credentials file {path}: {e}"),
-                })?;
-        }
+    let secrets = secrets(cfg);
+    if let Some(path) = secrets.creds_file {
+        opts = opts
+            .credentials_file(&path)
+            .await
+            .map_err(|e| BusError::Connect {
+                url: url.clone(),
+                message: format!("credentials file {path}: {e}"),
+            })?;
     }
-    if let Ok(token) = std::env::var(&cfg.token_env) {
-        if !token.is_empty() {
-            opts = opts.token(token);
-        }
+    if let Some(token) = secrets.token {
+        opts = opts.token(token);
     }
     let connect = opts.connect(url.as_str());
     let client = tokio::time::timeout(std::time::Duration::from_secs(10), connect)

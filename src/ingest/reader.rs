@@ -4,8 +4,16 @@
 //! the previous batch: the two stages overlap on different cores. The channel between them
 //! holds a few batches at most, so a slow actor stops the reader and the backlog stays in
 //! JetStream.
+//!
+//! By default (`ingest.reader = "direct"`) the reader owns a NATS connection of its own
+//! (`bus::pull`) and decodes each event from the bytes in its read buffer. Where that
+//! connection cannot be made the way `nats.url` asks (TLS, a credentials file), or with
+//! `ingest.reader = "async-nats"`, it reads through the pipeline's async-nats client instead.
+//! Both give the actor the same [`Decoded`] batches.
 
 use super::deadletter::Reason;
+use crate::bus::pull::{self, Pull, PullError, PullOptions};
+use crate::config::ReaderKind;
 use crate::domain::Envelope;
 use crate::domain::codec::{self, Format};
 use crate::supervise::shared::Shared;
@@ -13,7 +21,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// What is kept of a message that could not be used: enough to dead-letter it.
@@ -33,62 +41,16 @@ pub struct Decoded {
     pub envelope: Result<Envelope, Box<Bad>>,
 }
 
-/// Stream sequence and pending count from a JetStream reply subject, without the date parsing
-/// `Message::info` does. `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
-/// or, with domain and account hash, two tokens more after `ACK` (and possibly a trailing
-/// one).
-pub fn ack_seq(reply: &str) -> Option<(u64, u64)> {
-    // Called once per message: one pass over the bytes, noting where the first tokens end.
-    let b = reply.as_bytes();
-    let mut dots = [0usize; 11];
-    let mut n = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if c == b'.' {
-            if n < dots.len() {
-                dots[n] = i;
-            }
-            n += 1;
-        }
-    }
-    let token = |k: usize| -> &[u8] {
-        let start = if k == 0 { 0 } else { dots[k - 1] + 1 };
-        let end = if k < n { dots[k] } else { b.len() };
-        &b[start..end]
-    };
-    let (s, p) = match n + 1 {
-        9 => (5, 8),
-        t if t >= 11 => (7, 10),
-        _ => return None,
-    };
-    Some((digits(token(s))?, digits(token(p))?))
-}
-
-/// A non-empty run of ASCII digits as a `u64`; `None` for anything else or an overflow.
-fn digits(t: &[u8]) -> Option<u64> {
-    if t.is_empty() {
-        return None;
-    }
-    t.iter().try_fold(0u64, |acc, &c| {
-        if c.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-        } else {
-            None
-        }
-    })
-}
-
-pub fn decode(msg: jetstream::Message) -> Decoded {
-    let position = msg.reply.as_ref().and_then(|r| ack_seq(r.as_str()));
-    // A name built from a `&str` allocates on every lookup; a static one does not.
-    const CONTENT_TYPE: async_nats::HeaderName =
-        async_nats::HeaderName::from_static(codec::CONTENT_TYPE);
-    let content_type = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(CONTENT_TYPE))
-        .map(|v| v.as_str());
+/// Decodes and validates one payload; `keep` gives what a dead letter needs, and is called
+/// only for a bad message.
+fn decode_payload(
+    position: Option<(u64, u64)>,
+    content_type: Option<&str>,
+    payload: &[u8],
+    keep: impl FnOnce() -> (String, Option<async_nats::HeaderMap>, bytes::Bytes),
+) -> Decoded {
     let format = Format::from_content_type(content_type);
-    let failed = match codec::decode_envelope(format, &msg.payload) {
+    let (reason, error) = match codec::decode_envelope(format, payload) {
         Ok(e) => match e.validate() {
             Ok(()) => {
                 return Decoded {
@@ -103,23 +65,60 @@ pub fn decode(msg: jetstream::Message) -> Decoded {
         },
         Err(e) => (Reason::Undecodable, e.to_string()),
     };
-    let msg = msg.message;
+    let (subject, headers, payload) = keep();
     Decoded {
         position,
         envelope: Err(Box::new(Bad {
-            reason: failed.0,
-            error: failed.1,
-            subject: msg.subject.to_string(),
-            headers: msg.headers,
-            payload: msg.payload,
+            reason,
+            error,
+            subject,
+            headers,
+            payload,
         })),
     }
+}
+
+/// A message read through async-nats.
+pub fn decode(msg: jetstream::Message) -> Decoded {
+    let position = msg.reply.as_ref().and_then(|r| pull::ack_seq(r.as_bytes()));
+    // A name built from a `&str` allocates on every lookup; a static one does not.
+    const CONTENT_TYPE: async_nats::HeaderName =
+        async_nats::HeaderName::from_static(codec::CONTENT_TYPE);
+    let content_type = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(CONTENT_TYPE))
+        .map(|v| v.as_str());
+    decode_payload(position, content_type, &msg.payload, || {
+        let msg = msg.message.clone();
+        (msg.subject.to_string(), msg.headers, msg.payload)
+    })
+}
+
+/// A message read by the direct reader, still in its read buffer.
+pub fn decode_raw(m: pull::Raw<'_>) -> Decoded {
+    let position = pull::ack_seq(m.reply);
+    let content_type =
+        pull::header(m.headers, codec::CONTENT_TYPE).and_then(|v| std::str::from_utf8(v).ok());
+    decode_payload(position, content_type, m.payload, || {
+        (
+            String::from_utf8_lossy(m.subject).into_owned(),
+            pull::header_map(m.headers),
+            bytes::Bytes::copy_from_slice(m.payload),
+        )
+    })
 }
 
 pub type Batch = Vec<Decoded>;
 
 /// Batches waiting between reader and actor.
 const QUEUED_BATCHES: usize = 3;
+
+/// Idle heartbeat asked of the server: a consumer lost with a restarted server is noticed
+/// (two missed heartbeats) and recreated within seconds.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Lifetime of one pull request.
+const EXPIRES: Duration = Duration::from_secs(10);
 
 pub struct Reader {
     pub batches: mpsc::Receiver<Batch>,
@@ -132,14 +131,16 @@ impl Drop for Reader {
     }
 }
 
-async fn open(shared: &Shared, from: u64) -> Result<consumer::pull::Stream, String> {
+/// An ephemeral consumer of the events stream from `from`, acking nothing (the snapshot is
+/// the offset).
+async fn consumer(shared: &Shared, from: u64) -> Result<consumer::PullConsumer, String> {
     let name = &shared.config.streams.events;
     let stream = shared
         .js
         .get_stream(name)
         .await
         .map_err(|e| format!("events stream {name}: {e}"))?;
-    let consumer = stream
+    stream
         .create_consumer(consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
@@ -151,17 +152,7 @@ async fn open(shared: &Shared, from: u64) -> Result<consumer::pull::Stream, Stri
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("creating the ingest consumer: {e}"))?;
-    consumer
-        .stream()
-        .max_messages_per_batch(shared.config.ingest.batch)
-        // Short: a consumer lost with a restarted server is noticed (two missed heartbeats)
-        // and recreated within seconds.
-        .heartbeat(Duration::from_secs(1))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| format!("starting the ingest pull: {e}"))
+        .map_err(|e| format!("creating the ingest consumer: {e}"))
 }
 
 impl Reader {
@@ -173,90 +164,163 @@ impl Reader {
     }
 }
 
+/// Why one consumer's reading ended.
+enum End {
+    /// The actor is gone: stop.
+    Gone,
+    /// Open a new consumer after the last message read.
+    Again(String),
+    /// The direct reader cannot serve this connection; read through async-nats.
+    Unsupported(String),
+}
+
 async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
-    let batch = shared.config.ingest.batch.max(1);
-    let m = shared.metrics.clone();
-    // One buffer for every batch's raw messages: a fresh one each time (hundreds of KB at the
-    // default batch) had its pages faulted in and zeroed by the kernel on every batch.
-    let mut msgs = Vec::with_capacity(batch);
+    let mut kind = shared.config.ingest.reader;
     loop {
-        let mut messages = match open(&shared, from).await {
-            Ok(s) => s,
+        let consumer = match consumer(&shared, from).await {
+            Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, from, "ingest reader cannot start; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        tracing::info!(from, "ingest consumer started");
-        loop {
-            let t = std::time::Instant::now();
-            let first = messages.next().await;
-            m.ingest_wait_messages_us
-                .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
-            let first = match first {
-                Some(Ok(msg)) => msg,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, from, "ingest pull failed; recreating the consumer");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
-                }
-                None => break,
-            };
-            let started = std::time::Instant::now();
-            msgs.push(first);
-            while msgs.len() < batch {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(msg))) => msgs.push(msg),
-                    _ => break,
-                }
+        let end = match kind {
+            ReaderKind::Direct => read_direct(&shared, &consumer, &mut from, &tx).await,
+            ReaderKind::AsyncNats => read_async_nats(&shared, &consumer, &mut from, &tx).await,
+        };
+        match end {
+            End::Gone => return,
+            End::Again(error) => {
+                tracing::warn!(%error, from, "ingest pull failed; recreating the consumer");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let decoded: Batch = msgs.drain(..).map(decode).collect();
-            if let Some((seq, _)) = decoded.iter().rev().find_map(|d| d.position) {
-                from = seq + 1;
-            }
-            m.busy(crate::telemetry::Stage::Reader, started);
-            if tx.send(decoded).await.is_err() {
-                return; // the actor is gone
+            End::Unsupported(what) => {
+                tracing::info!(
+                    needs = %what,
+                    "the direct ingest reader does not speak this; reading through async-nats"
+                );
+                kind = ReaderKind::AsyncNats;
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ack_seq;
-
-    #[test]
-    fn the_sequence_and_pending_count_come_from_either_reply_form() {
-        assert_eq!(
-            ack_seq("$JS.ACK.RETAIL_EVENTS.c1.1.4711.4700.1764460800000000000.289"),
-            Some((4711, 289))
-        );
-        // Domain and account hash before the stream, and a trailing token after pending.
-        assert_eq!(
-            ack_seq("$JS.ACK.hub.ACCHASH.RETAIL_EVENTS.c1.2.18.17.1764460800000000000.0.xyz"),
-            Some((18, 0))
-        );
-        assert_eq!(
-            ack_seq("$JS.ACK.hub.ACCHASH.RETAIL_EVENTS.c1.2.18.17.1764460800000000000.5"),
-            Some((18, 5))
-        );
+/// Hands a decoded batch to the actor and notes where the next consumer would start.
+async fn deliver(
+    shared: &Shared,
+    decoded: Batch,
+    started: Instant,
+    from: &mut u64,
+    tx: &mpsc::Sender<Batch>,
+) -> bool {
+    if let Some((seq, _)) = decoded.iter().rev().find_map(|d| d.position) {
+        *from = seq + 1;
     }
+    shared
+        .metrics
+        .busy(crate::telemetry::Stage::Reader, started);
+    tx.send(decoded).await.is_ok()
+}
 
-    #[test]
-    fn anything_else_is_no_position() {
-        for bad in [
-            "",
-            "_INBOX.abc",
-            "$JS.ACK.S.c.1.2.3.4",
-            "$JS.ACK.S.c.1.x2.3.4.5",
-            "$JS.ACK.S.c.1..3.4.5",
-            "$JS.ACK.S.c.1.2.3.4.-5",
-            "$JS.ACK.S.c.1.99999999999999999999.3.4.5",
-            "$JS.ACK.S.c.1.2.3.4.5.6",
-        ] {
-            assert_eq!(ack_seq(bad), None, "{bad}");
+async fn read_direct(
+    shared: &Shared,
+    consumer: &consumer::PullConsumer,
+    from: &mut u64,
+    tx: &mpsc::Sender<Batch>,
+) -> End {
+    let batch = shared.config.ingest.batch.max(1);
+    let opts = PullOptions {
+        batch,
+        heartbeat: HEARTBEAT,
+        expires: EXPIRES,
+        name: format!("retailflow-ingest{}", shared.tag),
+    };
+    let secrets = crate::bus::secrets(&shared.config.nats);
+    if let Some(path) = secrets.creds_file {
+        return End::Unsupported(format!("a credentials file ({path})"));
+    }
+    let name = consumer.cached_info().name.clone();
+    let (url, stream) = (&shared.config.nats.url, &shared.config.streams.events);
+    let token = secrets.token.as_deref();
+    let mut pull = match Pull::open(url, token, stream, &name, &opts).await {
+        Ok(p) => p,
+        Err(PullError::Unsupported(what)) => return End::Unsupported(what),
+        Err(e) => return End::Again(e.to_string()),
+    };
+    tracing::info!(from = *from, reader = "direct", "ingest consumer started");
+    let m = shared.metrics.clone();
+    loop {
+        let mut decoded: Batch = Vec::with_capacity(batch);
+        let asked = Instant::now();
+        let mut started = asked;
+        let got = pull
+            .next_batch(batch, |raw| {
+                if decoded.is_empty() {
+                    started = Instant::now();
+                }
+                decoded.push(decode_raw(raw));
+            })
+            .await;
+        if let Err(e) = got {
+            return End::Again(e.to_string());
+        }
+        m.ingest_wait_messages_us
+            .fetch_add((started - asked).as_micros() as u64, Relaxed);
+        if !deliver(shared, decoded, started, from, tx).await {
+            return End::Gone;
+        }
+    }
+}
+
+async fn read_async_nats(
+    shared: &Shared,
+    consumer: &consumer::PullConsumer,
+    from: &mut u64,
+    tx: &mpsc::Sender<Batch>,
+) -> End {
+    let batch = shared.config.ingest.batch.max(1);
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(HEARTBEAT)
+        .expires(EXPIRES)
+        .messages()
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return End::Again(format!("starting the ingest pull: {e}")),
+    };
+    tracing::info!(
+        from = *from,
+        reader = "async-nats",
+        "ingest consumer started"
+    );
+    let m = shared.metrics.clone();
+    // One buffer for every batch's raw messages: a fresh one each time (hundreds of KB at the
+    // default batch) had its pages faulted in and zeroed by the kernel on every batch.
+    let mut msgs = Vec::with_capacity(batch);
+    loop {
+        let t = Instant::now();
+        let first = messages.next().await;
+        m.ingest_wait_messages_us
+            .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
+        let first = match first {
+            Some(Ok(msg)) => msg,
+            Some(Err(error)) => return End::Again(error.to_string()),
+            None => return End::Again("the pull stream ended".into()),
+        };
+        let started = Instant::now();
+        msgs.push(first);
+        while msgs.len() < batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(msg))) => msgs.push(msg),
+                _ => break,
+            }
+        }
+        let decoded: Batch = msgs.drain(..).map(decode).collect();
+        if !deliver(shared, decoded, started, from, tx).await {
+            return End::Gone;
         }
     }
 }
