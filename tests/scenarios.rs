@@ -82,6 +82,12 @@ async fn black_friday_smoke() {
     let hi = c.drain_rates.iter().copied().fold(0.0, f64::max);
     assert!(lo <= c.rate && c.rate <= hi);
     assert!(c.ratio > 0.0, "the ratio was reported");
+    // The reference drain through async-nats ran to the end as well.
+    assert!(
+        c.async_nats_rate.is_some_and(|r| r.is_finite() && r > 0.0),
+        "{:?}",
+        c.async_nats_rate
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

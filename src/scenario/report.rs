@@ -110,6 +110,10 @@ pub struct Ceiling {
     /// Every drain's rate; `rate` is their median (reports older than this field have none).
     #[serde(default)]
     pub drain_rates: Vec<f64>,
+    /// One more drain through async-nats' ordered consumer, for reference (not in the ratio).
+    /// Reports from before the direct reader measured the ceiling that way and have none.
+    #[serde(default)]
+    pub async_nats_rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -522,9 +526,11 @@ impl Report {
             r.push((
                 "JetStream ceiling".into(),
                 format!(
-                    "{:.0} msg/s ({}ordered consumer, no work, same count and sizes); ratio {:.3}",
+                    "{:.0} msg/s ({}ordered consumer read directly, no work, same count and sizes{}); ratio {:.3}",
                     c.rate,
                     spread(&c.drain_rates),
+                    c.async_nats_rate
+                        .map_or(String::new(), |r| format!("; through async-nats {r:.0} msg/s")),
                     c.ratio
                 ),
             ));

@@ -418,7 +418,13 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
         Arc::try_unwrap(pipeline).map_err(|_| RunError::Run("pipeline still shared".into()))?;
     pipeline.shutdown(Duration::from_secs(30)).await;
     if opts.ceiling {
-        match super::ceiling::measure(&load_client, &trading.sizes).await {
+        let secrets = crate::bus::secrets(&cfg.nats);
+        let direct = super::ceiling::Direct {
+            url: &nats_url,
+            token: secrets.token.as_deref(),
+            batch: cfg.ingest.batch,
+        };
+        match super::ceiling::measure(&load_client, &direct, &trading.sizes).await {
             Ok(c) => {
                 report.ceiling = Some(super::report::Ceiling {
                     ratio: if backlog_mode && c.rate > 0.0 {
