@@ -9,6 +9,11 @@
 //! faster than an async-nats ordered consumer doing nothing (ratios above 1). That drain is
 //! still measured once and reported, as the figure a client built on async-nats would see.
 //!
+//! The drains run under the same shopper load the pipeline's drain ran under (the caller
+//! starts it around [`Scratch::drain_loaded`]), so the ratio compares like with like: the
+//! pipeline's work is the only difference. One more direct drain after the load has stopped
+//! tells what the broker delivers on an otherwise quiet machine.
+//!
 //! The stream is drained [`DRAINS`] times, each by a new consumer from the first message, and
 //! the ceiling is the median rate, so that one unlucky or lucky drain (a broker GC, a
 //! neighbour on the host) does not set the ratio. It smooths noise within a run only: all
@@ -33,75 +38,128 @@ pub struct Direct<'a> {
     pub batch: usize,
 }
 
-pub async fn measure(
-    client: &async_nats::Client,
-    direct: &Direct<'_>,
-    sizes: &[u32],
-) -> Result<Ceiling, String> {
-    let js = jetstream::new(client.clone());
-    let _ = js.delete_stream(STREAM).await;
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["retailflow.ceiling.>".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("creating {STREAM}: {e}"))?;
-    let largest = sizes.iter().copied().max().unwrap_or(0) as usize;
-    // Incompressible-looking filler; content does not matter, sizes do.
-    let filler: Vec<u8> = (0..largest.max(1)).map(|i| (i * 131 % 251) as u8).collect();
-    let bytes = bytes::Bytes::from(filler);
-    let mut acks = FuturesOrdered::new();
-    let publish_start = Instant::now();
-    for (i, &size) in sizes.iter().enumerate() {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("pos/S{:04}/t1#{i}", i % 300).as_str(),
-        );
-        let ack = js
-            .publish_with_headers(
-                format!("retailflow.ceiling.s{}", i % 64),
-                headers,
-                bytes.slice(0..size as usize),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        acks.push_back(std::future::IntoFuture::into_future(ack));
-        if acks.len() >= 4096 {
-            if let Some(r) = acks.next().await {
-                r.map_err(|e| e.to_string())?;
+/// The scratch stream, filled and ready to drain.
+pub struct Scratch {
+    js: jetstream::Context,
+    sizes: Vec<u32>,
+    publish_s: f64,
+}
+
+/// What [`Scratch::drain_loaded`] measured.
+pub struct Loaded {
+    /// Seconds of each direct drain, in order.
+    pub direct: Vec<f64>,
+    /// Seconds of the drain through async-nats.
+    pub through_async_nats: f64,
+}
+
+impl Scratch {
+    /// Creates the scratch stream (replacing a leftover one) and publishes the messages.
+    pub async fn fill(client: &async_nats::Client, sizes: &[u32]) -> Result<Scratch, String> {
+        let js = jetstream::new(client.clone());
+        let _ = js.delete_stream(STREAM).await;
+        js.create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["retailflow.ceiling.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("creating {STREAM}: {e}"))?;
+        let scratch = Scratch {
+            js,
+            sizes: sizes.to_vec(),
+            publish_s: 0.0,
+        };
+        match scratch.publish().await {
+            Ok(publish_s) => Ok(Scratch {
+                publish_s,
+                ..scratch
+            }),
+            Err(e) => {
+                scratch.delete().await;
+                Err(e)
             }
         }
     }
-    while let Some(r) = acks.next().await {
-        r.map_err(|e| e.to_string())?;
+
+    async fn publish(&self) -> Result<f64, String> {
+        let sizes = &self.sizes;
+        let largest = sizes.iter().copied().max().unwrap_or(0) as usize;
+        // Incompressible-looking filler; content does not matter, sizes do.
+        let filler: Vec<u8> = (0..largest.max(1)).map(|i| (i * 131 % 251) as u8).collect();
+        let bytes = bytes::Bytes::from(filler);
+        let mut acks = FuturesOrdered::new();
+        let publish_start = Instant::now();
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("pos/S{:04}/t1#{i}", i % 300).as_str(),
+            );
+            let ack = self
+                .js
+                .publish_with_headers(
+                    format!("retailflow.ceiling.s{}", i % 64),
+                    headers,
+                    bytes.slice(0..size as usize),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push_back(std::future::IntoFuture::into_future(ack));
+            if acks.len() >= 4096 {
+                if let Some(r) = acks.next().await {
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        while let Some(r) = acks.next().await {
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok(publish_start.elapsed().as_secs_f64())
     }
-    let publish_s = publish_start.elapsed().as_secs_f64();
-    let drained = async {
+
+    /// The drains that make the ceiling, [`DRAINS`] direct ones and one through async-nats;
+    /// the caller runs its shopper load around this.
+    pub async fn drain_loaded(&self, direct: &Direct<'_>) -> Result<Loaded, String> {
+        let count = self.sizes.len();
         let mut drains = Vec::with_capacity(DRAINS);
         for _ in 0..DRAINS {
-            drains.push(drain_direct(&js, direct, sizes.len()).await?);
+            drains.push(drain_direct(&self.js, direct, count).await?);
         }
-        let through_async_nats = drain(&js, sizes.len()).await?;
-        Ok::<_, String>((drains, through_async_nats))
+        Ok(Loaded {
+            direct: drains,
+            through_async_nats: drain(&self.js, count).await?,
+        })
     }
-    .await;
-    // The scratch stream is as large as the trading load: it goes, whatever happened.
-    let _ = js.delete_stream(STREAM).await;
-    let (drains, through_async_nats) = drained?;
-    let (seconds, rate) = median(&drains, sizes.len());
-    Ok(Ceiling {
-        messages: sizes.len() as u64,
-        bytes: sizes.iter().map(|s| u64::from(*s)).sum(),
-        seconds,
-        rate,
-        publish_rate: sizes.len() as f64 / publish_s.max(1e-9),
-        ratio: 0.0,
-        drain_rates: drains.iter().map(|d| rate_of(sizes.len(), *d)).collect(),
-        async_nats_rate: Some(rate_of(sizes.len(), through_async_nats)),
-    })
+
+    /// One direct drain, for the quiet-machine figure.
+    pub async fn drain_quiet(&self, direct: &Direct<'_>) -> Result<f64, String> {
+        drain_direct(&self.js, direct, self.sizes.len()).await
+    }
+
+    /// The report's ceiling from the drains; `ratio` is left for the caller.
+    pub fn ceiling(&self, loaded: &Loaded, quiet: Option<f64>, query_rate: f64) -> Ceiling {
+        let count = self.sizes.len();
+        let (seconds, rate) = median(&loaded.direct, count);
+        Ceiling {
+            messages: count as u64,
+            bytes: self.sizes.iter().map(|s| u64::from(*s)).sum(),
+            seconds,
+            rate,
+            publish_rate: count as f64 / self.publish_s.max(1e-9),
+            ratio: 0.0,
+            drain_rates: loaded.direct.iter().map(|d| rate_of(count, *d)).collect(),
+            async_nats_rate: Some(rate_of(count, loaded.through_async_nats)),
+            quiet_rate: quiet.map(|d| rate_of(count, d)),
+            query_rate,
+        }
+    }
+
+    /// Deletes the scratch stream: it is as large as the trading load.
+    pub async fn delete(&self) {
+        let _ = self.js.delete_stream(STREAM).await;
+    }
 }
 
 /// Drains of the scratch stream per measurement; the ceiling is their median.

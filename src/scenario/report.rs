@@ -114,6 +114,13 @@ pub struct Ceiling {
     /// Reports from before the direct reader measured the ceiling that way and have none.
     #[serde(default)]
     pub async_nats_rate: Option<f64>,
+    /// A direct drain after the shopper load stopped: the broker on a quiet machine.
+    #[serde(default)]
+    pub quiet_rate: Option<f64>,
+    /// Availability queries per second answered while the ceiling's drains ran (the same
+    /// load as during the pipeline's drain; 0 when the scenario has none).
+    #[serde(default)]
+    pub query_rate: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -526,12 +533,23 @@ impl Report {
             r.push((
                 "JetStream ceiling".into(),
                 format!(
-                    "{:.0} msg/s ({}ordered consumer read directly, no work, same count and sizes{}); ratio {:.3}",
+                    "{:.0} msg/s ({}ordered consumer read directly, no work, same count and sizes, {:.0} queries/s); ratio {:.3}",
                     c.rate,
                     spread(&c.drain_rates),
-                    c.async_nats_rate
-                        .map_or(String::new(), |r| format!("; through async-nats {r:.0} msg/s")),
+                    c.query_rate,
                     c.ratio
+                ),
+            ));
+            r.push((
+                "  for reference".into(),
+                format!(
+                    "through async-nats {}; direct without queries {}",
+                    c.async_nats_rate
+                        .map_or("-".into(), |r| format!("{r:.0} msg/s")),
+                    c.quiet_rate.map_or("-".into(), |r| format!(
+                        "{r:.0} msg/s (drain / that {:.3})",
+                        t.drain_rate / r.max(1e-9)
+                    )),
                 ),
             ));
         }

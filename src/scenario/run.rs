@@ -413,18 +413,51 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     }
     report.timeline = pts;
 
-    // Stop the pipeline before the ceiling run so it does not compete for the CPU.
-    let pipeline =
-        Arc::try_unwrap(pipeline).map_err(|_| RunError::Run("pipeline still shared".into()))?;
-    pipeline.shutdown(Duration::from_secs(30)).await;
     if opts.ceiling {
+        // The pipeline stays up, caught up and idle, so the shoppers' queries during the
+        // ceiling's drains are answered as they were during the pipeline's.
         let secrets = crate::bus::secrets(&cfg.nats);
         let direct = super::ceiling::Direct {
             url: &nats_url,
             token: secrets.token.as_deref(),
             batch: cfg.ingest.batch,
         };
-        match super::ceiling::measure(&load_client, &direct, &trading.sizes).await {
+        let under_load = || {
+            let rec = Arc::new(Recorders::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = measure::query_load_thread(
+                http_base.clone(),
+                nats_url.clone(),
+                targets.clone(),
+                spec.queries.clone(),
+                rec.clone(),
+                stop.clone(),
+            );
+            (rec, stop, thread)
+        };
+        let measured = async {
+            let scratch = super::ceiling::Scratch::fill(&load_client, &trading.sizes).await?;
+            let result = async {
+                let (rec, stop_load, thread) = under_load();
+                let thread = thread.map_err(|e| format!("query load thread: {e}"))?;
+                let began = Instant::now();
+                let loaded = scratch.drain_loaded(&direct).await;
+                let window = began.elapsed();
+                stop_load.store(true, Ordering::SeqCst);
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                let loaded = loaded?;
+                let mut answered = measure::snapshot(&rec.query_http);
+                let _ = answered.add(measure::snapshot(&rec.query_nats));
+                let query_rate = answered.len() as f64 / window.as_secs_f64().max(1e-9);
+                let quiet = scratch.drain_quiet(&direct).await?;
+                Ok::<_, String>(scratch.ceiling(&loaded, Some(quiet), query_rate))
+            }
+            .await;
+            scratch.delete().await;
+            result
+        }
+        .await;
+        match measured {
             Ok(c) => {
                 report.ceiling = Some(super::report::Ceiling {
                     ratio: if backlog_mode && c.rate > 0.0 {
@@ -438,6 +471,9 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
             Err(e) => report.problems.push(format!("ceiling: {e}")),
         }
     }
+    let pipeline =
+        Arc::try_unwrap(pipeline).map_err(|_| RunError::Run("pipeline still shared".into()))?;
+    pipeline.shutdown(Duration::from_secs(30)).await;
     for s in
         Arc::try_unwrap(sims).map_err(|_| RunError::Run("ERP simulators still shared".into()))?
     {
