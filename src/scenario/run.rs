@@ -31,6 +31,7 @@ pub fn pipeline_config(spec: &Scenario, nats_url: &str, erp_urls: &[String]) -> 
     c.shards.count = spec.pipeline.shards;
     c.ingest.batch = spec.pipeline.batch;
     c.ingest.credit = spec.pipeline.credit;
+    c.ingest.reader = spec.pipeline.reader;
     c.barrier.interval = Duration::from_millis(250);
     c.barrier.flush_interval = spec.pipeline.flush_interval;
     c.snapshot.interval = spec.pipeline.snapshot_interval;

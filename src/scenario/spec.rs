@@ -1,7 +1,8 @@
 //! Scenario files: a world, a load profile, an event mix, faults, ERP endpoints, queries and
-//! expectations. TOML, every field documented in the README, unknown fields rejected.
+//! expectations. TOML, every field documented in `scenarios/README.md`, unknown fields
+//! rejected.
 
-use crate::config::duration;
+use crate::config::{ReaderKind, duration};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -313,14 +314,22 @@ impl Default for Queries {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSpec {
+    /// SKU shards (`shards.count`).
     pub shards: usize,
+    /// Messages per pull and per ingest batch (`ingest.batch`).
     pub batch: usize,
+    /// Work in flight before ingest waits (`ingest.credit`).
     pub credit: u64,
+    /// Least time between flushing barriers (`barrier.flush_interval`).
     #[serde(with = "duration")]
     pub flush_interval: Duration,
+    /// Time between snapshots (`snapshot.interval`).
     #[serde(with = "duration")]
     pub snapshot_interval: Duration,
+    /// Most events between snapshot barriers (`snapshot.every_events`).
     pub snapshot_every_events: u64,
+    /// How ingest reads the stream (`ingest.reader`): compare the two readers on one scenario.
+    pub reader: ReaderKind,
 }
 
 impl Default for PipelineSpec {
@@ -332,6 +341,7 @@ impl Default for PipelineSpec {
             flush_interval: Duration::from_secs(2),
             snapshot_interval: Duration::from_secs(10),
             snapshot_every_events: 1_000_000,
+            reader: ReaderKind::Direct,
         }
     }
 }
