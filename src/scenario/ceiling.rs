@@ -139,7 +139,7 @@ impl Scratch {
     }
 
     /// The report's ceiling from the drains; `ratio` is left for the caller.
-    pub fn ceiling(&self, loaded: &Loaded, quiet: Option<f64>, query_rate: f64) -> Ceiling {
+    pub fn ceiling(&self, loaded: &Loaded, quiet: f64, query_rate: f64) -> Ceiling {
         let count = self.sizes.len();
         let (seconds, rate) = median(&loaded.direct, count);
         Ceiling {
@@ -151,7 +151,7 @@ impl Scratch {
             ratio: 0.0,
             drain_rates: loaded.direct.iter().map(|d| rate_of(count, *d)).collect(),
             async_nats_rate: Some(rate_of(count, loaded.through_async_nats)),
-            quiet_rate: quiet.map(|d| rate_of(count, d)),
+            quiet_rate: Some(rate_of(count, quiet)),
             query_rate,
         }
     }

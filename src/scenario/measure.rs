@@ -100,6 +100,15 @@ pub fn take(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
         .unwrap_or_else(histogram)
 }
 
+impl Recorders {
+    /// Every answered query's latency, HTTP and NATS together.
+    pub fn queries_answered(&self) -> Histogram<u64> {
+        let mut all = snapshot(&self.query_http);
+        let _ = all.add(snapshot(&self.query_nats));
+        all
+    }
+}
+
 pub fn snapshot(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
     h.lock()
         .ok()

@@ -388,8 +388,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     report.throughput.sustained_rate = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
     report.latency.query_http = measure::percentiles(&measure::snapshot(&rec.query_http));
     report.latency.query_nats = measure::percentiles(&measure::snapshot(&rec.query_nats));
-    let mut all = measure::snapshot(&rec.query_http);
-    let _ = all.add(measure::snapshot(&rec.query_nats));
+    let all = rec.queries_answered();
     report.latency.query_all = measure::percentiles(&all);
     report.latency.query_shapes = measure::Shape::EACH
         .iter()
@@ -447,11 +446,10 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
                 stop_load.store(true, Ordering::SeqCst);
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
                 let loaded = loaded?;
-                let mut answered = measure::snapshot(&rec.query_http);
-                let _ = answered.add(measure::snapshot(&rec.query_nats));
-                let query_rate = answered.len() as f64 / window.as_secs_f64().max(1e-9);
+                let answered = rec.queries_answered().len();
+                let query_rate = answered as f64 / window.as_secs_f64().max(1e-9);
                 let quiet = scratch.drain_quiet(&direct).await?;
-                Ok::<_, String>(scratch.ceiling(&loaded, Some(quiet), query_rate))
+                Ok::<_, String>(scratch.ceiling(&loaded, quiet, query_rate))
             }
             .await;
             scratch.delete().await;
