@@ -2,6 +2,11 @@
 //!
 //! `cargo bench --bench hot_paths` (all) or e.g. `cargo bench --bench hot_paths -- ledger`.
 
+/// The allocator the `retailflow` binary ships with (see `src/main.rs`): these numbers are
+/// meant to be the binary's, and glibc's malloc costs the allocating paths differently.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{
     BatchSize, BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main,
 };
