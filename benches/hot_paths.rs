@@ -2,8 +2,9 @@
 //!
 //! `cargo bench --bench hot_paths` (all) or e.g. `cargo bench --bench hot_paths -- ledger`.
 
-/// The allocator the `retailflow` binary ships with (see `src/main.rs`): these numbers are
-/// meant to be the binary's, and glibc's malloc costs the allocating paths differently.
+/// The allocator the `retailflow` binary ships with (see `src/main.rs`): glibc's malloc costs
+/// the allocating paths differently. The binary also keeps freed memory for 30 s
+/// (`supervise::memory::keep_freed_memory`); the benches keep mimalloc's default 1 s.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -86,6 +86,15 @@ pub struct Recorders {
     pub query_errors: std::sync::atomic::AtomicU64,
 }
 
+impl Recorders {
+    /// Every answered query's latency, HTTP and NATS together.
+    pub fn queries_answered(&self) -> Histogram<u64> {
+        let mut all = snapshot(&self.query_http);
+        let _ = all.add(snapshot(&self.query_nats));
+        all
+    }
+}
+
 pub fn record(h: &Mutex<Option<Histogram<u64>>>, micros: u64) {
     if let Ok(mut g) = h.lock() {
         let h = g.get_or_insert_with(histogram);
@@ -98,15 +107,6 @@ pub fn take(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
         .ok()
         .and_then(|mut g| g.take())
         .unwrap_or_else(histogram)
-}
-
-impl Recorders {
-    /// Every answered query's latency, HTTP and NATS together.
-    pub fn queries_answered(&self) -> Histogram<u64> {
-        let mut all = snapshot(&self.query_http);
-        let _ = all.add(snapshot(&self.query_nats));
-        all
-    }
 }
 
 pub fn snapshot(h: &Mutex<Option<Histogram<u64>>>) -> Histogram<u64> {
