@@ -362,17 +362,22 @@ impl Default for SupervisionConfig {
     }
 }
 
-/// Threads. The data path (ingest, shards, stores, delivery) and the API (HTTP and NATS
-/// request-reply) run on runtimes of their own. The data path's threads get a lower CPU
-/// priority and the API's a real-time one, so a query or reservation that arrives while ingest
-/// is busy is scheduled first: reads never wait for writes, not even for a core.
+/// Threads. The data path (ingest, shards, stores, delivery, and the NATS reservation
+/// responders) and the API (HTTP, NATS queries) run on runtimes of their own. The data path's
+/// threads get a lower CPU priority and the API's a real-time one, so a query that arrives
+/// while ingest is busy is scheduled first: reads never wait for writes, not even for a core.
+/// A reservation waits for its shard's decision anyway, so its NATS front end runs with the
+/// shards.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Worker threads of the data path (0: one per core).
     pub data_workers: usize,
-    /// Nice value of the data-path threads (0 to 19; 0 disables).
-    pub data_nice: i32,
+    /// Nice value of the data-path threads (0 to 19; 0 disables). Unset: 0 when the API's
+    /// threads get their real-time priority (a query takes a core ahead of ingest whatever
+    /// ingest's nice value), 10 when they do not (their short slices then need ingest to
+    /// yield).
+    pub data_nice: Option<i32>,
     /// Worker threads of the API (0: one per core). One is plenty for thousands of queries a
     /// second and never wakes a second thread to steal work.
     pub api_workers: usize,
@@ -382,11 +387,18 @@ pub struct RuntimeConfig {
     pub api_realtime_priority: i32,
 }
 
+impl RuntimeConfig {
+    /// The data path's nice value, given whether the API's threads get real-time priority.
+    pub fn data_nice(&self, api_realtime: bool) -> i32 {
+        self.data_nice.unwrap_or(if api_realtime { 0 } else { 10 })
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             data_workers: 0,
-            data_nice: 10,
+            data_nice: None,
             api_workers: 1,
             api_realtime_priority: 1,
         }
@@ -593,6 +605,16 @@ mod tests {
         assert!(duration::parse("5").is_err());
         assert!(duration::parse("5 weeks").is_err());
         assert_eq!(duration::format(&Duration::from_secs(300)), "5m");
+    }
+
+    #[test]
+    fn the_data_path_yields_to_the_api_only_when_the_api_is_not_real_time() {
+        let unset = Config::parse("").unwrap().runtime;
+        assert_eq!(unset.data_nice(true), 0);
+        assert_eq!(unset.data_nice(false), 10);
+        let set = Config::parse("[runtime]\ndata_nice = 7\n").unwrap().runtime;
+        assert_eq!(set.data_nice(true), 7);
+        assert_eq!(set.data_nice(false), 7);
     }
 
     #[test]

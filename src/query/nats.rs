@@ -4,7 +4,10 @@
 //! - `retail.v1.atp.reserve`: a `ReserveRequest`, answered with a `ReserveAnswer`.
 //! - `retail.v1.atp.release`: `{"reservation_id": "..."}`, answered with a `ReserveAnswer`.
 //!
-//! Responders join the queue group `retailflow`, so several instances share the load.
+//! Responders join the queue group `retailflow`, so several instances share the load. Queries
+//! are answered on the API's connection and runtime (latency threads); reservations and
+//! releases on a connection of their own on the data runtime, where their decisions are made
+//! ([`QUERY_SUBJECTS`], [`RESERVE_SUBJECTS`]).
 
 use super::model::{self, QueryRequest};
 use super::reserve::{Reservations, ReserveRequest};
@@ -72,20 +75,26 @@ async fn handle(
     }
 }
 
-/// Subscribes the responders on `client` (the API's own connection); each request is
-/// answered on its own task.
+/// Answered from the view at once: served by the API's latency threads.
+pub const QUERY_SUBJECTS: &[&str] = &[subject::ATP_QUERY];
+/// Answered once a shard has decided: served on the data runtime.
+pub const RESERVE_SUBJECTS: &[&str] = &[subject::ATP_RESERVE, subject::ATP_RELEASE];
+
+/// Subscribes responders for `subjects` on `client`; each request is answered on its own task
+/// of the runtime that polls the returned future.
 pub async fn serve(
     shared: Arc<Shared>,
     reservations: Arc<Reservations>,
     client: async_nats::Client,
+    subjects: &[&str],
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
     let mut subs = Vec::new();
-    for s in [
-        subject::ATP_QUERY,
-        subject::ATP_RESERVE,
-        subject::ATP_RELEASE,
-    ] {
-        subs.push(client.queue_subscribe(s, "retailflow".to_string()).await?);
+    for s in subjects {
+        subs.push(
+            client
+                .queue_subscribe(s.to_string(), "retailflow".to_string())
+                .await?,
+        );
     }
     let mut all = futures::stream::select_all(subs);
     Ok(tokio::spawn(async move {

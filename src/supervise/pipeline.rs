@@ -48,7 +48,7 @@ pub struct Pipeline {
     pub reservations: Arc<Reservations>,
     /// The data path's runtime; shut down in the background when the pipeline stops.
     runtime: Option<OwnRuntime>,
-    /// The API's runtime (HTTP, NATS request-reply); likewise.
+    /// The API's runtime (HTTP, NATS queries); likewise.
     api_runtime: Option<OwnRuntime>,
 }
 
@@ -78,7 +78,8 @@ fn api_runtime(cfg: &crate::config::RuntimeConfig) -> Result<OwnRuntime, StartEr
 
 /// The runtime of the data path: its own threads, at a lower CPU priority than the API's.
 fn data_runtime(cfg: &crate::config::RuntimeConfig) -> Result<OwnRuntime, StartError> {
-    OwnRuntime::build("retailflow-data", cfg.data_workers, cfg.data_nice)
+    let realtime = super::threads::realtime_allowed(cfg.api_realtime_priority);
+    OwnRuntime::build("retailflow-data", cfg.data_workers, cfg.data_nice(realtime))
         .map_err(|e| StartError::Spawn(format!("data runtime: {e}")))
 }
 
@@ -93,8 +94,8 @@ impl Pipeline {
         let data = runtime.handle();
         let api_rt = api_runtime(&config.runtime)?;
         let api = api_rt.handle();
-        // Each runtime drives its own connection: the data path's on the data runtime, the
-        // API's on the API runtime.
+        // Each runtime drives its own connections: the data path's and the reservation front
+        // end's on the data runtime, the API's on the API runtime.
         let nats_cfg = config.nats.clone();
         let client = data
             .spawn(async move { bus::connect(&nats_cfg, "retailflow").await })
@@ -103,6 +104,11 @@ impl Pipeline {
         let nats_cfg = config.nats.clone();
         let api_client = api
             .spawn(async move { bus::connect(&nats_cfg, "retailflow-api").await })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))??;
+        let nats_cfg = config.nats.clone();
+        let resv_client = data
+            .spawn(async move { bus::connect(&nats_cfg, "retailflow-reserve").await })
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))??;
         let config = Arc::new(config);
@@ -144,8 +150,16 @@ impl Pipeline {
             .map_err(|e| StartError::Spawn(e.to_string()))?
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         let publisher = Arc::new(BarrierPublisher::new(shared.clone()));
-        let api_js = async_nats::jetstream::new(api_client.clone());
-        let reservations = Arc::new(Reservations::new(shared.clone(), api_js, "api"));
+        // Reservations are decided by the shards; their front end (the NATS responders and the
+        // request batcher) runs on the same runtime, so a decision wakes its caller on the
+        // thread that made it instead of waking a thread of another runtime. Made there, so the
+        // batcher runs there too.
+        let resv_js = async_nats::jetstream::new(resv_client.clone());
+        let for_resv = shared.clone();
+        let reservations = data
+            .spawn(async move { Arc::new(Reservations::new(for_resv, resv_js, "api")) })
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
         let mut tasks = vec![
             data.spawn(ticker::run(shared.clone(), publisher.clone())),
             data.spawn(reserve::expiry_loop(shared.clone())),
@@ -179,14 +193,24 @@ impl Pipeline {
             tasks.push(task);
         }
         if config.api.nats {
-            let serving =
-                crate::query::nats::serve(shared.clone(), reservations.clone(), api_client.clone());
-            let t = api
-                .spawn(serving)
-                .await
-                .map_err(|e| StartError::Spawn(e.to_string()))?
-                .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
-            tasks.push(t);
+            use crate::query::nats::{QUERY_SUBJECTS, RESERVE_SUBJECTS, serve};
+            for (rt, client, subjects) in [
+                (&api, &api_client, QUERY_SUBJECTS),
+                (&data, &resv_client, RESERVE_SUBJECTS),
+            ] {
+                let serving = serve(
+                    shared.clone(),
+                    reservations.clone(),
+                    client.clone(),
+                    subjects,
+                );
+                let t = rt
+                    .spawn(serving)
+                    .await
+                    .map_err(|e| StartError::Spawn(e.to_string()))?
+                    .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
+                tasks.push(t);
+            }
         }
         Ok(Pipeline {
             shared,

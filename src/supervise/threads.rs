@@ -107,6 +107,15 @@ pub fn realtime(priority: i32) -> std::io::Result<()> {
     }
 }
 
+/// Whether a thread of this process may take `SCHED_RR` at `priority` (false for 0 or less):
+/// asked of a short-lived thread, so no thread that stays keeps the policy.
+pub fn realtime_allowed(priority: i32) -> bool {
+    priority > 0
+        && std::thread::spawn(move || realtime(priority).is_ok())
+            .join()
+            .unwrap_or(false)
+}
+
 /// Said once per process: threads that asked for a real-time priority and did not get it.
 static REALTIME_REFUSED: AtomicBool = AtomicBool::new(false);
 
@@ -234,6 +243,17 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn asking_whether_real_time_is_allowed_changes_nothing_here() {
+        let before = policy_of_this_thread();
+        let allowed = realtime_allowed(1);
+        assert_eq!(policy_of_this_thread(), before);
+        assert!(!realtime_allowed(0));
+        // The answer is what a thread asking for itself gets.
+        let own = std::thread::spawn(|| realtime(1).is_ok()).join().unwrap();
+        assert_eq!(allowed, own);
     }
 
     #[test]
