@@ -95,7 +95,8 @@ pub enum ReserveError {
 
 /// Publishes events into the stream under one source id with its own sequence.
 struct Publisher {
-    /// The API's own connection: requests do not queue behind the data path's traffic.
+    /// The reservation front end's own connection: requests do not queue behind the data
+    /// path's traffic.
     js: async_nats::jetstream::Context,
     source: SourceId,
     seq: AtomicU64,

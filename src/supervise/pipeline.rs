@@ -83,6 +83,19 @@ fn data_runtime(cfg: &crate::config::RuntimeConfig) -> Result<OwnRuntime, StartE
         .map_err(|e| StartError::Spawn(format!("data runtime: {e}")))
 }
 
+/// A NATS connection named `name`, driven by the runtime `rt`.
+async fn connect_on(
+    rt: &tokio::runtime::Handle,
+    cfg: &crate::config::NatsConfig,
+    name: &'static str,
+) -> Result<async_nats::Client, StartError> {
+    let cfg = cfg.clone();
+    Ok(rt
+        .spawn(async move { bus::connect(&cfg, name).await })
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))??)
+}
+
 impl Pipeline {
     /// Connects to NATS (refusing servers that are too old) and starts everything.
     pub async fn start(config: Config) -> Result<Pipeline, StartError> {
@@ -96,21 +109,9 @@ impl Pipeline {
         let api = api_rt.handle();
         // Each runtime drives its own connections: the data path's and the reservation front
         // end's on the data runtime, the API's on the API runtime.
-        let nats_cfg = config.nats.clone();
-        let client = data
-            .spawn(async move { bus::connect(&nats_cfg, "retailflow").await })
-            .await
-            .map_err(|e| StartError::Spawn(e.to_string()))??;
-        let nats_cfg = config.nats.clone();
-        let api_client = api
-            .spawn(async move { bus::connect(&nats_cfg, "retailflow-api").await })
-            .await
-            .map_err(|e| StartError::Spawn(e.to_string()))??;
-        let nats_cfg = config.nats.clone();
-        let resv_client = data
-            .spawn(async move { bus::connect(&nats_cfg, "retailflow-reserve").await })
-            .await
-            .map_err(|e| StartError::Spawn(e.to_string()))??;
+        let client = connect_on(&data, &config.nats, "retailflow").await?;
+        let api_client = connect_on(&api, &config.nats, "retailflow-api").await?;
+        let resv_client = connect_on(&data, &config.nats, "retailflow-reserve").await?;
         let config = Arc::new(config);
         let shared = Shared::new(config.clone(), client, metrics);
         bus::streams::ensure(&shared.js, &config.streams).await?;
