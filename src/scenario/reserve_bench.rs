@@ -148,6 +148,7 @@ impl ReserveSpec {
 }
 
 /// One workload's requests: the SKU index of each (0 is the hot SKU's own table).
+#[derive(Clone)]
 struct Workload {
     name: &'static str,
     skus: Vec<String>,
@@ -269,6 +270,32 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Runs the comparison and writes `report.json` into `out`.
+/// Runs `load` on a thread of its own with a single-threaded runtime, and waits for its result.
+/// The load generator stands in for shoppers' machines: on one thread its sends, wake-ups and
+/// replies stay on one core without cross-thread hand-offs, so it takes as little CPU from the
+/// system under test as it can. Both sides are driven this way.
+async fn on_load_thread<T, F, Fut>(load: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("reserve-load".into())
+        .spawn(move || {
+            crate::supervise::threads::short_slice();
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(load()));
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the load generator's thread died"))?
+}
+
 pub async fn run(spec: &ReserveSpec, smoke: bool, out: &Path) -> anyhow::Result<ReserveReport> {
     let spec = if smoke { spec.smoke() } else { spec.clone() };
     let workloads = [Workload::hot(&spec.hot), Workload::spread(&spec.spread)];
@@ -425,14 +452,10 @@ async fn retailflow_side(
             .http_addr()
             .ok_or_else(|| anyhow::anyhow!("no HTTP API"))?
     );
-    let mut clients = Vec::new();
-    let mut https = Vec::new();
-    for _ in 0..spec.connections {
-        clients.push(async_nats::connect(url).await?);
-        https.push(reqwest::Client::new());
-    }
-    let version = clients[0].server_info().version;
-    let js = async_nats::jetstream::new(clients[0].clone());
+    // Setting up; the load itself comes from the load generator's own connections.
+    let setup = async_nats::connect(url).await?;
+    let version = setup.server_info().version;
+    let js = async_nats::jetstream::new(setup.clone());
     // Opening stock, 500 SKUs per receipt.
     let receipts = workloads.iter().flat_map(|w| {
         w.skus.chunks(500).map(move |chunk| {
@@ -464,58 +487,11 @@ async fn retailflow_side(
     let durability = "JetStream file storage, 1 replica, nats-server default sync (acked once written to the OS, fsync every 2 min); decision applied before the answer".to_string();
     let mut results = Vec::new();
     for w in workloads {
-        let started = Instant::now();
-        let answers: Vec<(bool, u64, u64)> = futures::stream::iter(w.requests.iter().enumerate())
-            .map(|(i, &sku)| {
-                let client = clients[i % clients.len()].clone();
-                let http = https[i % https.len()].clone();
-                let base = base.clone();
-                let transport = spec.transport;
-                let body = serde_json::json!({
-                    "sku": w.skus[sku as usize], "qty": 1, "location": "DC1",
-                    "ttl_seconds": 3600, "idempotency_key": format!("{}-{i}", w.name),
-                })
-                .to_string();
-                async move {
-                    let t = Instant::now();
-                    let mut retries = 0;
-                    loop {
-                        let reply: Option<bytes::Bytes> = match transport {
-                            Transport::Nats => client
-                                .request(subject::ATP_RESERVE, body.clone().into())
-                                .await
-                                .ok()
-                                .map(|m| m.payload),
-                            Transport::Http => match http
-                                .post(&base)
-                                .header("content-type", "application/json")
-                                .body(body.clone())
-                                .send()
-                                .await
-                            {
-                                Ok(r) => r.bytes().await.ok(),
-                                Err(_) => None,
-                            },
-                        };
-                        let granted = reply.and_then(|payload| {
-                            let v: serde_json::Value = serde_json::from_slice(&payload).ok()?;
-                            v.get("granted").and_then(|g| g.as_bool())
-                        });
-                        // No decision (an error answer): the same key is safe to retry.
-                        if let Some(g) = granted {
-                            return (g, t.elapsed().as_micros() as u64, retries);
-                        }
-                        retries += 1;
-                        if retries > 20 {
-                            return (false, t.elapsed().as_micros() as u64, retries);
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(spec.concurrency)
-            .collect()
-            .await;
-        let elapsed = started.elapsed();
+        let load = on_load_thread({
+            let (url, base, spec, w) = (url.to_string(), base.clone(), spec.clone(), w.clone());
+            move || retailflow_load(url, base, spec, w)
+        });
+        let (answers, elapsed) = load.await?;
         let mut h = histogram();
         let mut granted = 0;
         let mut retries = 0;
@@ -548,6 +524,76 @@ async fn retailflow_side(
     Ok((version, results))
 }
 
+/// The retailflow side's load generator: `spec.connections` clients of its own, requests
+/// `spec.concurrency` at a time; per request whether it was granted, its latency in µs and
+/// how often it was retried.
+async fn retailflow_load(
+    url: String,
+    base: String,
+    spec: ReserveSpec,
+    w: Workload,
+) -> anyhow::Result<(Vec<(bool, u64, u64)>, Duration)> {
+    let (transport, connections, concurrency) =
+        (spec.transport, spec.connections, spec.concurrency);
+    let mut clients = Vec::new();
+    let mut https = Vec::new();
+    for _ in 0..connections {
+        clients.push(async_nats::connect(url.as_str()).await?);
+        https.push(reqwest::Client::new());
+    }
+    let started = Instant::now();
+    let answers: Vec<(bool, u64, u64)> = futures::stream::iter(w.requests.iter().enumerate())
+        .map(|(i, &sku)| {
+            let client = clients[i % clients.len()].clone();
+            let http = https[i % https.len()].clone();
+            let base = base.clone();
+            let body = serde_json::json!({
+                "sku": w.skus[sku as usize], "qty": 1, "location": "DC1",
+                "ttl_seconds": 3600, "idempotency_key": format!("{}-{i}", w.name),
+            })
+            .to_string();
+            async move {
+                let t = Instant::now();
+                let mut retries = 0;
+                loop {
+                    let reply: Option<bytes::Bytes> = match transport {
+                        Transport::Nats => client
+                            .request(subject::ATP_RESERVE, body.clone().into())
+                            .await
+                            .ok()
+                            .map(|m| m.payload),
+                        Transport::Http => match http
+                            .post(&base)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.bytes().await.ok(),
+                            Err(_) => None,
+                        },
+                    };
+                    let granted = reply.and_then(|payload| {
+                        let v: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+                        v.get("granted").and_then(|g| g.as_bool())
+                    });
+                    // No decision (an error answer): the same key is safe to retry.
+                    if let Some(g) = granted {
+                        return (g, t.elapsed().as_micros() as u64, retries);
+                    }
+                    retries += 1;
+                    if retries > 20 {
+                        return (false, t.elapsed().as_micros() as u64, retries);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    Ok((answers, started.elapsed()))
+}
+
 async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -558,6 +604,61 @@ async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
+}
+
+/// The PostgreSQL side's load generator: a pool of `connections` of its own, each taking the
+/// next request as soon as its previous `UPDATE` returned. Gives the latencies, the units
+/// granted and the time taken.
+async fn postgres_load(
+    url: String,
+    setting: String,
+    table: String,
+    connections: usize,
+    w: Workload,
+) -> anyhow::Result<(Histogram<u64>, u64, Duration)> {
+    let mut pool = Vec::new();
+    for _ in 0..connections {
+        let c = pg_connect(&url).await?;
+        c.batch_execute(&format!("SET synchronous_commit = {setting}"))
+            .await?;
+        let stmt = c
+            .prepare(&format!(
+                "UPDATE {table} SET available = available - $2 WHERE sku = $1 AND available >= $2"
+            ))
+            .await?;
+        pool.push((c, stmt));
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let w = Arc::new(w);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, stmt) in pool {
+        let (next, w) = (next.clone(), w.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut granted = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&sku) = w.requests.get(i) else { break };
+                let t = Instant::now();
+                let n = c
+                    .execute(&stmt, &[&w.skus[sku as usize], &1i64])
+                    .await
+                    .map_err(|e| anyhow::anyhow!("UPDATE: {e}"))?;
+                h.saturating_record(t.elapsed().as_micros() as u64);
+                granted += n;
+            }
+            Ok::<_, anyhow::Error>((h, granted))
+        }));
+    }
+    let mut h = histogram();
+    let mut granted = 0;
+    for t in tasks {
+        let (th, g) = t.await??;
+        h.add(th)?;
+        granted += g;
+    }
+    Ok((h, granted, started.elapsed()))
 }
 
 async fn postgres_side(
@@ -584,13 +685,6 @@ async fn postgres_side(
         show("wal_sync_method").await
     );
     let table = format!("retailflow_reserve_bench_{}", std::process::id());
-    let mut pool = Vec::new();
-    for _ in 0..spec.postgres.connections {
-        let c = pg_connect(url).await?;
-        c.batch_execute(&format!("SET synchronous_commit = {setting}"))
-            .await?;
-        pool.push(Arc::new(c));
-    }
     let mut results = Vec::new();
     for w in workloads {
         admin
@@ -606,44 +700,12 @@ async fn postgres_side(
             )
             .await?;
         admin.batch_execute(&format!("ANALYZE {table}")).await?;
-        let next = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(w.requests.clone());
-        let skus = Arc::new(w.skus.clone());
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in &pool {
-            let stmt = c
-                .prepare(&format!(
-                    "UPDATE {table} SET available = available - $2 WHERE sku = $1 AND available >= $2"
-                ))
-                .await?;
-            let (next, requests, skus) = (next.clone(), requests.clone(), skus.clone());
-            let c = c.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut h = histogram();
-                let mut granted = 0u64;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&sku) = requests.get(i) else { break };
-                    let t = Instant::now();
-                    let n = c
-                        .execute(&stmt, &[&skus[sku as usize], &1i64])
-                        .await
-                        .map_err(|e| anyhow::anyhow!("UPDATE: {e}"))?;
-                    h.saturating_record(t.elapsed().as_micros() as u64);
-                    granted += n;
-                }
-                Ok::<_, anyhow::Error>((h, granted))
-            }));
-        }
-        let mut h = histogram();
-        let mut granted = 0;
-        for t in tasks {
-            let (th, g) = t.await??;
-            h.add(th)?;
-            granted += g;
-        }
-        let elapsed = started.elapsed();
+        let load = on_load_thread({
+            let (url, setting, table) = (url.to_string(), setting.to_string(), table.clone());
+            let (connections, w) = (spec.postgres.connections, w.clone());
+            move || postgres_load(url, setting, table, connections, w)
+        });
+        let (h, granted, elapsed) = load.await?;
         let row = admin
             .query_one(
                 &format!(
