@@ -164,6 +164,82 @@ async fn a_flash_sale_grants_exactly_the_stock_and_nothing_more() {
     pipeline.shutdown(Duration::from_secs(10)).await;
 }
 
+async fn over_nats(nats: &async_nats::Client, subject: &str, body: String) -> Value {
+    let reply = nats
+        .request(subject.to_string(), body.into())
+        .await
+        .expect("an answer over NATS");
+    serde_json::from_slice(&reply.payload).expect("a JSON answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_decisions_come_back_and_bad_requests_and_a_lost_stream_get_clear_errors() {
+    let server = nats();
+    let cfg = config(&server.url());
+    let stream = cfg.streams.events.clone();
+    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+    let nc = client(&server.url()).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let last = publish_all(&js, vec![("wms/DC1", receipt("DC1", "HOT", 3))]).await;
+    applied(&pipeline, last, 10).await;
+
+    // Five shoppers at once for three units: three yes, two no, whatever the order.
+    let body = |key: &str, qty: i64| {
+        json!({"sku": "HOT", "qty": qty, "location": "DC1", "idempotency_key": key}).to_string()
+    };
+    let answers: Vec<Value> = futures::future::join_all(
+        (0..5).map(|i| over_nats(&nc, subject::ATP_RESERVE, body(&format!("n-{i}"), 1))),
+    )
+    .await;
+    let granted: Vec<&Value> = answers.iter().filter(|v| v["granted"] == true).collect();
+    assert_eq!(granted.len(), 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|v| v["granted"] == false)
+            .all(|v| v["state"] == "rejected" && v["available"] == 0),
+        "{answers:?}"
+    );
+    // The same key again: the first decision, from the same stream sequence.
+    let key = granted[0]["reservation_id"].as_str().unwrap();
+    let again = over_nats(&nc, subject::ATP_RESERVE, body(key, 1)).await;
+    assert_eq!(again["decided_at"], granted[0]["decided_at"], "{again}");
+    assert_eq!(again["granted"], true);
+
+    // Bad requests are told what is wrong, and nothing else changes.
+    let v = over_nats(&nc, subject::ATP_RESERVE, "{not json".into()).await;
+    assert!(v["error"].as_str().unwrap().starts_with("request: "), "{v}");
+    let v = over_nats(&nc, subject::ATP_RESERVE, body("n-zero", 0)).await;
+    assert!(v["error"].as_str().unwrap().contains("qty 0"), "{v}");
+    let v = over_nats(
+        &nc,
+        subject::ATP_RELEASE,
+        json!({"reservation_id": key}).to_string(),
+    )
+    .await;
+    assert_eq!(v["state"], "released", "{v}");
+    assert_eq!(
+        pipeline.shared.view.read(&Sku::from("HOT")).0.unwrap()[0]
+            .position
+            .reserved,
+        2
+    );
+
+    // With the events stream gone a request cannot be stored: the caller hears so at once
+    // (well before the decision timeout), not a decision that was never made.
+    js.delete_stream(&stream).await.expect("stream deleted");
+    let asked = std::time::Instant::now();
+    let v = over_nats(&nc, subject::ATP_RESERVE, body("n-lost", 1)).await;
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot publish the request")
+            || error.contains("the events stream did not store the request"),
+        "{v}"
+    );
+    assert!(asked.elapsed() < pipeline.shared.config.reservations.decision_timeout);
+    pipeline.shutdown(Duration::from_secs(5)).await;
+}
+
 fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }

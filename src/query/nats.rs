@@ -33,6 +33,7 @@ fn encode<T: Serialize>(r: Result<T, String>) -> bytes::Bytes {
         .into()
 }
 
+/// Queries and releases; reservations are submitted in [`serve`]'s loop.
 async fn handle(
     shared: &Arc<Shared>,
     reservations: &Reservations,
@@ -51,13 +52,6 @@ async fn handle(
                     .await
                     .map_err(|e| e.to_string()),
             )
-        }
-        subject::ATP_RESERVE => {
-            let req: ReserveRequest = match serde_json::from_slice(payload) {
-                Ok(r) => r,
-                Err(e) => return encode::<()>(Err(format!("request: {e}"))),
-            };
-            encode(reservations.reserve(req).await.map_err(|e| e.to_string()))
         }
         subject::ATP_RELEASE => {
             let req: ReleaseRequest = match serde_json::from_slice(payload) {
@@ -102,9 +96,25 @@ pub async fn serve(
             let Some(reply) = msg.reply.clone() else {
                 continue;
             };
+            let client = client.clone();
+            if msg.subject.as_str() == subject::ATP_RESERVE {
+                // Queued for the stream here, in the subscriber's loop; the task only waits.
+                let submitted = serde_json::from_slice::<ReserveRequest>(&msg.payload)
+                    .map_err(|e| format!("request: {e}"))
+                    .and_then(|req| reservations.submit(req).map_err(|e| e.to_string()));
+                tokio::spawn(async move {
+                    let answer = match submitted {
+                        Ok(s) => encode(s.answer().await.map_err(|e| e.to_string())),
+                        Err(e) => encode::<()>(Err(e)),
+                    };
+                    if let Err(error) = client.publish(reply, answer).await {
+                        tracing::debug!(%error, "reply not sent");
+                    }
+                });
+                continue;
+            }
             let shared = shared.clone();
             let reservations = reservations.clone();
-            let client = client.clone();
             tokio::spawn(async move {
                 let answer =
                     handle(&shared, &reservations, msg.subject.as_str(), &msg.payload).await;

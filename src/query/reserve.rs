@@ -227,9 +227,7 @@ impl Reservations {
             Ok(Ok(d)) => Ok(d),
             _ => {
                 self.shared.decisions.forget_closed();
-                Err(ReserveError::Unavailable(format!(
-                    "no decision within {timeout:?} (retailflow may be catching up); retrying with the same idempotency_key is safe"
-                )))
+                Err(no_decision(timeout))
             }
         }
     }
@@ -296,7 +294,10 @@ impl Reservations {
         ))
     }
 
-    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveAnswer, ReserveError> {
+    /// Checks `req` and queues it for the stream at once, without waiting: the caller awaits
+    /// the returned [`Submitted`] for the decision. A front end that reads requests in a loop
+    /// calls this inline, so a request is on its way to the stream before any task is spawned.
+    pub fn submit(&self, req: ReserveRequest) -> Result<Submitted, ReserveError> {
         let (id, target, token, expires_at_ms) = self.check(&req)?;
         let request = ReservationRequested {
             reservation_id: id.clone(),
@@ -306,17 +307,25 @@ impl Reservations {
             expires_at_ms,
             allow_partial: req.allow_partial,
         };
-        let waiter = self.shared.decisions.wait(&id);
-        let (published, done) = tokio::sync::oneshot::channel();
+        let decision = self.shared.decisions.wait(&id);
+        let (published, stored) = tokio::sync::oneshot::channel();
         let pending = Pending {
             request,
             token,
             published,
         };
-        let unavailable = || ReserveError::Unavailable("the request publisher stopped".into());
-        self.requests.send(pending).map_err(|_| unavailable())?;
-        done.await.map_err(|_| unavailable())??;
-        Ok(self.await_decision(waiter).await?.into())
+        self.requests
+            .send(pending)
+            .map_err(|_| publisher_stopped())?;
+        Ok(Submitted {
+            shared: self.shared.clone(),
+            decision,
+            stored,
+        })
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveAnswer, ReserveError> {
+        self.submit(req)?.answer().await
     }
 
     pub async fn release(&self, id: &str) -> Result<ReserveAnswer, ReserveError> {
@@ -339,6 +348,58 @@ impl Reservations {
             .get(&ReservationId::from(id))
             .map(|(_, d)| d.into())
     }
+}
+
+fn publisher_stopped() -> ReserveError {
+    ReserveError::Unavailable("the request publisher stopped".into())
+}
+
+/// A reservation request on its way: its decision, and word of whether the stream took it.
+pub struct Submitted {
+    shared: Arc<Shared>,
+    decision: tokio::sync::oneshot::Receiver<Decision>,
+    stored: tokio::sync::oneshot::Receiver<Result<(), ReserveError>>,
+}
+
+impl Submitted {
+    /// The decision, as soon as the shard has made it. The decision alone is enough: a shard
+    /// decides only what it read from the stream, so a decided request is stored, and its
+    /// publish acknowledgement (which often arrives later) adds nothing. A failed publish is
+    /// answered at once.
+    pub async fn answer(self) -> Result<ReserveAnswer, ReserveError> {
+        let Submitted {
+            shared,
+            mut decision,
+            mut stored,
+        } = self;
+        let timeout = shared.config.reservations.decision_timeout;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut storing = true;
+        loop {
+            tokio::select! {
+                biased;
+                d = &mut decision => match d {
+                    Ok(d) => return Ok(d.into()),
+                    Err(_) => break,
+                },
+                s = &mut stored, if storing => match s {
+                    Ok(Ok(())) => storing = false,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(publisher_stopped()),
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        shared.decisions.forget_closed();
+        Err(no_decision(timeout))
+    }
+}
+
+fn no_decision(timeout: Duration) -> ReserveError {
+    ReserveError::Unavailable(format!(
+        "no decision within {timeout:?} (retailflow may be catching up); retrying with the same idempotency_key is safe"
+    ))
 }
 
 /// Runs the expiry timer until `stopping`.
