@@ -69,6 +69,12 @@ async fn handle(
     }
 }
 
+async fn send_reply(client: &async_nats::Client, reply: async_nats::Subject, answer: bytes::Bytes) {
+    if let Err(error) = client.publish(reply, answer).await {
+        tracing::debug!(%error, "reply not sent");
+    }
+}
+
 /// Answered from the view at once: served by the API's latency threads.
 pub const QUERY_SUBJECTS: &[&str] = &[subject::ATP_QUERY];
 /// Answered once a shard has decided: served on the data runtime.
@@ -107,9 +113,7 @@ pub async fn serve(
                         Ok(s) => encode(s.answer().await.map_err(|e| e.to_string())),
                         Err(e) => encode::<()>(Err(e)),
                     };
-                    if let Err(error) = client.publish(reply, answer).await {
-                        tracing::debug!(%error, "reply not sent");
-                    }
+                    send_reply(&client, reply, answer).await;
                 });
                 continue;
             }
@@ -118,9 +122,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 let answer =
                     handle(&shared, &reservations, msg.subject.as_str(), &msg.payload).await;
-                if let Err(error) = client.publish(reply, answer).await {
-                    tracing::debug!(%error, "reply not sent");
-                }
+                send_reply(&client, reply, answer).await;
             });
         }
     }))

@@ -217,30 +217,20 @@ impl Reservations {
         self.publisher.publish(token, event).await
     }
 
-    /// Waits for the decision on `id` once `publish` has put its event into the stream.
-    async fn await_decision(
-        &self,
-        waiter: tokio::sync::oneshot::Receiver<Decision>,
-    ) -> Result<Decision, ReserveError> {
-        let timeout = self.shared.config.reservations.decision_timeout;
-        match tokio::time::timeout(timeout, waiter).await {
-            Ok(Ok(d)) => Ok(d),
-            _ => {
-                self.shared.decisions.forget_closed();
-                Err(no_decision(timeout))
-            }
-        }
-    }
-
     async fn decide(
         &self,
         id: &ReservationId,
         token: &str,
         event: Event,
-    ) -> Result<Decision, ReserveError> {
-        let waiter = self.shared.decisions.wait(id);
+    ) -> Result<ReserveAnswer, ReserveError> {
+        let decision = self.shared.decisions.wait(id);
         self.publish(token, event).await?;
-        self.await_decision(waiter).await
+        let submitted = Submitted {
+            shared: self.shared.clone(),
+            decision,
+            stored: None,
+        };
+        submitted.answer().await
     }
 
     pub fn check(
@@ -320,7 +310,7 @@ impl Reservations {
         Ok(Submitted {
             shared: self.shared.clone(),
             decision,
-            stored,
+            stored: Some(stored),
         })
     }
 
@@ -339,7 +329,7 @@ impl Reservations {
             reservation_id: rid.clone(),
             sku: sku.clone(),
         });
-        Ok(self.decide(&rid, sku.as_str(), event).await?.into())
+        self.decide(&rid, sku.as_str(), event).await
     }
 
     pub fn get(&self, id: &str) -> Option<ReserveAnswer> {
@@ -354,11 +344,12 @@ fn publisher_stopped() -> ReserveError {
     ReserveError::Unavailable("the request publisher stopped".into())
 }
 
-/// A reservation request on its way: its decision, and word of whether the stream took it.
+/// A request on its way: its decision, and (when the batcher publishes it) word of whether
+/// the stream took it.
 pub struct Submitted {
     shared: Arc<Shared>,
     decision: tokio::sync::oneshot::Receiver<Decision>,
-    stored: tokio::sync::oneshot::Receiver<Result<(), ReserveError>>,
+    stored: Option<tokio::sync::oneshot::Receiver<Result<(), ReserveError>>>,
 }
 
 impl Submitted {
@@ -375,7 +366,7 @@ impl Submitted {
         let timeout = shared.config.reservations.decision_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut storing = true;
+        let mut storing = stored.is_some();
         loop {
             tokio::select! {
                 biased;
@@ -383,7 +374,7 @@ impl Submitted {
                     Ok(d) => return Ok(d.into()),
                     Err(_) => break,
                 },
-                s = &mut stored, if storing => match s {
+                s = async { stored.as_mut().expect("checked by storing").await }, if storing => match s {
                     Ok(Ok(())) => storing = false,
                     Ok(Err(e)) => return Err(e),
                     Err(_) => return Err(publisher_stopped()),

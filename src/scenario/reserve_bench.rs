@@ -269,7 +269,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs the comparison and writes `report.json` into `out`.
 /// Runs `load` on a thread of its own with a single-threaded runtime, and waits for its result.
 /// The load generator stands in for shoppers' machines: on one thread its sends, wake-ups and
 /// replies stay on one core without cross-thread hand-offs, so it takes as little CPU from the
@@ -296,6 +295,7 @@ where
         .map_err(|_| anyhow::anyhow!("the load generator's thread died"))?
 }
 
+/// Runs the comparison and writes `report.json` into `out`.
 pub async fn run(spec: &ReserveSpec, smoke: bool, out: &Path) -> anyhow::Result<ReserveReport> {
     let spec = if smoke { spec.smoke() } else { spec.clone() };
     let workloads = [Workload::hot(&spec.hot), Workload::spread(&spec.spread)];
