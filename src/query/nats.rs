@@ -33,13 +33,8 @@ fn encode<T: Serialize>(r: Result<T, String>) -> bytes::Bytes {
         .into()
 }
 
-/// Queries and releases; reservations are submitted in [`serve`]'s loop.
-async fn handle(
-    shared: &Arc<Shared>,
-    reservations: &Reservations,
-    subj: &str,
-    payload: &[u8],
-) -> bytes::Bytes {
+/// Queries (reservations and releases are taken in [`serve`]'s loop).
+async fn handle(shared: &Arc<Shared>, subj: &str, payload: &[u8]) -> bytes::Bytes {
     match subj {
         subject::ATP_QUERY => {
             shared.metrics.queries.fetch_add(1, Relaxed);
@@ -53,20 +48,21 @@ async fn handle(
                     .map_err(|e| e.to_string()),
             )
         }
-        subject::ATP_RELEASE => {
-            let req: ReleaseRequest = match serde_json::from_slice(payload) {
-                Ok(r) => r,
-                Err(e) => return encode::<()>(Err(format!("request: {e}"))),
-            };
-            encode(
-                reservations
-                    .release(&req.reservation_id)
-                    .await
-                    .map_err(|e| e.to_string()),
-            )
-        }
         other => encode::<()>(Err(format!("no handler for {other}"))),
     }
+}
+
+async fn release(reservations: &Reservations, payload: &[u8]) -> bytes::Bytes {
+    let req: ReleaseRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return encode::<()>(Err(format!("request: {e}"))),
+    };
+    encode(
+        reservations
+            .release(&req.reservation_id)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 async fn send_reply(client: &async_nats::Client, reply: async_nats::Subject, answer: bytes::Bytes) {
@@ -80,8 +76,16 @@ pub const QUERY_SUBJECTS: &[&str] = &[subject::ATP_QUERY];
 /// Answered once a shard has decided: served on the data runtime.
 pub const RESERVE_SUBJECTS: &[&str] = &[subject::ATP_RESERVE, subject::ATP_RELEASE];
 
-/// Subscribes responders for `subjects` on `client`; each request is answered on its own task
-/// of the runtime that polls the returned future.
+/// An answer on its way: where it goes and, once ready, what it says.
+type Answering = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (async_nats::Subject, bytes::Bytes)> + Send>,
+>;
+
+/// Subscribes responders for `subjects` on `client`, answered by one task of the runtime that
+/// polls the returned future. Queries run on tasks of their own (each is CPU work on the view).
+/// Reservations and releases wait for a shard's decision: their waits are gathered in that
+/// task instead of a task each, so a shard batch deciding a hundred requests wakes one task
+/// once, not a hundred tasks, and their replies leave together.
 pub async fn serve(
     shared: Arc<Shared>,
     reservations: Arc<Reservations>,
@@ -98,32 +102,50 @@ pub async fn serve(
     }
     let mut all = futures::stream::select_all(subs);
     Ok(tokio::spawn(async move {
-        while let Some(msg) = all.next().await {
+        let mut waiting = futures::stream::FuturesUnordered::<Answering>::new();
+        loop {
+            let msg = tokio::select! {
+                // Answers first: each one frees a caller to send its next request.
+                biased;
+                Some((reply, answer)) = waiting.next(), if !waiting.is_empty() => {
+                    send_reply(&client, reply, answer).await;
+                    continue;
+                }
+                msg = all.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
             let Some(reply) = msg.reply.clone() else {
                 continue;
             };
-            let client = client.clone();
-            if msg.subject.as_str() == subject::ATP_RESERVE {
-                // Queued for the stream here, in the subscriber's loop; the task only waits.
-                let submitted = serde_json::from_slice::<ReserveRequest>(&msg.payload)
-                    .map_err(|e| format!("request: {e}"))
-                    .and_then(|req| reservations.submit(req).map_err(|e| e.to_string()));
-                tokio::spawn(async move {
-                    let answer = match submitted {
-                        Ok(s) => encode(s.answer().await.map_err(|e| e.to_string())),
-                        Err(e) => encode::<()>(Err(e)),
-                    };
-                    send_reply(&client, reply, answer).await;
-                });
-                continue;
+            match msg.subject.as_str() {
+                subject::ATP_RESERVE => {
+                    // Queued for the stream here, in the subscriber's loop, before any wait.
+                    let submitted = serde_json::from_slice::<ReserveRequest>(&msg.payload)
+                        .map_err(|e| format!("request: {e}"))
+                        .and_then(|req| reservations.submit(req).map_err(|e| e.to_string()));
+                    match submitted {
+                        Ok(s) => waiting.push(Box::pin(async move {
+                            (reply, encode(s.answer().await.map_err(|e| e.to_string())))
+                        })),
+                        Err(e) => send_reply(&client, reply, encode::<()>(Err(e))).await,
+                    }
+                }
+                subject::ATP_RELEASE => {
+                    let reservations = reservations.clone();
+                    waiting.push(Box::pin(async move {
+                        (reply, release(&reservations, &msg.payload).await)
+                    }));
+                }
+                _ => {
+                    let (shared, client) = (shared.clone(), client.clone());
+                    tokio::spawn(async move {
+                        let answer = handle(&shared, msg.subject.as_str(), &msg.payload).await;
+                        send_reply(&client, reply, answer).await;
+                    });
+                }
             }
-            let shared = shared.clone();
-            let reservations = reservations.clone();
-            tokio::spawn(async move {
-                let answer =
-                    handle(&shared, &reservations, msg.subject.as_str(), &msg.payload).await;
-                send_reply(&client, reply, answer).await;
-            });
         }
     }))
 }

@@ -12,6 +12,7 @@ use crate::domain::{
 };
 use crate::snapshot::ticker::now_ms;
 use crate::supervise::shared::Shared;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,12 +151,18 @@ const BATCH_LIMIT: usize = 256;
 /// Publishes reservation requests: whatever arrived while the previous batches were being
 /// stored goes out as one `reservation_batch` event (a lone request as a plain
 /// `reservation_requested`). Under light load every request leaves at once; under heavy load
-/// the stream takes one message per batch instead of one per request.
+/// the stream takes one message per batch instead of one per request. The batches in flight
+/// are awaited in this task, not a task each: a batch costs no spawn and no extra wake-up.
 async fn batcher(publisher: Arc<Publisher>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            p = rx.recv(), if in_flight.len() < BATCHES_IN_FLIGHT => match p {
+                Some(p) => p,
+                None => break,
+            },
         };
         let mut batch = vec![first];
         while batch.len() < BATCH_LIMIT {
@@ -164,22 +171,25 @@ async fn batcher(publisher: Arc<Publisher>, mut rx: tokio::sync::mpsc::Unbounded
                 Err(_) => break,
             }
         }
-        let publisher = publisher.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = if batch.len() == 1 {
-                let p = &batch[0];
-                let event = Event::ReservationRequested(p.request.clone());
-                publisher.publish(&p.token, event).await
-            } else {
-                let requests = batch.iter().map(|p| p.request.clone()).collect();
-                let event = Event::ReservationBatch(ReservationBatch { requests });
-                publisher.publish("many", event).await
-            };
-            for p in batch {
-                let _ = p.published.send(result.clone().map(|_| ()));
-            }
-        });
+        in_flight.push(publish_batch(publisher.clone(), batch));
+    }
+    // The senders are gone; the batches already out still get their word.
+    while in_flight.next().await.is_some() {}
+}
+
+/// Publishes one batch and tells each of its requests how that went.
+async fn publish_batch(publisher: Arc<Publisher>, batch: Vec<Pending>) {
+    let result = if batch.len() == 1 {
+        let p = &batch[0];
+        let event = Event::ReservationRequested(p.request.clone());
+        publisher.publish(&p.token, event).await
+    } else {
+        let requests = batch.iter().map(|p| p.request.clone()).collect();
+        let event = Event::ReservationBatch(ReservationBatch { requests });
+        publisher.publish("many", event).await
+    };
+    for p in batch {
+        let _ = p.published.send(result.clone().map(|_| ()));
     }
 }
 
