@@ -474,3 +474,52 @@ async fn restoring_a_snapshot_and_replaying_reproduces_every_decision() {
     );
     restarted.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stored_but_not_yet_decided_times_out_cleanly_and_a_retry_gets_its_decision() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    cfg.reservations.decision_timeout = Duration::from_millis(400);
+    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+    let nc = client(&server.url()).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let last = publish_all(&js, vec![("wms/DC1", receipt("DC1", "HOT", 5))]).await;
+    applied(&pipeline, last, 10).await;
+
+    // Ingest holds off (a scenario's backlog switch): the request is stored in the stream but
+    // no shard sees it before the caller's deadline. Ingest may be inside a read already, and
+    // sees the switch once that read gives up (200 ms at most).
+    let shared = &pipeline.shared;
+    shared.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body =
+        json!({"sku": "HOT", "qty": 2, "location": "DC1", "idempotency_key": "slow-1"}).to_string();
+    let v = over_nats(&nc, subject::ATP_RESERVE, body.clone()).await;
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no decision within"), "{v}");
+    assert!(error.contains("same idempotency_key"), "{v}");
+    assert_eq!(
+        shared.decisions.waiting(),
+        0,
+        "the timed-out caller's waiter is gone"
+    );
+
+    // Ingest catches up; the stored request was decided once, and a retry hears that decision.
+    shared
+        .hold
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let v = over_nats(&nc, subject::ATP_RESERVE, body).await;
+    assert_eq!((&v["granted"], &v["qty"]), (&json!(true), &json!(2)), "{v}");
+    let again = over_nats(
+        &nc,
+        subject::ATP_RESERVE,
+        json!({"sku": "HOT", "qty": 2, "location": "DC1", "idempotency_key": "slow-1"}).to_string(),
+    )
+    .await;
+    assert_eq!(again["decided_at"], v["decided_at"], "{again}");
+    let held = shared.view.read(&Sku::from("HOT")).0.unwrap()[0]
+        .position
+        .reserved;
+    assert_eq!(held, 2, "reserved once, not once per attempt");
+    pipeline.shutdown(Duration::from_secs(5)).await;
+}

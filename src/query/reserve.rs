@@ -382,7 +382,10 @@ impl Submitted {
                 biased;
                 d = &mut decision => match d {
                     Ok(d) => return Ok(d.into()),
-                    Err(_) => break,
+                    // Only a pipeline going away drops a waiter unanswered.
+                    Err(_) => return Err(ReserveError::Unavailable(
+                        "retailflow stopped before deciding; retrying with the same idempotency_key is safe".into(),
+                    )),
                 },
                 s = async { stored.as_mut().expect("checked by storing").await }, if storing => match s {
                     Ok(Ok(())) => storing = false,
@@ -392,6 +395,8 @@ impl Submitted {
                 _ = &mut deadline => break,
             }
         }
+        // Closed first, so the sweep takes this caller's own waiter too.
+        drop(decision);
         shared.decisions.forget_closed();
         Err(no_decision(timeout))
     }
