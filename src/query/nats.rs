@@ -147,5 +147,9 @@ pub async fn serve(
                 }
             }
         }
+        // The subscriptions ended; callers already waiting still get their answers.
+        while let Some((reply, answer)) = waiting.next().await {
+            send_reply(&client, reply, answer).await;
+        }
     }))
 }
