@@ -78,13 +78,38 @@ pub fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // An interrupted command may leave a blocking task waiting on a thread that is never told
+    // to stop (a scenario's query load); the process is ending anyway.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    code
+}
+
+/// Runs `work` unless ctrl-c or SIGTERM comes first. Then `work` is dropped where it stands:
+/// the private nats-server it started is killed and its store directory (gigabytes after a
+/// black-friday run) removed, as are the ERP simulators and the pipeline, instead of being
+/// left to take CPU and disk from the next run.
+async fn until_interrupted(
+    work: impl std::future::Future<Output = Result<ExitCode>>,
+) -> Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let how = tokio::select! {
+        r = work => return r,
+        _ = tokio::signal::ctrl_c() => ("ctrl-c", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    };
+    eprintln!(
+        "interrupted by {}: the private nats-server, ERP simulators and pipeline were stopped and their temporary directories removed; no report was written",
+        how.0
+    );
+    Ok(ExitCode::from(how.1))
 }
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
@@ -97,7 +122,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::ErpSim(args) => crate::erp_sim::cli::run(args).await,
         Command::Publish { file, nats, system } => publish(file, nats, system).await,
         Command::Demo(args) => crate::demo::run(args).await,
-        Command::Scenario(cmd) => crate::scenario::cli::run(cmd).await,
+        Command::Scenario(cmd) => until_interrupted(crate::scenario::cli::run(cmd)).await,
         Command::Capture(args) => crate::scenario::capture::capture(args).await,
         Command::Replay(args) => crate::scenario::capture::replay(args).await,
     }
