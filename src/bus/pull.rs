@@ -106,6 +106,11 @@ pub struct Raw<'a> {
 /// Longest control line accepted (subjects are short; a longer line is a broken stream).
 const MAX_LINE: usize = 64 * 1024;
 
+/// Largest message body (headers and payload) accepted: nats-server refuses a `max_payload`
+/// above 64 MiB, so a size beyond it is a broken stream, and the read buffer never grows to
+/// what a size field alone claims.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// Parses one operation from the front of `buf`. `Ok(None)`: not complete yet. On success,
 /// also returns how many bytes it used.
 pub fn parse(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, PullError> {
@@ -147,20 +152,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, PullError> {
                 _ => return Err(bad_line(line)),
             };
             let sid = number(fields[1]).ok_or_else(|| bad_line(line))?;
+            let size = |f: &[u8]| {
+                number(f)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|&v| v <= MAX_MESSAGE)
+                    .ok_or_else(|| bad_line(line))
+            };
             let (header_len, total) = if with_headers {
-                (
-                    number(fields[n - 2]).ok_or_else(|| bad_line(line))? as usize,
-                    number(fields[n - 1]).ok_or_else(|| bad_line(line))? as usize,
-                )
+                (size(fields[n - 2])?, size(fields[n - 1])?)
             } else {
-                (
-                    0,
-                    number(fields[n - 1]).ok_or_else(|| bad_line(line))? as usize,
-                )
+                (0, size(fields[n - 1])?)
             };
             if header_len > total {
                 return Err(bad_line(line));
             }
+            // Both bounded by MAX_LINE and MAX_MESSAGE above, so these cannot overflow.
             let end = after + total;
             if buf.len() < end + 2 {
                 return Ok(None);
@@ -294,30 +300,78 @@ pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a [u8]> {
 
 /// Every `name: value` line after the version line.
 fn header_lines(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    raw_header_lines(headers).filter_map(split_header)
+}
+
+/// Every line after the version line, without its line end.
+fn raw_header_lines(headers: &[u8]) -> impl Iterator<Item = &[u8]> {
     headers
         .split(|&b| b == b'\n')
         .skip(1)
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter_map(|l| {
-            let colon = l.iter().position(|&b| b == b':')?;
-            Some((trim(&l[..colon]), trim(&l[colon + 1..])))
-        })
-        .filter(|(n, _)| !n.is_empty())
 }
 
+/// `name: value`, both trimmed; `None` for a line without a colon or with an empty name.
+fn split_header(l: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = l.iter().position(|&b| b == b':')?;
+    let (n, v) = (trim(&l[..colon]), trim(&l[colon + 1..]));
+    (!n.is_empty()).then_some((n, v))
+}
+
+/// Header that keeps, escaped, a header line async-nats cannot hold (see [`header_map`]).
+pub const H_INVALID_HEADER: &str = "Retailflow-Invalid-Header";
+
 /// The header block as an async-nats map, for what keeps a message's headers (a dead
-/// letter). Lines that are not `name: value` are left out.
+/// letter). Never panics: async-nats 0.51 panics on `append` of a name that is not printable
+/// ASCII without `:` (a space, say) or of a value holding CR or LF, and nats-server delivers
+/// both. Such a line, or one that is not UTF-8, is kept whole as a
+/// [`H_INVALID_HEADER`] value with [`escape_header_line`]; blank lines are left out.
 pub fn header_map(headers: &[u8]) -> Option<async_nats::HeaderMap> {
+    use async_nats::{HeaderName, HeaderValue};
     if headers.is_empty() {
         return None;
     }
     let mut map = async_nats::HeaderMap::new();
-    for (name, value) in header_lines(headers) {
-        if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
-            map.append(name, value);
+    for line in raw_header_lines(headers) {
+        if trim(line).is_empty() {
+            continue;
+        }
+        // The fallible constructors are the checks `append` asserts.
+        let valid = split_header(line).and_then(|(name, value)| {
+            let name = std::str::from_utf8(name).ok()?.parse::<HeaderName>().ok()?;
+            let value = std::str::from_utf8(value)
+                .ok()?
+                .parse::<HeaderValue>()
+                .ok()?;
+            Some((name, value))
+        });
+        match valid {
+            Some((name, value)) => map.append(name, value),
+            None => map.append(
+                HeaderName::from_static(H_INVALID_HEADER),
+                escape_header_line(line),
+            ),
         }
     }
     Some(map)
+}
+
+/// A header line as a valid header value: bytes outside printable ASCII, and `%` itself,
+/// become `%XX` (upper-case hex), so the original bytes can be recovered exactly.
+pub fn escape_header_line(line: &[u8]) -> async_nats::HeaderValue {
+    let mut out = String::with_capacity(line.len());
+    for &b in line {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    // Only printable ASCII is left, which async-nats accepts; the fallback cannot happen.
+    out.parse().unwrap_or_default()
 }
 
 /// How a subscription pulls.
@@ -762,6 +816,28 @@ mod tests {
     }
 
     #[test]
+    fn a_size_beyond_any_message_is_a_protocol_error() {
+        // On bb9e878 the first panicked: `after + total` overflowed (slice index panic).
+        for line in [
+            &b"MSG a 1 18446744073709551614\r\n"[..],
+            b"MSG a 1 18446744073709551615\r\n",
+            b"HMSG a 1 10 18446744073709551614\r\n",
+            b"HMSG a 1 r 18446744073709551610 18446744073709551614\r\n",
+            // Far beyond what a message may be: no buffer is grown to it.
+            b"MSG a 1 67108865\r\n",
+            b"HMSG a 1 12 4294967296\r\n",
+        ] {
+            assert!(
+                matches!(parse(line), Err(PullError::Protocol(_))),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // The largest size allowed is merely incomplete.
+        assert!(matches!(parse(b"MSG a 1 67108864\r\n"), Ok(None)));
+    }
+
+    #[test]
     fn status_lines() {
         assert_eq!(status(b"NATS/1.0\r\nA: b\r\n\r\n"), None);
         assert_eq!(status(b""), None);
@@ -785,6 +861,57 @@ mod tests {
         let map = header_map(h).expect("headers");
         assert_eq!(map.get("Nats-Msg-Id").map(|v| v.as_str()), Some("pos/1#2"));
         assert_eq!(header_map(b""), None);
+    }
+
+    /// The inverse of `escape_header_line`, written separately as the test's oracle.
+    fn unescape(v: &str) -> Vec<u8> {
+        let b = v.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn headers_async_nats_refuses_are_kept_escaped_not_a_panic() {
+        // On bb9e878 the first panicked in async-nats (header.rs:455, a name with a space)
+        // and the second at header.rs:397 (a value with a bare CR).
+        let bad_lines: [&[u8]; 6] = [
+            b"X Y: 1",
+            b"A: x\ry",
+            b"B\x01: v",
+            b"N\xc3\xa9: v",
+            b"V: \xff\xfe",
+            b"no colon at all",
+        ];
+        for bad in bad_lines {
+            let mut h = b"NATS/1.0\r\nNats-Msg-Id: m1\r\n".to_vec();
+            h.extend_from_slice(bad);
+            h.extend_from_slice(b"\r\nGood: yes\r\n\r\n");
+            let map = header_map(&h).expect("headers");
+            assert_eq!(map.get("Nats-Msg-Id").map(|v| v.as_str()), Some("m1"));
+            assert_eq!(map.get("Good").map(|v| v.as_str()), Some("yes"));
+            let kept: Vec<_> = map
+                .get_all(H_INVALID_HEADER)
+                .map(|v| unescape(v.as_str()))
+                .collect();
+            assert_eq!(
+                kept,
+                vec![bad.to_vec()],
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(escape_header_line(b"50% \r\n").as_str(), "50%25 %0D%0A");
     }
 
     #[test]

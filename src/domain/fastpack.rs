@@ -49,22 +49,38 @@ impl<'a> Reader<'a> {
         self.b.get(self.i).copied().ok_or(Decline)
     }
 
-    fn map_len(&mut self) -> R<usize> {
-        match self.byte()? {
-            m @ 0x80..=0x8f => Ok(usize::from(m & 0x0f)),
-            0xde => Ok(self.be(2)? as usize),
-            0xdf => Ok(self.be(4)? as usize),
-            _ => Err(Decline),
-        }
+    fn left(&self) -> usize {
+        self.b.len().saturating_sub(self.i)
     }
 
-    fn array_len(&mut self) -> R<usize> {
-        match self.byte()? {
-            m @ 0x90..=0x9f => Ok(usize::from(m & 0x0f)),
-            0xdc => Ok(self.be(2)? as usize),
-            0xdd => Ok(self.be(4)? as usize),
-            _ => Err(Decline),
+    /// A map header. Each entry takes at least two bytes, so a count the bytes left cannot
+    /// hold is a lie; declining keeps callers from sizing anything by it.
+    fn map_len(&mut self) -> R<usize> {
+        let n = match self.byte()? {
+            m @ 0x80..=0x8f => usize::from(m & 0x0f),
+            0xde => self.be(2)? as usize,
+            0xdf => self.be(4)? as usize,
+            _ => return Err(Decline),
+        };
+        if n > self.left() / 2 {
+            return Err(Decline);
         }
+        Ok(n)
+    }
+
+    /// An array header, at most as many elements as bytes left (each takes one at least):
+    /// `Vec::with_capacity` of it is then bounded by the message, not by the prefix.
+    fn array_len(&mut self) -> R<usize> {
+        let n = match self.byte()? {
+            m @ 0x90..=0x9f => usize::from(m & 0x0f),
+            0xdc => self.be(2)? as usize,
+            0xdd => self.be(4)? as usize,
+            _ => return Err(Decline),
+        };
+        if n > self.left() {
+            return Err(Decline);
+        }
+        Ok(n)
     }
 
     fn raw_str(&mut self) -> R<&'a [u8]> {
@@ -672,6 +688,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The envelope of a sale whose `lines` array header is replaced by `header`.
+    fn sale_with_lines_header(header: &[u8]) -> Vec<u8> {
+        let good = encode_msgpack(&crate::domain::event::tests::sale(5)).unwrap();
+        let key = b"\xa5lines";
+        let at = good
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("a sale has lines")
+            + key.len();
+        let mut b = good[..at].to_vec();
+        b.extend_from_slice(header);
+        // What followed the original array header: the elements, now far fewer than claimed.
+        let elems = match good[at] {
+            0x90..=0x9f => at + 1,
+            0xdc => at + 3,
+            _ => at + 5,
+        };
+        b.extend_from_slice(&good[elems..]);
+        b
+    }
+
+    #[test]
+    fn a_length_prefix_alone_never_sizes_an_allocation() {
+        // 2^32-1 lines claimed in a message of ~100 bytes: on bb9e878 this reserved
+        // 2^32-1 `ItemLine`s and the allocator aborted the process.
+        for header in [&b"\xdd\xff\xff\xff\xff"[..], b"\xdc\xff\xff"] {
+            let b = sale_with_lines_header(header);
+            assert!(decode_envelope(&b).is_err());
+            assert!(serde(&b).is_none());
+        }
+        // Same for a map header claiming more entries than bytes left.
+        let b = b"\xdf\xff\xff\xff\xff\xa1v\x01";
+        assert!(decode_envelope(b).is_err());
+        assert!(serde(b).is_none());
     }
 
     #[test]
