@@ -24,6 +24,8 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod erp_sim;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod post;
 pub mod query;

@@ -61,6 +61,15 @@ pub struct Letter {
     pub identity: String,
 }
 
+/// Text as a header value: async-nats refuses (panics on) CR and LF, so control characters
+/// become spaces; at most 1000 characters.
+fn header_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct DeadLetters {
     js: jetstream::Context,
@@ -95,15 +104,10 @@ impl DeadLetters {
         }
         headers.insert(H_STAGE, letter.stage);
         headers.insert(H_REASON, letter.reason.as_str());
-        // Header values cannot hold line breaks.
-        let error: String = letter
-            .error
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(1000)
-            .collect();
+        let error = header_text(&letter.error);
         headers.insert(H_ERROR, error.as_str());
-        headers.insert(H_SUBJECT, letter.original_subject.as_str());
+        // The subject came off the network too: async-nats panics on a CR in a value.
+        headers.insert(H_SUBJECT, header_text(&letter.original_subject).as_str());
         if let Some(seq) = letter.stream_seq {
             headers.insert(H_SEQ, seq.to_string().as_str());
         }
@@ -130,5 +134,19 @@ impl DeadLetters {
             "dead-lettered"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_network_is_a_valid_header_value() {
+        let subject = "retail.v1.pos.S1\r.sale\n";
+        let text = header_text(subject);
+        assert_eq!(text, "retail.v1.pos.S1 .sale ");
+        assert!(text.parse::<async_nats::HeaderValue>().is_ok());
+        assert_eq!(header_text(&"é".repeat(2000)).chars().count(), 1000);
     }
 }

@@ -85,31 +85,10 @@ async fn availability(
     Path(sku): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let mut req = QueryRequest {
-        skus: vec![sku],
-        ..Default::default()
+    let req = match QueryRequest::from_availability(sku, q.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "location" => req.locations.push(v.into_owned()),
-            "channel" => req.channel = Some(v.into_owned()),
-            "min_as_of" => match v.parse() {
-                Ok(n) => req.min_as_of = Some(n),
-                Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("min_as_of {v:?} is not a sequence number"),
-                    );
-                }
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {other:?}; use location, channel, min_as_of"),
-                );
-            }
-        }
-    }
     st.shared.metrics.queries.fetch_add(1, Relaxed);
     match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
         Ok(mut r) => match r.results.pop() {
@@ -121,9 +100,9 @@ async fn availability(
 }
 
 async fn query(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: QueryRequest = match serde_json::from_slice(&body) {
+    let req = match QueryRequest::from_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     st.shared.metrics.queries.fetch_add(1, Relaxed);
     match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
@@ -146,9 +125,9 @@ fn reserve_error(e: ReserveError) -> Response {
 }
 
 async fn create_reservation(State(st): State<ApiState>, body: Bytes) -> Response {
-    let req: ReserveRequest = match serde_json::from_slice(&body) {
+    let req = match ReserveRequest::from_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     match st.reservations.reserve(req).await {
         Ok(answer) => {

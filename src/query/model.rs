@@ -81,6 +81,36 @@ pub enum QueryError {
 }
 
 impl QueryRequest {
+    /// `GET /v1/availability/{sku}?location=..&channel=..&min_as_of=..` as a request; the
+    /// error is the 400 message. Pure, so the fuzz target calls exactly what the handler does.
+    pub fn from_availability(sku: String, query: &str) -> Result<QueryRequest, String> {
+        let mut req = QueryRequest {
+            skus: vec![sku],
+            ..Default::default()
+        };
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "location" => req.locations.push(v.into_owned()),
+                "channel" => req.channel = Some(v.into_owned()),
+                "min_as_of" => match v.parse() {
+                    Ok(n) => req.min_as_of = Some(n),
+                    Err(_) => return Err(format!("min_as_of {v:?} is not a sequence number")),
+                },
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; use location, channel, min_as_of"
+                    ));
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    /// A `POST /v1/availability` body (JSON); the error is the 400 message.
+    pub fn from_body(body: &[u8]) -> Result<QueryRequest, String> {
+        serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
+    }
+
     pub fn check(&self) -> Result<(), QueryError> {
         let bad = |m: String| Err(QueryError::BadRequest(m));
         if self.skus.is_empty() {

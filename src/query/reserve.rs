@@ -38,6 +38,13 @@ pub struct ReserveRequest {
     pub allow_partial: bool,
 }
 
+impl ReserveRequest {
+    /// A `POST /v1/reservations` body (JSON); the error is the 400 message.
+    pub fn from_body(body: &[u8]) -> Result<ReserveRequest, String> {
+        serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub location: String,

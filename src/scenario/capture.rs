@@ -298,7 +298,14 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode> {
             if args.strip_msg_id && k.eq_ignore_ascii_case("Nats-Msg-Id") {
                 continue;
             }
-            headers.append(k.as_str(), v.as_str());
+            // A capture file is input too: async-nats panics on a name or value it refuses.
+            let name = k
+                .parse::<async_nats::HeaderName>()
+                .map_err(|_| anyhow::anyhow!("capture holds an invalid header name {k:?}"))?;
+            let value = v
+                .parse::<async_nats::HeaderValue>()
+                .map_err(|_| anyhow::anyhow!("capture holds an invalid value for header {k}"))?;
+            headers.append(name, value);
         }
         let subject = rename(&r.subject, args.subject_prefix.as_deref());
         let ack = js
