@@ -89,6 +89,10 @@ impl DeadLetters {
     pub async fn send(&self, letter: Letter) -> Result<(), DeadLetterError> {
         let mut headers = HeaderMap::new();
         if let Some(orig) = &letter.headers {
+            let invalid = orig.get_all(crate::bus::pull::H_INVALID_HEADER).count();
+            self.metrics
+                .invalid_headers_kept
+                .fetch_add(invalid as u64, std::sync::atomic::Ordering::Relaxed);
             for (name, values) in orig.iter() {
                 let n: &str = name.as_ref();
                 if n.eq_ignore_ascii_case("Nats-Msg-Id") {

@@ -263,6 +263,9 @@ async fn read_direct(
             })
             .await;
         if let Err(e) = got {
+            if matches!(e, PullError::Protocol(_)) {
+                m.nats_protocol_errors.fetch_add(1, Relaxed);
+            }
             return End::Again(e.to_string());
         }
         m.ingest_wait_messages_us

@@ -77,6 +77,14 @@ pub struct Metrics {
     pub feed_messages: AtomicU64,
     pub endpoints: DashMap<String, Arc<EndpointMetrics>>,
     pub dead_letter_reasons: DashMap<String, u64>,
+
+    // Hostile input, parsers (issue 25, H1).
+    /// The direct reader met bytes that are not the NATS protocol (a message size beyond
+    /// `bus::pull::MAX_MESSAGE`, a broken line) and reopened its consumer.
+    pub nats_protocol_errors: AtomicU64,
+    /// Header lines async-nats cannot hold, kept escaped in `Retailflow-Invalid-Header` of a
+    /// dead letter.
+    pub invalid_headers_kept: AtomicU64,
 }
 
 impl Metrics {
@@ -141,6 +149,17 @@ impl Metrics {
             "gap_sequences_total",
             "Per-source sequences skipped by a jump ahead.",
             self.gap_sequences.load(Relaxed),
+        );
+        // Hostile input, parsers (issue 25, H1).
+        counter(
+            "nats_protocol_errors_total",
+            "Direct-reader NATS protocol errors (oversized or malformed frames).",
+            self.nats_protocol_errors.load(Relaxed),
+        );
+        counter(
+            "invalid_headers_kept_total",
+            "Header lines async-nats refuses, kept escaped in dead letters.",
+            self.invalid_headers_kept.load(Relaxed),
         );
         counter(
             "barriers_total",
