@@ -141,9 +141,16 @@ impl Actor for ShardActor {
                 let n = ops.len() as u64;
                 let mut refused = Vec::new();
                 state.ledger.apply_batch(&ops, |seq, op, error| {
-                    refused.push((seq, format!("{op:?}"), error))
+                    // The op's place among its event's ops on this shard: two refused lines
+                    // of one event need two letters, and a replay must name them the same.
+                    // Refusals are rare, so the scan costs nothing on the usual path.
+                    let line = ops
+                        .iter()
+                        .position(|(_, o)| std::ptr::eq(o, op))
+                        .map_or(0, |at| ops[..at].iter().filter(|(s, _)| *s == seq).count());
+                    refused.push((seq, line, format!("{op:?}"), error))
                 });
-                for (seq, op, error) in refused {
+                for (seq, line, op, error) in refused {
                     // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
                     let letter = Letter {
                         stage: "apply",
@@ -153,14 +160,13 @@ impl Actor for ShardActor {
                         headers: None,
                         payload: op.into(),
                         stream_seq: Some(seq),
-                        identity: format!("{seq}/{}", state.index),
+                        identity: format!("{seq}/{}/{line}", state.index),
                     };
-                    let dl = state.shared.dead_letters.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = dl.send(letter).await {
-                            tracing::error!(%error, "dead letter for a refused op was not stored");
-                        }
-                    });
+                    // Awaited, with bounded retries inside `send`: the shard waits for the
+                    // letter to be stored, but never for ever.
+                    if let Err(error) = state.shared.dead_letters.send(letter).await {
+                        tracing::error!(%error, seq, "dead letter for a refused op was not stored");
+                    }
                 }
                 state.publish(end_seq);
                 state.shared.metrics.ops_applied.fetch_add(n, Relaxed);
