@@ -157,6 +157,17 @@ pub struct IngestConfig {
     pub reorder_window: u64,
     /// How ingest reads the events stream.
     pub reader: ReaderKind,
+    /// Most sources the dedupe table remembers. Beyond it the least recently seen eighth is
+    /// forgotten; a forgotten source starts afresh (its re-sends are then recognised only by
+    /// JetStream's duplicate window).
+    pub dedupe_sources: usize,
+    /// Largest step a known source's sequence may take past what was seen; a larger one is
+    /// dead-lettered `sequence_jump` and the source's position is kept.
+    pub max_sequence_jump: u64,
+    /// `/healthz` reports `stalled` (503) when nothing was applied for this long while the
+    /// stream holds more.
+    #[serde(with = "duration")]
+    pub stall_after: Duration,
 }
 
 impl Default for IngestConfig {
@@ -166,6 +177,9 @@ impl Default for IngestConfig {
             credit: 100_000,
             reorder_window: 4096,
             reader: ReaderKind::Direct,
+            dedupe_sources: crate::ingest::dedupe::DEFAULT_MAX_SOURCES,
+            max_sequence_jump: crate::ingest::dedupe::DEFAULT_MAX_JUMP,
+            stall_after: Duration::from_secs(30),
         }
     }
 }

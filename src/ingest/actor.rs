@@ -225,6 +225,18 @@ impl IngestState {
                 self.letter_from_envelope(seq, &envelope, Reason::Late, error);
                 return Step::Next(seq);
             }
+            Verdict::Jump => {
+                let error = format!(
+                    "event {} seq {} from {}: the source's sequence jumps more than {} past what was seen ({}); not applied and the source's position kept, so a forged sequence cannot silence the real producer",
+                    envelope.id,
+                    envelope.seq,
+                    envelope.source,
+                    self.dedupe.max_jump(),
+                    self.dedupe.floor(&envelope.source).unwrap_or(0)
+                );
+                self.letter_from_envelope(seq, &envelope, Reason::SequenceJump, error);
+                return Step::Next(seq);
+            }
         }
         m.events_applied.fetch_add(1, Relaxed);
         match envelope.event {
@@ -446,6 +458,12 @@ impl IngestState {
         let stores = !go_on || self.pending == 0;
         self.dispatch(end, stores).await?;
         self.flush_letters().await?;
+        // The dedupe table's own counters, once per batch (they travel with its snapshot).
+        let stats = &self.dedupe.stats;
+        m.gap_sequences.store(stats.gap_sequences, Relaxed);
+        m.dedupe_gaps_dropped.store(stats.gaps_dropped, Relaxed);
+        m.dedupe_sources_evicted
+            .store(stats.sources_evicted, Relaxed);
         m.ingest_busy_us
             .fetch_add(busy.elapsed().as_micros() as u64, Relaxed);
         m.busy(crate::telemetry::Stage::Ingest, busy);
@@ -465,9 +483,12 @@ impl Actor for IngestActor {
     ) -> Result<IngestState, ActorProcessingErr> {
         myself.send_message(IngestMsg::Pull)?;
         let shards = args.shards.len();
+        let mut dedupe = args.dedupe;
+        let ingest = &args.shared.config.ingest;
+        dedupe.set_bounds(ingest.dedupe_sources, ingest.max_sequence_jump);
         Ok(IngestState {
             shared: args.shared,
-            dedupe: args.dedupe,
+            dedupe,
             last_seq: args.from_seq,
             consume_from: args.from_seq + 1,
             reader: None,
