@@ -110,6 +110,11 @@ pub struct StreamsConfig {
     pub events_max_age: Duration,
     /// Postings outbox limit; ingest pauses before it is reached.
     pub postings_max_messages: i64,
+    /// Most bytes the events stream keeps (oldest events go first, as with
+    /// `events_max_age`); recovery needs every event after the latest snapshot.
+    pub events_max_bytes: i64,
+    /// Most bytes the dead-letter stream keeps (oldest letters go first).
+    pub dead_letters_max_bytes: i64,
 }
 
 impl Default for StreamsConfig {
@@ -126,6 +131,8 @@ impl Default for StreamsConfig {
             duplicate_window: Duration::from_secs(120),
             events_max_age: Duration::from_secs(14 * 24 * 3600),
             postings_max_messages: 1_000_000,
+            events_max_bytes: 10 * 1024 * 1024 * 1024,
+            dead_letters_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -541,6 +548,11 @@ impl Config {
             if !e.url.starts_with("http://") && !e.url.starts_with("https://") {
                 return bad(format!("erp {:?}: url {:?} is not http(s)", e.name, e.url));
             }
+        }
+        if self.streams.events_max_bytes <= 0 || self.streams.dead_letters_max_bytes <= 0 {
+            return bad(
+                "streams.events_max_bytes and streams.dead_letters_max_bytes must be positive: a stream without a byte limit grows until the disk is full".into(),
+            );
         }
         for s in &self.streams.systems {
             crate::domain::ids::check_token("streams.systems", s)

@@ -260,3 +260,95 @@ async fn events_on_subjects_that_do_not_fit_them_are_misplaced_not_applied() {
     }
     pipeline.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_refused_lines_of_one_event_are_two_dead_letters() {
+    use retailflow::apply::ledger::Ledger;
+    use retailflow::apply::op::Op;
+    let server = nats();
+    let cfg = config(&server.url());
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    retailflow::bus::streams::ensure(&js, &cfg.streams)
+        .await
+        .expect("streams");
+
+    // Two SKUs at the top of i64 (no event can get there, so the ledger is set up directly),
+    // then one event (stream sequence 2) receiving one more of each: both lines overflow.
+    let mut ledger = Ledger::new();
+    for sku in ["A", "B"] {
+        ledger
+            .apply(
+                1,
+                &Op::Adjust {
+                    loc: LocationId::from("S1"),
+                    sku: Sku::from(sku),
+                    qty: i64::MAX,
+                    reason: ReasonCode::from("found"),
+                },
+            )
+            .unwrap();
+    }
+    let receipt = |sku: &str| Op::Receipt {
+        loc: LocationId::from("S1"),
+        sku: Sku::from(sku),
+        qty: 1,
+    };
+    let ops = vec![(2, receipt("A")), (2, receipt("B"))];
+    let letters = retailflow::apply::shard::apply_ops(&mut ledger, 0, &ops);
+    assert_eq!(letters.len(), 2, "both lines refused");
+
+    let metrics = retailflow::telemetry::Metrics::new();
+    let dl = retailflow::ingest::deadletter::DeadLetters::new(js.clone(), metrics.clone());
+    for letter in letters {
+        dl.send(letter).await.expect("stored");
+    }
+    let stored = last_seq(&js, "RETAIL_DLQ").await;
+    assert_eq!(
+        stored, 2,
+        "JetStream kept both letters (none dropped as a duplicate)"
+    );
+    assert_eq!(
+        metrics
+            .dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_byte_limits_are_set_on_existing_streams_or_refused_with_a_reason() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    // Streams as an older build made them: no byte limit.
+    for mut want in retailflow::bus::streams::desired(&cfg.streams) {
+        want.max_bytes = -1;
+        js.create_stream(want).await.expect("create");
+    }
+    retailflow::bus::streams::ensure(&js, &cfg.streams)
+        .await
+        .expect("an existing stream below the limit gets it");
+    for (name, want) in [
+        ("RETAIL_EVENTS", cfg.streams.events_max_bytes),
+        ("RETAIL_DLQ", cfg.streams.dead_letters_max_bytes),
+    ] {
+        let mut s = js.get_stream(name).await.unwrap();
+        assert_eq!(s.info().await.unwrap().config.max_bytes, want, "{name}");
+    }
+    assert_eq!(cfg.streams.events_max_bytes, 10 * 1024 * 1024 * 1024);
+    assert_eq!(cfg.streams.dead_letters_max_bytes, 1024 * 1024 * 1024);
+
+    // A limit below what the stream holds would delete events: refused, saying why.
+    publish(
+        &js,
+        &envelope("wms/DC1", 1, receipt("DC1", "A", 1)),
+        false,
+        true,
+    )
+    .await;
+    cfg.streams.events_max_bytes = 10;
+    let err = retailflow::bus::streams::ensure(&js, &cfg.streams)
+        .await
+        .expect_err("a limit below the stored bytes is refused");
+    assert!(err.to_string().contains("max_bytes"), "{err}");
+}
