@@ -110,6 +110,11 @@ pub struct StreamsConfig {
     pub events_max_age: Duration,
     /// Postings outbox limit; ingest pauses before it is reached.
     pub postings_max_messages: i64,
+    /// Most bytes the events stream keeps (oldest events go first, as with
+    /// `events_max_age`); recovery needs every event after the latest snapshot.
+    pub events_max_bytes: i64,
+    /// Most bytes the dead-letter stream keeps (oldest letters go first).
+    pub dead_letters_max_bytes: i64,
 }
 
 impl Default for StreamsConfig {
@@ -126,6 +131,8 @@ impl Default for StreamsConfig {
             duplicate_window: Duration::from_secs(120),
             events_max_age: Duration::from_secs(14 * 24 * 3600),
             postings_max_messages: 1_000_000,
+            events_max_bytes: 10 * 1024 * 1024 * 1024,
+            dead_letters_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -157,6 +164,17 @@ pub struct IngestConfig {
     pub reorder_window: u64,
     /// How ingest reads the events stream.
     pub reader: ReaderKind,
+    /// Most sources the dedupe table remembers. Beyond it the least recently seen eighth is
+    /// forgotten; a forgotten source starts afresh (its re-sends are then recognised only by
+    /// JetStream's duplicate window).
+    pub dedupe_sources: usize,
+    /// Largest step a known source's sequence may take past what was seen; a larger one is
+    /// dead-lettered `sequence_jump` and the source's position is kept.
+    pub max_sequence_jump: u64,
+    /// `/healthz` reports `stalled` (503) when nothing was applied for this long while the
+    /// stream holds more.
+    #[serde(with = "duration")]
+    pub stall_after: Duration,
 }
 
 impl Default for IngestConfig {
@@ -166,6 +184,9 @@ impl Default for IngestConfig {
             credit: 100_000,
             reorder_window: 4096,
             reader: ReaderKind::Direct,
+            dedupe_sources: crate::ingest::dedupe::DEFAULT_MAX_SOURCES,
+            max_sequence_jump: crate::ingest::dedupe::DEFAULT_MAX_JUMP,
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -527,6 +548,11 @@ impl Config {
             if !e.url.starts_with("http://") && !e.url.starts_with("https://") {
                 return bad(format!("erp {:?}: url {:?} is not http(s)", e.name, e.url));
             }
+        }
+        if self.streams.events_max_bytes <= 0 || self.streams.dead_letters_max_bytes <= 0 {
+            return bad(
+                "streams.events_max_bytes and streams.dead_letters_max_bytes must be positive: a stream without a byte limit grows until the disk is full".into(),
+            );
         }
         for s in &self.streams.systems {
             crate::domain::ids::check_token("streams.systems", s)

@@ -99,6 +99,34 @@ impl ShardState {
     }
 }
 
+/// Applies one batch of ops to `ledger` (shard `index`) and returns a dead letter per refused
+/// op. Each letter's identity is (stream sequence, shard, the op's place among its event's ops
+/// on this shard): two refused lines of one event are two letters, and a replay names them
+/// the same, so JetStream drops only true repeats.
+pub fn apply_ops(ledger: &mut Ledger, index: usize, ops: &[(u64, Op)]) -> Vec<Letter> {
+    let mut letters = Vec::new();
+    ledger.apply_batch(ops, |seq, op, error| {
+        // Refusals are rare, so finding the op's place costs nothing on the usual path. An
+        // event's ops reach a shard in one batch (ingest routes an event whole).
+        let line = ops
+            .iter()
+            .position(|(_, o)| std::ptr::eq(o, op))
+            .map_or(0, |at| ops[..at].iter().filter(|(s, _)| *s == seq).count());
+        // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
+        letters.push(Letter {
+            stage: "apply",
+            reason: Reason::Overflow,
+            error: error.to_string(),
+            original_subject: String::new(),
+            headers: None,
+            payload: format!("{op:?}").into(),
+            stream_seq: Some(seq),
+            identity: format!("{seq}/{index}/{line}"),
+        })
+    });
+    letters
+}
+
 impl Actor for ShardActor {
     type Msg = ShardMsg;
     type State = ShardState;
@@ -139,28 +167,14 @@ impl Actor for ShardActor {
             ShardMsg::Batch { ops, end_seq, work } => {
                 let started = std::time::Instant::now();
                 let n = ops.len() as u64;
-                let mut refused = Vec::new();
-                state.ledger.apply_batch(&ops, |seq, op, error| {
-                    refused.push((seq, format!("{op:?}"), error))
-                });
-                for (seq, op, error) in refused {
-                    // Only arithmetic overflow refuses a fact; the rest of the batch goes on.
-                    let letter = Letter {
-                        stage: "apply",
-                        reason: Reason::Overflow,
-                        error: error.to_string(),
-                        original_subject: String::new(),
-                        headers: None,
-                        payload: op.into(),
-                        stream_seq: Some(seq),
-                        identity: format!("{seq}/{}", state.index),
-                    };
-                    let dl = state.shared.dead_letters.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = dl.send(letter).await {
-                            tracing::error!(%error, "dead letter for a refused op was not stored");
-                        }
-                    });
+                let letters = apply_ops(&mut state.ledger, state.index, &ops);
+                for letter in letters {
+                    // Awaited, with bounded retries inside `send`: the shard waits for the
+                    // letter to be stored, but never for ever.
+                    let seq = letter.stream_seq.unwrap_or(0);
+                    if let Err(error) = state.shared.dead_letters.send(letter).await {
+                        tracing::error!(%error, seq, "dead letter for a refused op was not stored");
+                    }
                 }
                 state.publish(end_seq);
                 state.shared.metrics.ops_applied.fetch_add(n, Relaxed);

@@ -1,6 +1,8 @@
 //! Creates the streams retailflow needs, or verifies existing ones. An existing stream whose
 //! configuration differs in a way that matters is never changed: startup stops and says what
-//! differs.
+//! differs. The one exception is the byte limit (`max_bytes`), added later: a stream that
+//! already holds less than the configured limit gets it set in place (and the log says so);
+//! one that holds more stops startup, since applying it would delete events.
 
 use super::BusError;
 use crate::config::{Storage, StreamsConfig};
@@ -23,6 +25,7 @@ pub fn desired(cfg: &StreamsConfig) -> Vec<stream::Config> {
         subjects: cfg.event_subjects(),
         retention: stream::RetentionPolicy::Limits,
         max_age: cfg.events_max_age,
+        max_bytes: cfg.events_max_bytes,
         duplicate_window: cfg.duplicate_window,
         storage: storage(cfg.storage),
         num_replicas: cfg.replicas,
@@ -46,6 +49,7 @@ pub fn desired(cfg: &StreamsConfig) -> Vec<stream::Config> {
         subjects: vec![format!("{}.>", subject::DLQ)],
         retention: stream::RetentionPolicy::Limits,
         max_age: Duration::from_secs(90 * 24 * 3600),
+        max_bytes: cfg.dead_letters_max_bytes,
         storage: storage(cfg.storage),
         num_replicas: cfg.replicas,
         ..Default::default()
@@ -108,6 +112,28 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), 
                         stream: want.name.clone(),
                         differences: diff.join("; "),
                     });
+                }
+                if info.config.max_bytes != want.max_bytes {
+                    if want.max_bytes > 0 && info.state.bytes > want.max_bytes as u64 {
+                        return Err(BusError::StreamConflict {
+                            stream: want.name.clone(),
+                            differences: format!(
+                                "max_bytes {} holds {} bytes, more than the configured {}: setting it would delete the oldest messages; raise the setting or trim the stream first",
+                                info.config.max_bytes, info.state.bytes, want.max_bytes
+                            ),
+                        });
+                    }
+                    let mut config = info.config.clone();
+                    config.max_bytes = want.max_bytes;
+                    js.update_stream(&config).await.map_err(|e| {
+                        BusError::JetStream(format!("setting max_bytes on {}: {e}", want.name))
+                    })?;
+                    tracing::info!(
+                        stream = %want.name,
+                        from = info.config.max_bytes,
+                        to = want.max_bytes,
+                        "set the stream's byte limit"
+                    );
                 }
             }
             Err(e)

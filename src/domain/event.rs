@@ -89,6 +89,19 @@ impl Event {
 }
 
 impl Event {
+    /// Kinds only retailflow itself publishes (on `retail.v1.api.>` and `retail.v1.ctl.>`):
+    /// a producer carrying one is refused (see [`super::subject::check_binding`]).
+    pub fn is_own(&self) -> bool {
+        matches!(
+            self,
+            Event::ReservationRequested(_)
+                | Event::ReservationReleased(_)
+                | Event::ReservationExpired(_)
+                | Event::ReservationBatch(_)
+                | Event::Barrier(_)
+        )
+    }
+
     /// The subject token naming where the event happened (`retail.v1.<system>.<this>.<kind>`).
     pub fn location_token(&self) -> &str {
         match self {

@@ -13,7 +13,7 @@ use super::route::Routed;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
 use crate::aggregate::store::StoreAggregator;
 use crate::apply::shard::ShardMsg;
-use crate::domain::{Event, LocationId};
+use crate::domain::{Envelope, Event, LocationId};
 use crate::snapshot::coordinator::{BarrierHeader, CoordMsg};
 use crate::snapshot::format::IngestState as IngestSnapshot;
 use crate::supervise::members::Members;
@@ -76,22 +76,117 @@ pub struct IngestState {
     /// Messages the stream held after the last one read: while more are coming, store events
     /// wait here for a larger message per store.
     pending: u64,
+    /// When recent messages panicked (see `count_panic`).
+    panics: std::collections::VecDeque<std::time::Instant>,
+}
+
+/// What handling one message leaves for the async part of the actor.
+enum Step {
+    /// Go on (or not, at the stop sequence) after this stream sequence.
+    Next(u64),
+    /// A message without a position: nothing to record.
+    Skip,
+    /// A barrier at this sequence: everything before it is routed.
+    Barrier {
+        seq: u64,
+        flush: bool,
+        snapshot: bool,
+        at_ms: i64,
+    },
 }
 
 impl IngestState {
     /// Handles one decoded message; returns false when ingest must stop here (graceful
     /// shutdown).
+    ///
+    /// The synchronous part runs under `catch_unwind` (free unless something unwinds): a
+    /// panic on one message dead-letters that message, with the panic text, instead of
+    /// failing the actor, whose restart would read the same message and panic again.
     async fn handle_message(&mut self, decoded: Decoded) -> Result<bool, ActorProcessingErr> {
+        let position = decoded.position;
+        let reader_panic = matches!(&decoded.envelope, Err(bad) if bad.reason == Reason::Panic);
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(decoded)));
+        if reader_panic {
+            self.count_panic("a message panicked the reader")?;
+        }
+        match step {
+            Ok(Step::Next(seq)) => Ok(self.go_on(seq)),
+            Ok(Step::Skip) => Ok(true),
+            Ok(Step::Barrier {
+                seq,
+                flush,
+                snapshot,
+                at_ms,
+            }) => {
+                self.dispatch(seq, true).await?;
+                self.flush_letters().await?;
+                self.barrier(seq, flush, snapshot, at_ms)?;
+                Ok(self.go_on(seq))
+            }
+            Err(panic) => {
+                let text = crate::ingest::reader::panic_text(&*panic).to_string();
+                let Some((seq, _)) = position else {
+                    return Err(format!("panic on a message without a position: {text}").into());
+                };
+                // Whatever this event had routed so far must not go out half.
+                self.routed.forget(seq);
+                self.last_seq = self.last_seq.max(seq);
+                self.letters.push(Letter {
+                    stage: "ingest",
+                    reason: Reason::Panic,
+                    error: format!(
+                        "panic while handling stream sequence {seq}: {text}; the original is still in the events stream at that sequence"
+                    ),
+                    original_subject: String::new(),
+                    headers: None,
+                    payload: bytes::Bytes::new(),
+                    stream_seq: Some(seq),
+                    identity: seq.to_string(),
+                });
+                self.count_panic(&text)?;
+                Ok(self.go_on(seq))
+            }
+        }
+    }
+
+    /// Counts a message that panicked. A few are dead-lettered and the line goes on; more
+    /// than `supervision.max_restarts` within `supervision.within` fail the actor, so the
+    /// supervisor's restart policy escalates as it does for any other repeated failure.
+    fn count_panic(&mut self, what: &str) -> Result<(), ActorProcessingErr> {
+        let cfg = &self.shared.config.supervision;
+        let now = std::time::Instant::now();
+        while self
+            .panics
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > cfg.within)
+        {
+            self.panics.pop_front();
+        }
+        self.panics.push_back(now);
+        self.shared.metrics.ingest_panics.fetch_add(1, Relaxed);
+        if self.panics.len() as u32 > cfg.max_restarts {
+            return Err(format!(
+                "{} messages panicked within {:?}; last: {what}",
+                self.panics.len(),
+                cfg.within
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Decode result -> stream-sequence check -> dedupe -> route; no awaiting.
+    fn step(&mut self, decoded: Decoded) -> Step {
         let m = self.shared.metrics.clone();
         let Some((seq, pending)) = decoded.position else {
             tracing::warn!("message without a JetStream reply subject; skipped");
-            return Ok(true);
+            return Step::Skip;
         };
         m.consumer_lag.store(pending as i64, Relaxed);
         self.pending = pending;
         if seq <= self.last_seq {
             m.duplicates_redelivered.fetch_add(1, Relaxed);
-            return Ok(true);
+            return Step::Skip;
         }
         self.last_seq = seq;
         m.events_received.fetch_add(1, Relaxed);
@@ -109,14 +204,14 @@ impl IngestState {
                     stream_seq: Some(seq),
                     identity: seq.to_string(),
                 });
-                return Ok(self.go_on(seq));
+                return Step::Next(seq);
             }
         };
         match self.dedupe.check(&envelope.source, envelope.seq) {
             Verdict::New => {}
             Verdict::Duplicate => {
                 m.duplicates_resent.fetch_add(1, Relaxed);
-                return Ok(self.go_on(seq));
+                return Step::Next(seq);
             }
             Verdict::Late => {
                 m.late_events.fetch_add(1, Relaxed);
@@ -127,31 +222,57 @@ impl IngestState {
                     envelope.source,
                     self.dedupe.window()
                 );
-                // The original bytes are gone by now; the letter carries the event re-encoded.
-                let payload = crate::domain::codec::encode_msgpack(&envelope).unwrap_or_default();
-                self.letters.push(Letter {
-                    stage: "ingest",
-                    reason: Reason::Late,
-                    error,
-                    original_subject: envelope.subject(&self.shared.config.streams.systems, "pos"),
-                    headers: None,
-                    payload: payload.into(),
-                    stream_seq: Some(seq),
-                    identity: seq.to_string(),
-                });
-                return Ok(self.go_on(seq));
+                self.letter_from_envelope(seq, &envelope, Reason::Late, error);
+                return Step::Next(seq);
+            }
+            Verdict::Jump => {
+                let error = format!(
+                    "event {} seq {} from {}: the source's sequence jumps more than {} past what was seen ({}); not applied and the source's position kept, so a forged sequence cannot silence the real producer",
+                    envelope.id,
+                    envelope.seq,
+                    envelope.source,
+                    self.dedupe.max_jump(),
+                    self.dedupe.floor(&envelope.source).unwrap_or(0)
+                );
+                self.letter_from_envelope(seq, &envelope, Reason::SequenceJump, error);
+                return Step::Next(seq);
             }
         }
         m.events_applied.fetch_add(1, Relaxed);
         match envelope.event {
-            Event::Barrier(b) => {
-                self.dispatch(seq, true).await?;
-                self.flush_letters().await?;
-                self.barrier(seq, b.flush, b.snapshot, envelope.occurred_at_ms)?;
+            Event::Barrier(b) => Step::Barrier {
+                seq,
+                flush: b.flush,
+                snapshot: b.snapshot,
+                at_ms: envelope.occurred_at_ms,
+            },
+            event => {
+                self.routed.route(seq, event);
+                Step::Next(seq)
             }
-            event => self.routed.route(seq, event),
         }
-        Ok(self.go_on(seq))
+    }
+
+    /// A dead letter for an event whose original bytes are gone by now: it carries the
+    /// event re-encoded.
+    fn letter_from_envelope(
+        &mut self,
+        seq: u64,
+        envelope: &Envelope,
+        reason: Reason,
+        error: String,
+    ) {
+        let payload = crate::domain::codec::encode_msgpack(envelope).unwrap_or_default();
+        self.letters.push(Letter {
+            stage: "ingest",
+            reason,
+            error,
+            original_subject: envelope.subject(&self.shared.config.streams.systems, "pos"),
+            headers: None,
+            payload: payload.into(),
+            stream_seq: Some(seq),
+            identity: seq.to_string(),
+        });
     }
 
     fn go_on(&self, seq: u64) -> bool {
@@ -337,6 +458,12 @@ impl IngestState {
         let stores = !go_on || self.pending == 0;
         self.dispatch(end, stores).await?;
         self.flush_letters().await?;
+        // The dedupe table's own counters, once per batch (they travel with its snapshot).
+        let stats = &self.dedupe.stats;
+        m.gap_sequences.store(stats.gap_sequences, Relaxed);
+        m.dedupe_gaps_dropped.store(stats.gaps_dropped, Relaxed);
+        m.dedupe_sources_evicted
+            .store(stats.sources_evicted, Relaxed);
         m.ingest_busy_us
             .fetch_add(busy.elapsed().as_micros() as u64, Relaxed);
         m.busy(crate::telemetry::Stage::Ingest, busy);
@@ -356,9 +483,12 @@ impl Actor for IngestActor {
     ) -> Result<IngestState, ActorProcessingErr> {
         myself.send_message(IngestMsg::Pull)?;
         let shards = args.shards.len();
+        let mut dedupe = args.dedupe;
+        let ingest = &args.shared.config.ingest;
+        dedupe.set_bounds(ingest.dedupe_sources, ingest.max_sequence_jump);
         Ok(IngestState {
             shared: args.shared,
-            dedupe: args.dedupe,
+            dedupe,
             last_seq: args.from_seq,
             consume_from: args.from_seq + 1,
             reader: None,
@@ -374,6 +504,7 @@ impl Actor for IngestActor {
             letters_unlogged: 0,
             letters_logged: std::time::Instant::now() - Duration::from_secs(60),
             pending: 0,
+            panics: std::collections::VecDeque::new(),
         })
     }
 

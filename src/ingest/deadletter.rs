@@ -33,6 +33,13 @@ pub enum Reason {
     Overflow,
     /// The ERP refused the posting (4xx).
     Rejected,
+    /// Handling it panicked (a bug that this input reaches); the text is in the error.
+    Panic,
+    /// Its subject does not fit it: a kind only retailflow publishes on a producer subject,
+    /// or a subject whose kind or system differs from the event's.
+    Misplaced,
+    /// Its source sequence jumped further ahead than `ingest.max_sequence_jump`.
+    SequenceJump,
 }
 
 impl Reason {
@@ -43,6 +50,9 @@ impl Reason {
             Reason::Late => "late",
             Reason::Overflow => "overflow",
             Reason::Rejected => "rejected",
+            Reason::Panic => "panic",
+            Reason::Misplaced => "misplaced",
+            Reason::SequenceJump => "sequence_jump",
         }
     }
 }
@@ -86,46 +96,42 @@ impl DeadLetters {
     }
 
     /// Publishes and waits for JetStream to store it: a dead letter is never fire-and-forget.
+    /// A failed attempt is retried a few times (the letter's `Nats-Msg-Id` makes a repeat
+    /// harmless), each attempt bounded in time, so a caller is never held for ever; when
+    /// every attempt failed the failure is counted and returned.
     pub async fn send(&self, letter: Letter) -> Result<(), DeadLetterError> {
-        let mut headers = HeaderMap::new();
-        if let Some(orig) = &letter.headers {
-            let invalid = orig.get_all(crate::bus::pull::H_INVALID_HEADER).count();
-            self.metrics
-                .invalid_headers_kept
-                .fetch_add(invalid as u64, std::sync::atomic::Ordering::Relaxed);
-            for (name, values) in orig.iter() {
-                let n: &str = name.as_ref();
-                if n.eq_ignore_ascii_case("Nats-Msg-Id") {
-                    for v in values {
-                        headers.append(H_ORIGINAL_ID, v.as_str());
-                    }
-                } else if !n.starts_with("Nats-") {
-                    for v in values {
-                        headers.append(n, v.as_str());
-                    }
+        let (subject, headers, error) = letter_parts(&letter, &self.metrics);
+        let mut backoff = SEND_BACKOFF;
+        let mut attempt = 1;
+        let ack = loop {
+            let publish = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), letter.payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let result = match tokio::time::timeout(SEND_TIMEOUT, publish).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no acknowledgement within {SEND_TIMEOUT:?}")),
+            };
+            match result {
+                Ok(ack) => break ack,
+                Err(e) if attempt >= SEND_ATTEMPTS => {
+                    self.metrics
+                        .dead_letter_publish_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(DeadLetterError(format!("{e} (after {attempt} attempts)")));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "dead letter not stored yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
                 }
             }
-        }
-        headers.insert(H_STAGE, letter.stage);
-        headers.insert(H_REASON, letter.reason.as_str());
-        let error = header_text(&letter.error);
-        headers.insert(H_ERROR, error.as_str());
-        // The subject came off the network too: async-nats panics on a CR in a value.
-        headers.insert(H_SUBJECT, header_text(&letter.original_subject).as_str());
-        if let Some(seq) = letter.stream_seq {
-            headers.insert(H_SEQ, seq.to_string().as_str());
-        }
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("dlq/{}/{}", letter.stage, letter.identity).as_str(),
-        );
-        let subject = subject::dead_letter(letter.stage, letter.reason.as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, letter.payload)
-            .await
-            .map_err(|e| DeadLetterError(e.to_string()))?;
-        let ack = ack.await.map_err(|e| DeadLetterError(e.to_string()))?;
+        };
         if !ack.duplicate {
             self.metrics.dead_letter(letter.reason.as_str());
         }
@@ -153,4 +159,67 @@ mod header_tests {
         assert!(text.parse::<async_nats::HeaderValue>().is_ok());
         assert_eq!(header_text(&"é".repeat(2000)).chars().count(), 1000);
     }
+}
+
+/// Attempts to store one dead letter before giving up.
+const SEND_ATTEMPTS: u32 = 5;
+/// Bound on one attempt (publish and acknowledgement).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Wait before the second attempt, doubled after each.
+const SEND_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Subject, headers and the cleaned error text of a letter. Building the headers cannot
+/// fail the letter: the original headers are copied under `catch_unwind`, and if that
+/// panics (a header the map refuses), the letter goes without them and says so.
+fn letter_parts(letter: &Letter, metrics: &Metrics) -> (String, HeaderMap, String) {
+    let mut headers = HeaderMap::new();
+    let mut note = None;
+    if let Some(orig) = &letter.headers {
+        let invalid = orig.get_all(crate::bus::pull::H_INVALID_HEADER).count();
+        metrics
+            .invalid_headers_kept
+            .fetch_add(invalid as u64, std::sync::atomic::Ordering::Relaxed);
+        let copied = std::panic::catch_unwind(|| {
+            let mut h = HeaderMap::new();
+            for (name, values) in orig.iter() {
+                let n: &str = name.as_ref();
+                if n.eq_ignore_ascii_case("Nats-Msg-Id") {
+                    for v in values {
+                        h.append(H_ORIGINAL_ID, v.as_str());
+                    }
+                } else if !n.starts_with("Nats-") {
+                    for v in values {
+                        h.append(n, v.as_str());
+                    }
+                }
+            }
+            h
+        });
+        match copied {
+            Ok(h) => headers = h,
+            Err(panic) => {
+                note = Some(format!(
+                    " (original headers dropped: {})",
+                    crate::ingest::reader::panic_text(&*panic)
+                ))
+            }
+        }
+    }
+    let error = header_text(&format!("{}{}", letter.error, note.unwrap_or_default()));
+    headers.insert(H_STAGE, letter.stage);
+    headers.insert(H_REASON, letter.reason.as_str());
+    headers.insert(H_ERROR, error.as_str());
+    headers.insert(H_SUBJECT, header_text(&letter.original_subject).as_str());
+    if let Some(seq) = letter.stream_seq {
+        headers.insert(H_SEQ, seq.to_string().as_str());
+    }
+    headers.insert(
+        "Nats-Msg-Id",
+        header_text(&format!("dlq/{}/{}", letter.stage, letter.identity)).as_str(),
+    );
+    (
+        subject::dead_letter(letter.stage, letter.reason.as_str()),
+        headers,
+        error,
+    )
 }

@@ -6,6 +6,20 @@
 //! arrive out of order within the window. When a sequence further ahead forces the window
 //! forward, the unseen sequences it jumps over are remembered as gaps (a bounded list): a late
 //! arrival inside a remembered gap is reported as `Late`, never mistaken for a duplicate.
+//!
+//! Bounds, because the source id and sequence come from the network:
+//! - gaps: at most [`MAX_GAPS`] per source, on both paths that add one (a jump ahead and a late
+//!   arrival splitting a gap). Beyond it the oldest gap is forgotten (counted in
+//!   `gaps_dropped`); a late event that later falls into it is judged a duplicate: counted,
+//!   never applied. At most once is kept; only the `late` review of that event is lost.
+//! - sequence jumps: a known source whose sequence jumps more than `max_jump` past its floor
+//!   gets [`Verdict::Jump`] (dead-lettered `sequence_jump`) and its floor does not move, so one
+//!   spoofed `seq = u64::MAX` cannot silence a real till. A source's first sighting is taken
+//!   as it comes (a till may be older than the stream).
+//! - sources: at most `max_sources`. When a new source would pass it, the least recently seen
+//!   eighth of the table is forgotten at once (amortised, no per-event bookkeeping beyond a
+//!   counter). A forgotten source that comes back starts afresh: that is the horizon, beyond
+//!   which only JetStream's duplicate window recognises its re-sends.
 
 use crate::domain::SourceId;
 use rustc_hash::FxHashMap;
@@ -20,10 +34,25 @@ pub enum Verdict {
     /// Older than the reorder window and inside a gap that was skipped: it was never applied,
     /// but applying it now would break per-source order. Dead-lettered for review.
     Late,
+    /// Further ahead of the source's floor than `max_jump`: not applied, the floor stays.
+    Jump,
 }
 
 /// How many skipped ranges a source remembers.
-const MAX_GAPS: usize = 64;
+pub const MAX_GAPS: usize = 64;
+
+/// Default for `ingest.dedupe_sources`.
+pub const DEFAULT_MAX_SOURCES: usize = 100_000;
+/// Default for `ingest.max_sequence_jump`.
+pub const DEFAULT_MAX_JUMP: u64 = 1_000_000;
+
+fn default_max_sources() -> usize {
+    DEFAULT_MAX_SOURCES
+}
+
+fn default_max_jump() -> u64 {
+    DEFAULT_MAX_JUMP
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SourceState {
@@ -33,6 +62,10 @@ struct SourceState {
     bits: Vec<u64>,
     /// Skipped ranges (inclusive) below the floor, oldest first.
     gaps: Vec<(u64, u64)>,
+    /// The table's clock when this source last had a new event (LRU order). Snapshots from
+    /// before this field read as 0: least recently seen.
+    #[serde(default)]
+    last_seen: u64,
 }
 
 impl SourceState {
@@ -41,6 +74,7 @@ impl SourceState {
             floor: 0,
             bits: vec![0; words],
             gaps: Vec::new(),
+            last_seen: 0,
         }
     }
 
@@ -98,6 +132,15 @@ pub struct DedupeStats {
     pub late: u64,
     /// Sequences skipped because a source jumped further ahead than the window.
     pub gap_sequences: u64,
+    /// Remembered gaps forgotten to stay under [`MAX_GAPS`].
+    #[serde(default)]
+    pub gaps_dropped: u64,
+    /// Sources forgotten to stay under `max_sources`.
+    #[serde(default)]
+    pub sources_evicted: u64,
+    /// Events refused for jumping further than `max_jump`.
+    #[serde(default)]
+    pub jumps: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,6 +148,14 @@ pub struct Dedupe {
     window_words: usize,
     sources: FxHashMap<SourceId, SourceState>,
     pub stats: DedupeStats,
+    /// Counts new events; stamps `last_seen`.
+    #[serde(default)]
+    clock: u64,
+    /// Configuration, not state: set after a restore by [`Dedupe::set_bounds`].
+    #[serde(skip, default = "default_max_sources")]
+    max_sources: usize,
+    #[serde(skip, default = "default_max_jump")]
+    max_jump: u64,
 }
 
 impl Dedupe {
@@ -114,7 +165,33 @@ impl Dedupe {
             window_words: window.div_ceil(64).max(1) as usize,
             sources: FxHashMap::default(),
             stats: DedupeStats::default(),
+            clock: 0,
+            max_sources: DEFAULT_MAX_SOURCES,
+            max_jump: DEFAULT_MAX_JUMP,
         }
+    }
+
+    /// Sets the bounds (`ingest.dedupe_sources`, `ingest.max_sequence_jump`); zero is taken
+    /// as one / as no jump beyond the window.
+    pub fn set_bounds(&mut self, max_sources: usize, max_jump: u64) {
+        self.max_sources = max_sources.max(1);
+        self.max_jump = max_jump;
+    }
+
+    pub fn max_jump(&self) -> u64 {
+        self.max_jump
+    }
+
+    /// Forgets the least recently seen eighth of the sources (at least one). Runs once per
+    /// `max_sources / 8` new sources, so its cost per event stays constant.
+    fn evict(&mut self) {
+        let n = (self.sources.len() / 8).max(1);
+        let mut seen: Vec<u64> = self.sources.values().map(|s| s.last_seen).collect();
+        let (_, &mut cut, _) = seen.select_nth_unstable(n - 1);
+        let before = self.sources.len();
+        // Ties at the cut may take a few more than n: still the least recently seen.
+        self.sources.retain(|_, s| s.last_seen > cut);
+        self.stats.sources_evicted += (before - self.sources.len()) as u64;
     }
 
     pub fn window(&self) -> u64 {
@@ -133,6 +210,9 @@ impl Dedupe {
     /// Judges `seq` from `source` and records it when new.
     pub fn check(&mut self, source: &SourceId, seq: u64) -> Verdict {
         let words = self.window_words;
+        if !self.sources.contains_key(source) && self.sources.len() >= self.max_sources {
+            self.evict();
+        }
         let state = match self.sources.get_mut(source) {
             Some(s) => s,
             None => self
@@ -153,12 +233,29 @@ impl Dedupe {
                     let at = if seq > a { i + 1 } else { i };
                     state.gaps.insert(at, (seq + 1, b));
                 }
+                // A split adds a gap: the bound holds here too, or late arrivals one by one
+                // (3, 5, 7, ... inside one huge gap) grow the list and each scan of it.
+                if state.gaps.len() > MAX_GAPS {
+                    let excess = state.gaps.len() - MAX_GAPS;
+                    state.gaps.drain(..excess);
+                    self.stats.gaps_dropped += excess as u64;
+                }
                 self.stats.late += 1;
                 return Verdict::Late;
             }
             self.stats.duplicates += 1;
             return Verdict::Duplicate;
         }
+        // A known source (anything seen, or a floor) may not leap: a spoofed huge sequence
+        // would otherwise lift the floor over every real event to come.
+        if seq - state.floor > width.saturating_add(self.max_jump)
+            && (state.floor > 0 || state.bits.iter().any(|&w| w != 0))
+        {
+            self.stats.jumps += 1;
+            return Verdict::Jump;
+        }
+        self.clock += 1;
+        state.last_seen = self.clock;
         let mut offset = seq - state.floor - 1;
         if offset >= width {
             // Jump: slide the window so seq is its last slot; unseen slots become gaps.
@@ -189,6 +286,7 @@ impl Dedupe {
             if state.gaps.len() > MAX_GAPS {
                 let excess = state.gaps.len() - MAX_GAPS;
                 state.gaps.drain(..excess);
+                self.stats.gaps_dropped += excess as u64;
             }
             self.stats.gap_sequences += skipped;
             state.shift(n);
@@ -277,6 +375,126 @@ mod tests {
         // Inside the window but not yet seen.
         assert_eq!(d.check(&s, 990), Verdict::New);
         assert_eq!(d.check(&s, 990), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn late_arrivals_splitting_one_huge_gap_stay_bounded() {
+        // seq 1, 2^40, then 3, 5, 7, ...: each late arrival splits the one gap in two.
+        let mut d = Dedupe::new(64);
+        d.set_bounds(DEFAULT_MAX_SOURCES, u64::MAX);
+        let s = SourceId::from("pos/s1/t1");
+        assert_eq!(d.check(&s, 1), Verdict::New);
+        assert_eq!(d.check(&s, 1 << 40), Verdict::New);
+        for seq in (3..20_000u64).step_by(2) {
+            assert_eq!(d.check(&s, seq), Verdict::Late, "seq {seq}");
+            assert!(d.sources[&s].gaps.len() <= MAX_GAPS);
+        }
+        let late = (3..20_000u64).step_by(2).count() as u64;
+        assert_eq!(d.stats.late, late);
+        // Every split beyond the bound forgot exactly one (the oldest) gap.
+        assert_eq!(d.stats.gaps_dropped, late + 1 - MAX_GAPS as u64);
+        // A sequence in a forgotten gap is a counted duplicate, never applied; one in a
+        // remembered gap is still late.
+        assert_eq!(d.check(&s, 2), Verdict::Duplicate);
+        assert_eq!(d.check(&s, 1 << 39), Verdict::Late);
+    }
+
+    #[test]
+    fn a_spoofed_huge_sequence_does_not_silence_a_known_source() {
+        let mut d = Dedupe::new(64);
+        d.set_bounds(DEFAULT_MAX_SOURCES, 1_000_000);
+        let till = SourceId::from("pos/s0042/t03");
+        for seq in 1..=10 {
+            assert_eq!(d.check(&till, seq), Verdict::New);
+        }
+        assert_eq!(d.check(&till, u64::MAX), Verdict::Jump);
+        assert_eq!(d.check(&till, 10 + 64 + 1_000_001), Verdict::Jump);
+        assert_eq!(d.floor(&till), Some(10));
+        // The real till goes on.
+        assert_eq!(d.check(&till, 11), Verdict::New);
+        // A jump inside the bound still moves the window, as before.
+        assert_eq!(d.check(&till, 11 + 64 + 1_000_000), Verdict::New);
+        assert_eq!(d.stats.jumps, 2);
+        // A source's first sighting is taken as it comes.
+        assert_eq!(
+            d.check(&SourceId::from("pos/s1/t9"), 5_000_000),
+            Verdict::New
+        );
+    }
+
+    #[test]
+    fn the_source_table_forgets_the_least_recently_seen() {
+        let mut d = Dedupe::new(64);
+        d.set_bounds(80, DEFAULT_MAX_JUMP);
+        let src = |i: u32| SourceId::from(format!("pos/s{i}").as_str());
+        for i in 0..80 {
+            assert_eq!(d.check(&src(i), 1), Verdict::New);
+        }
+        // Source 0 stays busy; the others go quiet.
+        assert_eq!(d.check(&src(0), 2), Verdict::New);
+        // A flood of new (spoofed) sources.
+        for i in 1000..1300 {
+            d.check(&src(i), 1);
+            assert!(d.sources() <= 80);
+        }
+        assert!(d.stats.sources_evicted >= 300 - 80);
+        assert_eq!(
+            d.stats.sources_evicted as usize + d.sources(),
+            81 + 300 - 1,
+            "every source either kept or counted as evicted"
+        );
+        // The quiet ones went first: source 1 was forgotten and starts afresh.
+        assert_eq!(d.floor(&src(1)), None);
+        assert_eq!(d.check(&src(1), 1), Verdict::New);
+    }
+
+    #[test]
+    fn snapshots_from_before_the_bounds_still_load() {
+        // The dedupe state as the previous build encoded it (positional MessagePack, no
+        // last_seen, clock or new stats): the same shapes minus the new fields.
+        #[derive(Serialize)]
+        struct OldSource {
+            floor: u64,
+            bits: Vec<u64>,
+            gaps: Vec<(u64, u64)>,
+        }
+        #[derive(Serialize)]
+        struct OldStats {
+            duplicates: u64,
+            late: u64,
+            gap_sequences: u64,
+        }
+        #[derive(Serialize)]
+        struct Old {
+            window_words: usize,
+            sources: std::collections::HashMap<String, OldSource>,
+            stats: OldStats,
+        }
+        let old = Old {
+            window_words: 1,
+            sources: [(
+                "pos/s1".to_string(),
+                OldSource {
+                    floor: 7,
+                    bits: vec![0],
+                    gaps: vec![(2, 3)],
+                },
+            )]
+            .into(),
+            stats: OldStats {
+                duplicates: 1,
+                late: 0,
+                gap_sequences: 2,
+            },
+        };
+        let bytes = rmp_serde::to_vec(&old).unwrap();
+        let mut d: Dedupe = rmp_serde::from_slice(&bytes).expect("old snapshot loads");
+        let s = SourceId::from("pos/s1");
+        assert_eq!(d.floor(&s), Some(7));
+        assert_eq!(d.check(&s, 2), Verdict::Late);
+        assert_eq!(d.check(&s, 5), Verdict::Duplicate);
+        assert_eq!(d.check(&s, 8), Verdict::New);
+        assert_eq!(d.max_jump(), DEFAULT_MAX_JUMP);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::bus::pull::{self, Pull, PullError, PullOptions};
 use crate::config::ReaderKind;
 use crate::domain::Envelope;
 use crate::domain::codec::{self, Format};
+use crate::domain::subject;
 use crate::supervise::shared::Shared;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
@@ -46,18 +47,25 @@ pub struct Decoded {
 fn decode_payload(
     position: Option<(u64, u64)>,
     content_type: Option<&str>,
+    subject: &[u8],
     payload: &[u8],
     keep: impl FnOnce() -> (String, Option<async_nats::HeaderMap>, bytes::Bytes),
 ) -> Decoded {
     let format = Format::from_content_type(content_type);
     let (reason, error) = match codec::decode_envelope(format, payload) {
         Ok(e) => match e.validate() {
-            Ok(()) => {
-                return Decoded {
-                    position,
-                    envelope: Ok(e),
-                };
-            }
+            Ok(()) => match subject::check_binding(subject, &e) {
+                Ok(()) => {
+                    return Decoded {
+                        position,
+                        envelope: Ok(e),
+                    };
+                }
+                Err(err) => (
+                    Reason::Misplaced,
+                    format!("{} event {}: {err}", e.event.kind(), e.id),
+                ),
+            },
             Err(err) => (
                 Reason::Invalid,
                 format!("{} event {}: {err}", e.event.kind(), e.id),
@@ -89,24 +97,84 @@ pub fn decode(msg: jetstream::Message) -> Decoded {
         .as_ref()
         .and_then(|h| h.get(CONTENT_TYPE))
         .map(|v| v.as_str());
-    decode_payload(position, content_type, &msg.payload, || {
-        let msg = msg.message.clone();
-        (msg.subject.to_string(), msg.headers, msg.payload)
-    })
+    decode_payload(
+        position,
+        content_type,
+        msg.subject.as_bytes(),
+        &msg.payload,
+        || {
+            let msg = msg.message.clone();
+            (msg.subject.to_string(), msg.headers, msg.payload)
+        },
+    )
 }
 
 /// A message read by the direct reader, still in its read buffer.
+///
+/// Every byte here came from the network. A panic anywhere in decoding it (a parser bug a
+/// hostile message reaches) is caught and the message becomes a `panic` dead letter, so the
+/// reader goes on with the next one instead of dying and re-reading the same message for
+/// ever. `catch_unwind` costs nothing on the path that does not unwind.
 pub fn decode_raw(m: pull::Raw<'_>) -> Decoded {
+    match std::panic::catch_unwind(|| decode_raw_unguarded(m)) {
+        Ok(d) => d,
+        Err(panic) => {
+            // Nothing more of the message is trusted: no headers, the position only if
+            // reading it does not panic too.
+            let position = std::panic::catch_unwind(|| pull::ack_seq(m.reply))
+                .ok()
+                .flatten();
+            Decoded {
+                position,
+                envelope: Err(Box::new(Bad {
+                    reason: Reason::Panic,
+                    error: format!("panic while decoding: {}", panic_text(&*panic)),
+                    subject: String::from_utf8_lossy(m.subject).into_owned(),
+                    headers: None,
+                    payload: bytes::Bytes::copy_from_slice(m.payload),
+                })),
+            }
+        }
+    }
+}
+
+fn decode_raw_unguarded(m: pull::Raw<'_>) -> Decoded {
     let position = pull::ack_seq(m.reply);
     let content_type =
         pull::header(m.headers, codec::CONTENT_TYPE).and_then(|v| std::str::from_utf8(v).ok());
-    decode_payload(position, content_type, m.payload, || {
+    let mut decoded = decode_payload(position, content_type, m.subject, m.payload, || {
         (
             String::from_utf8_lossy(m.subject).into_owned(),
-            pull::header_map(m.headers),
+            None,
             bytes::Bytes::copy_from_slice(m.payload),
         )
-    })
+    });
+    // The headers are rebuilt only for a dead letter, and apart: a header block the map
+    // cannot hold must not cost the letter its reason; the letter then goes without them.
+    if let Err(bad) = &mut decoded.envelope {
+        match std::panic::catch_unwind(|| pull::header_map(m.headers)) {
+            Ok(headers) => bad.headers = headers,
+            Err(panic) => {
+                bad.error = format!(
+                    "{} (original headers dropped: {})",
+                    bad.error,
+                    panic_text(&*panic)
+                );
+            }
+        }
+    }
+    decoded
+}
+
+/// The text a panic was raised with.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
 }
 
 pub type Batch = Vec<Decoded>;

@@ -86,7 +86,6 @@ impl Routed {
             _ => None,
         };
         if let Some((loc, business_day, currency, lines, tenders, returning)) = store {
-            self.store_work += 1;
             self.stores.entry(loc).or_default().push(StoreEvent {
                 seq,
                 business_day,
@@ -95,9 +94,27 @@ impl Routed {
                 tenders,
                 returning,
             });
+            // Counted after the push: an event that panicked half-way counts nothing (see
+            // `forget`).
+            self.store_work += 1;
         }
         self.shard_work += work;
         self.events += 1;
+    }
+
+    /// Drops whatever `route(seq, ..)` pushed before it panicked, so a half-routed event
+    /// never reaches a shard. Its work was not counted yet (counters move last).
+    pub fn forget(&mut self, seq: u64) {
+        for ops in &mut self.shard_ops {
+            while ops.last().is_some_and(|(s, _)| *s == seq) {
+                ops.pop();
+            }
+        }
+        for events in self.stores.values_mut() {
+            if events.last().is_some_and(|e| e.seq == seq) {
+                events.pop();
+            }
+        }
     }
 
     /// Takes the batch, leaving an empty one of the same shape, sized like this one (batches

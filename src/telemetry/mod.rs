@@ -85,6 +85,26 @@ pub struct Metrics {
     /// Header lines async-nats cannot hold, kept escaped in `Retailflow-Invalid-Header` of a
     /// dead letter.
     pub invalid_headers_kept: AtomicU64,
+
+    // --- Ingest resilience and health (issue 25, H2): panics, dedupe bounds, dead-letter
+    // publishing, snapshot backlog, the paused-endpoint hook healthz reads. ---
+    /// Messages whose handling panicked (dead-lettered with reason `panic`).
+    pub ingest_panics: AtomicU64,
+    /// Sources the dedupe table forgot to stay under `ingest.dedupe_sources`.
+    pub dedupe_sources_evicted: AtomicU64,
+    /// Remembered gaps dropped to stay under the per-source gap bound.
+    pub dedupe_gaps_dropped: AtomicU64,
+    /// Dead letters that could not be published after bounded retries.
+    pub dead_letter_publish_failures: AtomicU64,
+    /// Posting documents formed but not yet released because no snapshot was durable.
+    pub snapshot_pending_postings: AtomicU64,
+    /// Times ingest paused because `snapshot.max_pending_postings` was reached.
+    pub snapshot_backpressure: AtomicU64,
+    /// Snapshots that failed to be written.
+    pub snapshot_failures: AtomicU64,
+    /// ERP endpoints currently paused (the ERP answers as if it were down or misconfigured);
+    /// the delivery side moves it, `/healthz` reports `degraded` while it is above zero.
+    pub erp_paused_endpoints: AtomicU64,
 }
 
 impl Metrics {
@@ -272,6 +292,61 @@ impl Metrics {
             "last_applied_seq",
             "Stream sequence applied by every shard.",
             self.last_applied_seq.load(Relaxed) as i64,
+        );
+        // Ingest resilience and health (issue 25, H2).
+        for (name, help, v) in [
+            (
+                "ingest_panics_total",
+                "Messages whose handling panicked; each was dead-lettered with reason panic.",
+                &self.ingest_panics,
+            ),
+            (
+                "dedupe_sources_evicted_total",
+                "Sources the dedupe table forgot (least recently seen) to stay under ingest.dedupe_sources.",
+                &self.dedupe_sources_evicted,
+            ),
+            (
+                "dedupe_gaps_dropped_total",
+                "Remembered per-source gaps dropped to stay under the gap bound.",
+                &self.dedupe_gaps_dropped,
+            ),
+            (
+                "dead_letter_publish_failures_total",
+                "Dead letters not stored after bounded retries.",
+                &self.dead_letter_publish_failures,
+            ),
+            (
+                "snapshot_backpressure_total",
+                "Times ingest paused because snapshot.max_pending_postings was reached.",
+                &self.snapshot_backpressure,
+            ),
+            (
+                "snapshot_failures_total",
+                "Snapshots that failed to be written.",
+                &self.snapshot_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP retailflow_{name} {help}");
+            let _ = writeln!(out, "# TYPE retailflow_{name} counter");
+            let _ = writeln!(out, "retailflow_{name} {}", v.load(Relaxed));
+        }
+        gauge(
+            &mut out,
+            "snapshot_pending_postings",
+            "Posting documents waiting for a durable snapshot.",
+            self.snapshot_pending_postings.load(Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "erp_paused_endpoints",
+            "ERP endpoints currently paused.",
+            self.erp_paused_endpoints.load(Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "stream_last_seq",
+            "Last sequence of the events stream, as last learnt.",
+            self.stream_last_seq.load(Relaxed) as i64,
         );
         let mut eps: Vec<_> = self
             .endpoints
