@@ -66,8 +66,32 @@ pub struct NatsConfig {
     pub creds_env: String,
     /// Environment variable holding a token (optional).
     pub token_env: String,
+    /// Environment variable holding an nkey seed (`SU...`, optional); the server's nonce is
+    /// signed with it.
+    pub nkey_env: String,
+    /// Environment variables holding a user name and its password (optional; both or none).
+    pub user_env: String,
+    pub password_env: String,
+    /// PEM file of the CA(s) that signed the server's certificate (empty: the system's roots).
+    /// Setting it, or a client certificate, implies TLS.
+    pub tls_ca: String,
+    /// PEM client certificate and its key, for servers that verify clients (both or none).
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Refuse to talk to the server without TLS (also implied by a `tls://` URL).
+    pub tls_required: bool,
     /// Oldest nats-server accepted. KV and consumer features used here need 2.10.
     pub min_server_version: String,
+}
+
+impl NatsConfig {
+    /// Whether the connection uses TLS by configuration (a `tls://` URL also does).
+    pub fn tls(&self) -> bool {
+        self.tls_required
+            || !self.tls_ca.is_empty()
+            || !self.tls_cert.is_empty()
+            || !self.tls_key.is_empty()
+    }
 }
 
 impl Default for NatsConfig {
@@ -76,6 +100,13 @@ impl Default for NatsConfig {
             url: "127.0.0.1:4222".into(),
             creds_env: "RETAILFLOW_NATS_CREDS".into(),
             token_env: "RETAILFLOW_NATS_TOKEN".into(),
+            nkey_env: "RETAILFLOW_NATS_NKEY".into(),
+            user_env: "RETAILFLOW_NATS_USER".into(),
+            password_env: "RETAILFLOW_NATS_PASSWORD".into(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_required: false,
             min_server_version: "2.10.0".into(),
         }
     }
@@ -528,6 +559,9 @@ impl Config {
                 "feed.interval {:?} is too short (at least 10ms)",
                 self.feed.interval
             ));
+        }
+        if self.nats.tls_cert.is_empty() != self.nats.tls_key.is_empty() {
+            return bad("nats.tls_cert and nats.tls_key go together: set both or neither".into());
         }
         if self.ingest.batch == 0 || self.ingest.credit == 0 {
             return bad("ingest.batch and ingest.credit must be positive".into());

@@ -406,3 +406,33 @@ async fn a_document_written_with_lines_before_kind_is_booked_like_any_other() {
     assert_eq!(booked_sales(&sim.totals()), expected_sales(&[&doc]));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_expired_token_answers_401_for_as_many_requests_as_planned() {
+    let (sim, client) = start(ErpSimConfig::default()).await;
+    let admin = sim.postings_url().replace("/postings", "/admin/fault");
+    let set = client
+        .post(&admin)
+        .json(
+            &json!({"mode": "unauthorized", "requests": 2, "retry_after": "99999999999999999999"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let doc = sales_doc("d1", "S1", &[("SKU-1", 1, 100)]);
+    for _ in 0..2 {
+        let resp = post_doc(&client, &sim, "k1", &doc).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(header(&resp, "retry-after"), Some("99999999999999999999"));
+    }
+    assert_eq!(
+        post_doc(&client, &sim, "k1", &doc).await.status(),
+        StatusCode::CREATED,
+        "the 401 was not remembered and the plan ran out"
+    );
+    let stats = sim.stats();
+    assert_eq!((stats.unauthorized, stats.accepted), (2, 1));
+    assert_eq!(sim.fault().mode, FaultMode::Normal);
+    sim.shutdown().await;
+}

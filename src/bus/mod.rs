@@ -53,24 +53,78 @@ pub fn version_at_least(found: &str, minimum: &str) -> bool {
     }
 }
 
-/// What the environment holds for NATS authentication (`nats.creds_env`, `nats.token_env`);
-/// an empty variable counts as unset.
+/// What the environment holds for NATS authentication (`nats.creds_env`, `nats.token_env`,
+/// `nats.nkey_env`, `nats.user_env`/`nats.password_env`); an empty variable counts as unset.
+/// Secrets come only from the environment, never from the configuration file.
 pub struct Secrets {
     pub creds_file: Option<String>,
     pub token: Option<String>,
+    pub nkey_seed: Option<String>,
+    /// User and password, when both are set.
+    pub user_password: Option<(String, String)>,
 }
 
-pub fn secrets(cfg: &NatsConfig) -> Secrets {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    Secrets {
-        creds_file: var(&cfg.creds_env),
-        token: var(&cfg.token_env),
+impl std::fmt::Debug for Secrets {
+    // Never prints a secret, only which kinds are present.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("creds_file", &self.creds_file)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "***"))
+            .field(
+                "user",
+                &self.user_password.as_ref().map(|(user, _)| user.as_str()),
+            )
+            .finish()
     }
 }
 
-/// Connects and refuses servers older than the configured minimum.
-pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, BusError> {
-    let url = cfg.url.clone();
+pub fn secrets(cfg: &NatsConfig) -> Secrets {
+    let var = |name: &str| {
+        if name.is_empty() {
+            return None;
+        }
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    };
+    Secrets {
+        creds_file: var(&cfg.creds_env),
+        token: var(&cfg.token_env),
+        nkey_seed: var(&cfg.nkey_env),
+        user_password: var(&cfg.user_env).zip(var(&cfg.password_env)),
+    }
+}
+
+/// `url` with the password (or a lone token) of every `userinfo@` replaced by `***`, for logs
+/// and errors: `nats://user:pass@host` becomes `nats://user:***@host`.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, one),
+            };
+            let shown = match rest.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{host}"),
+                    None => format!("***@{host}"),
+                },
+                None => rest.to_string(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{shown}"),
+                None => shown,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The connect options for `cfg`: credentials from the environment, TLS from the file.
+pub async fn options(cfg: &NatsConfig, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
+    let failed = |message: String| BusError::Connect {
+        url: redact(&cfg.url),
+        message,
+    };
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
@@ -80,15 +134,33 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         opts = opts
             .credentials_file(&path)
             .await
-            .map_err(|e| BusError::Connect {
-                url: url.clone(),
-                message: format!("credentials file {path}: {e}"),
-            })?;
+            .map_err(|e| failed(format!("credentials file {path}: {e}")))?;
     }
     if let Some(token) = secrets.token {
         opts = opts.token(token);
     }
-    let connect = opts.connect(url.as_str());
+    if let Some(seed) = secrets.nkey_seed {
+        opts = opts.nkey(seed);
+    }
+    if let Some((user, password)) = secrets.user_password {
+        opts = opts.user_and_password(user, password);
+    }
+    if !cfg.tls_ca.is_empty() {
+        opts = opts.add_root_certificates(cfg.tls_ca.clone().into());
+    }
+    if !cfg.tls_cert.is_empty() {
+        opts = opts.add_client_certificate(cfg.tls_cert.clone().into(), cfg.tls_key.clone().into());
+    }
+    if cfg.tls() {
+        opts = opts.require_tls(true);
+    }
+    Ok(opts)
+}
+
+/// Connects and refuses servers older than the configured minimum.
+pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, BusError> {
+    let url = redact(&cfg.url);
+    let connect = options(cfg, name).await?.connect(cfg.url.as_str());
     let client = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
         .await
         .map_err(|_| BusError::Connect {
@@ -131,5 +203,36 @@ mod tests {
         assert!(version_at_least("v2.10.12-RC.1", "2.10.0"));
         assert!(!version_at_least("2.9.10", "2.10.0"));
         assert!(!version_at_least("garbage", "2.10.0"));
+    }
+
+    #[test]
+    fn urls_in_errors_never_show_a_password_or_token() {
+        assert_eq!(
+            redact("nats://user:pass@host:4222"),
+            "nats://user:***@host:4222"
+        );
+        assert_eq!(redact("s3cret@h4:4333"), "***@h4:4333");
+        assert_eq!(
+            redact("tls://a:b@h1,nats://h2:4222,u:p:q@h3"),
+            "tls://a:***@h1,nats://h2:4222,u:***@h3"
+        );
+        assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
+        let error = BusError::Connect {
+            url: redact("nats://ingest:hunter2@127.0.0.1:1"),
+            message: "refused".into(),
+        };
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_error_does_not_print_the_password_of_the_url() {
+        let cfg = NatsConfig {
+            // Nothing listens on port 1.
+            url: "nats://ingest:hunter2@127.0.0.1:1".into(),
+            ..NatsConfig::default()
+        };
+        let error = connect(&cfg, "test").await.unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("ingest:***@127.0.0.1:1"), "{error}");
     }
 }

@@ -8,9 +8,10 @@
 //! hands each message to the caller as slices of that buffer: the caller decodes the event
 //! straight from the bytes the server sent, and nothing is allocated per message.
 //!
-//! What it speaks: `INFO`; `CONNECT` with no credentials or a token (`nats.token_env`, as the
-//! pipeline's other connections); `PING`/`PONG`; `SUB`; `PUB` of pull requests to `$JS.API.CONSUMER.MSG.NEXT`; `MSG`, `HMSG` and the JetStream status messages
-//! (100 idle heartbeat, 404, 408, 409, 503). It does not speak TLS or credentials files:
+//! What it speaks: `INFO`; `CONNECT` with no credentials, a token (`nats.token_env`) or a user
+//! and password (`nats.user_env`/`nats.password_env`), as the pipeline's other connections;
+//! `PING`/`PONG`; `SUB`; `PUB` of pull requests to `$JS.API.CONSUMER.MSG.NEXT`; `MSG`, `HMSG` and the JetStream status messages
+//! (100 idle heartbeat, 404, 408, 409, 503). It does not speak TLS, nkeys or credentials files:
 //! [`Unsupported`](PullError::Unsupported) says so, and the caller reads through async-nats
 //! instead. It does not reconnect: an error ends the subscription and the caller opens a new
 //! consumer after the last sequence it received.
@@ -415,6 +416,22 @@ pub struct Pull {
     pong_due: bool,
 }
 
+/// What the reader can present in `CONNECT`. Never printed.
+#[derive(Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub token: Option<&'a str>,
+    pub user_password: Option<(&'a str, &'a str)>,
+}
+
+/// Whether a server's `-ERR` refuses our credentials (as opposed to a passing trouble).
+pub fn is_auth_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("authorization violation")
+        || m.contains("authentication")
+        || m.contains("user authentication expired")
+        || m.contains("account authentication expired")
+}
+
 impl Pull {
     /// Connects to the first address of `url` that answers and starts pulling from
     /// `consumer` on `stream`, which must exist. `token` is sent if given.
@@ -425,8 +442,23 @@ impl Pull {
         consumer: &str,
         opts: &PullOptions,
     ) -> Result<Pull, PullError> {
+        let credentials = Credentials {
+            token,
+            user_password: None,
+        };
+        Self::open_with(url, credentials, stream, consumer, opts).await
+    }
+
+    /// [`open`](Self::open) with any credentials the reader speaks.
+    pub async fn open_with(
+        url: &str,
+        credentials: Credentials<'_>,
+        stream: &str,
+        consumer: &str,
+        opts: &PullOptions,
+    ) -> Result<Pull, PullError> {
         let mut last = PullError::Connect {
-            url: url.to_string(),
+            url: crate::bus::redact(url),
             message: "no address".into(),
         };
         for address in addresses(url) {
@@ -436,12 +468,16 @@ impl Pull {
                     address.host_port
                 )));
             }
-            match Self::connect(&address, token, opts).await {
+            match Self::connect(&address, credentials, opts).await {
                 Ok(mut pull) => {
                     pull.start(stream, consumer, opts).await?;
                     return Ok(pull);
                 }
                 Err(e @ PullError::Unsupported(_)) => return Err(e),
+                // Every address of one deployment takes the same credentials.
+                Err(PullError::Server(e)) if is_auth_error(&e) => {
+                    return Err(PullError::Server(e));
+                }
                 Err(e) => last = e,
             }
         }
@@ -450,7 +486,7 @@ impl Pull {
 
     async fn connect(
         address: &Address,
-        token: Option<&str>,
+        credentials: Credentials<'_>,
         opts: &PullOptions,
     ) -> Result<Pull, PullError> {
         let failed = |message: String| PullError::Connect {
@@ -503,8 +539,12 @@ impl Pull {
             "headers": true,
             "no_responders": true,
         });
-        if let Some(token) = token {
+        if let Some(token) = credentials.token {
             connect["auth_token"] = token.into();
+        }
+        if let Some((user, pass)) = credentials.user_password {
+            connect["user"] = user.into();
+            connect["pass"] = pass.into();
         }
         let mut hello = b"CONNECT ".to_vec();
         hello.extend_from_slice(connect.to_string().as_bytes());

@@ -1,7 +1,7 @@
 //! The simulator's HTTP routes. Handlers only translate between HTTP and [`SimState`]; every
 //! rule lives there.
 
-use super::state::{Answer, FaultMode, Screened, SimState};
+use super::state::{Answer, FaultMode, FaultPlan, Screened, SimState};
 use crate::aggregate::posting::PostingDoc;
 use axum::Router;
 use axum::body::Bytes;
@@ -93,7 +93,13 @@ fn respond(answer: Answer) -> Response {
     )
         .into_response();
     let headers = response.headers_mut();
-    if let Some(seconds) = answer.retry_after {
+    let text = answer
+        .retry_after_text
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok());
+    if let Some(value) = text {
+        headers.insert(header::RETRY_AFTER, value);
+    } else if let Some(seconds) = answer.retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if answer.replayed {
@@ -117,17 +123,27 @@ struct FaultRequest {
     /// How long the mode lasts; absent: until set back to normal.
     #[serde(default)]
     seconds: Option<u64>,
+    /// How many postings requests the mode answers before it reverts to normal.
+    #[serde(default)]
+    requests: Option<u64>,
+    /// `Retry-After` sent with the fault's answers, as given (any text a header may hold).
+    #[serde(default)]
+    retry_after: Option<String>,
 }
 
 async fn fault(State(sim): State<Arc<SimState>>, body: Bytes) -> Response {
     match serde_json::from_slice::<FaultRequest>(&body) {
         Ok(req) => {
-            let status = sim.set_fault(
-                req.mode,
-                req.seconds.map(Duration::from_secs),
+            let status = sim.play(
+                FaultPlan {
+                    mode: req.mode,
+                    lasts: req.seconds.map(Duration::from_secs),
+                    requests: req.requests,
+                    retry_after: req.retry_after,
+                },
                 Instant::now(),
             );
-            tracing::info!(mode = ?status.mode, seconds = ?req.seconds, "ERP simulator fault mode set");
+            tracing::info!(mode = ?status.mode, seconds = ?req.seconds, requests = ?req.requests, "ERP simulator fault mode set");
             Json(status).into_response()
         }
         Err(error) => (

@@ -10,7 +10,9 @@
 //!   again with `Idempotent-Replayed: true` and books nothing;
 //! - refused locations (400, like a store missing from master data), deterministic injected
 //!   503s that a retry can get past, and per-key latency;
-//! - fault modes switched at run time: an outage (every request 503) or a 429 storm.
+//! - fault modes switched at run time: an outage (every request 503), a 429 storm or an expired
+//!   token (every request 401), for a time or a number of requests, optionally with a
+//!   `Retry-After` of any text.
 //!
 //! What it booked is summed per key, and a document id accepted twice under different keys
 //! is counted in `duplicate_documents`: a naive ERP double-books, and that is the bug the
@@ -23,7 +25,7 @@
 //! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 429, 503 |
 //! | `GET /api/v1/totals` | [`Totals`] |
 //! | `GET /api/v1/stats` | [`Stats`] |
-//! | `POST /api/v1/admin/fault` | body `{"mode":"normal"\|"outage"\|"throttle","seconds":30}`, answers [`FaultStatus`] |
+//! | `POST /api/v1/admin/fault` | body `{"mode":"normal"\|"outage"\|"throttle"\|"unauthorized","seconds":30,"requests":1,"retry_after":"120"}` (all but `mode` optional), answers [`FaultStatus`] |
 //! | `GET /healthz` | `ok` |
 //!
 //! A postings request passes these checks in order, and the first that answers wins: fault
@@ -51,7 +53,7 @@ mod state;
 
 pub use config::ErpSimConfig;
 pub use state::{
-    FaultMode, FaultStatus, InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal,
+    FaultMode, FaultPlan, FaultStatus, InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal,
     TimelinePoint, Totals,
 };
 
@@ -180,6 +182,11 @@ impl ErpSim {
     /// Switches the fault mode for `for_`, or until switched again when `None`.
     pub fn set_fault(&self, mode: FaultMode, for_: Option<Duration>) {
         self.sim.set_fault(mode, for_, Instant::now());
+    }
+
+    /// Plays a fault plan from now.
+    pub fn play(&self, plan: FaultPlan) -> FaultStatus {
+        self.sim.play(plan, Instant::now())
     }
 
     /// The fault mode in force now.

@@ -25,6 +25,9 @@ pub(crate) struct Answer {
     pub body: String,
     /// Whole seconds for the `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// A `Retry-After` value sent as given, instead of `retry_after` (a fault plan's; it may be
+    /// an HTTP-date or a number no clock holds, as a broken ERP sends).
+    pub retry_after_text: Option<String>,
     /// Whether this repeats an earlier answer (`Idempotent-Replayed: true`).
     pub replayed: bool,
 }
@@ -35,6 +38,7 @@ impl Answer {
             status,
             body: body.to_string(),
             retry_after: None,
+            retry_after_text: None,
             replayed: false,
         }
     }
@@ -45,6 +49,11 @@ impl Answer {
 
     fn retry_after(mut self, seconds: u64) -> Answer {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    fn retry_after_text(mut self, text: Option<String>) -> Answer {
+        self.retry_after_text = text;
         self
     }
 }
@@ -111,6 +120,21 @@ pub enum FaultMode {
     Outage,
     /// Every postings request answers 429 (a "429 storm").
     Throttle,
+    /// Every postings request answers 401, as when the ERP's token has expired.
+    Unauthorized,
+}
+
+/// A fault to play: the mode, and optionally how long, for how many requests and with which
+/// `Retry-After` text. It ends at whichever limit comes first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    pub mode: FaultMode,
+    /// How long the mode lasts; `None`: until changed (or `requests` ran out).
+    pub lasts: Option<Duration>,
+    /// How many postings requests it answers; `None`: any number.
+    pub requests: Option<u64>,
+    /// `Retry-After` sent with every answer of the fault, as given.
+    pub retry_after: Option<String>,
 }
 
 /// The fault mode in force, as `POST /api/v1/admin/fault` reports it.
@@ -125,13 +149,16 @@ pub struct FaultStatus {
 struct Fault {
     mode: FaultMode,
     until: Option<Instant>,
+    /// Requests the fault still answers.
+    requests_left: Option<u64>,
+    retry_after: Option<String>,
 }
 
 impl Fault {
     /// The mode at `now` and how long it still lasts; a timed fault that has run out reverts
     /// to normal here, so no timer task is needed.
     fn current(&mut self, now: Instant) -> (FaultMode, Option<Duration>) {
-        if self.until.is_some_and(|until| now >= until) {
+        if self.until.is_some_and(|until| now >= until) || self.requests_left == Some(0) {
             *self = Fault::default();
         }
         (
@@ -219,7 +246,8 @@ pub struct TimelinePoint {
 }
 
 /// How the simulator has been used. Each answered postings request lands in exactly one of
-/// `accepted`, `replays`, `rejected` (400), `throttled` (429) and `injected_errors` (503); a
+/// `accepted`, `replays`, `rejected` (400), `throttled` (429), `injected_errors` (503) and
+/// `unauthorized` (401); a
 /// request whose client hangs up during its latency is in `requests` only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -230,6 +258,9 @@ pub struct Stats {
     pub throttled: u64,
     /// 503s from `error_rate_permille` and from outage mode.
     pub injected_errors: u64,
+    /// 401s from unauthorized mode.
+    #[serde(default)]
+    pub unauthorized: u64,
     /// Documents accepted again under a different idempotency key: double bookings.
     pub duplicate_documents: u64,
     /// 429s because the sliding window was full (a client that respects the limit causes none).
@@ -257,6 +288,7 @@ struct Counters {
     rejected: u64,
     throttled: u64,
     injected_errors: u64,
+    unauthorized: u64,
     duplicate_documents: u64,
 }
 
@@ -602,23 +634,40 @@ impl SimState {
         inner.counters.requests += 1;
         inner.second(self.started, now).requests += 1;
 
-        match inner.fault.current(now) {
-            (FaultMode::Normal, _) => {}
-            (FaultMode::Outage, _) => {
+        let (mode, left) = inner.fault.current(now);
+        if mode != FaultMode::Normal {
+            if let Some(n) = inner.fault.requests_left.as_mut() {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let text = inner.fault.retry_after.clone();
+        match mode {
+            FaultMode::Normal => {}
+            FaultMode::Outage => {
                 inner.counters.injected_errors += 1;
                 return Err(Answer::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service unavailable (simulated outage)",
-                ));
+                )
+                .retry_after_text(text));
             }
-            (FaultMode::Throttle, left) => {
+            FaultMode::Unauthorized => {
+                inner.counters.unauthorized += 1;
+                return Err(Answer::error(
+                    StatusCode::UNAUTHORIZED,
+                    "the access token has expired (simulated)",
+                )
+                .retry_after_text(text));
+            }
+            FaultMode::Throttle => {
                 // An open-ended storm has no end to announce; 1 s keeps the client probing.
                 let retry = left.map_or(1, whole_seconds);
                 let answer = Answer::error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate limit exceeded (simulated throttling)",
                 )
-                .retry_after(retry);
+                .retry_after(retry)
+                .retry_after_text(text);
                 return Err(inner.throttle(self.started, now, answer));
             }
         }
@@ -755,12 +804,27 @@ impl SimState {
 
     /// Switches the fault mode, for `for_` or until switched again.
     pub fn set_fault(&self, mode: FaultMode, for_: Option<Duration>, now: Instant) -> FaultStatus {
+        self.play(
+            FaultPlan {
+                mode,
+                lasts: for_,
+                ..FaultPlan::default()
+            },
+            now,
+        )
+    }
+
+    /// Plays a fault plan from `now`.
+    pub fn play(&self, plan: FaultPlan, now: Instant) -> FaultStatus {
         let mut inner = self.lock();
-        inner.fault = Fault {
-            mode,
-            until: match mode {
-                FaultMode::Normal => None,
-                _ => for_.map(|d| now + d),
+        inner.fault = match plan.mode {
+            FaultMode::Normal => Fault::default(),
+            // A length no clock holds is "until changed".
+            mode => Fault {
+                mode,
+                until: plan.lasts.and_then(|d| now.checked_add(d)),
+                requests_left: plan.requests,
+                retry_after: plan.retry_after,
             },
         };
         inner.fault.status(now)
@@ -791,6 +855,7 @@ impl SimState {
             rejected: c.rejected,
             throttled: c.throttled,
             injected_errors: c.injected_errors,
+            unauthorized: c.unauthorized,
             duplicate_documents: c.duplicate_documents,
             max_in_flight: self.max_in_flight.load(Ordering::Acquire),
             max_in_window: inner.window.max_seen,

@@ -438,7 +438,11 @@ impl IngestState {
                     return Ok(true);
                 }
                 Ok(None) => {
-                    // The reader ended (it never does on its own); start over after what we have.
+                    // The reader ended: it gave up (its credentials are refused), or it was
+                    // stopped; start over after what we have.
+                    if let Some(fatal) = reader.failure().await {
+                        return Err(fatal.into());
+                    }
                     self.reader = None;
                     self.consume_from = self.last_seq + 1;
                     return Ok(true);

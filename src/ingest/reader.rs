@@ -7,7 +7,7 @@
 //!
 //! By default (`ingest.reader = "direct"`) the reader owns a NATS connection of its own
 //! (`bus::pull`) and decodes each event from the bytes in its read buffer. Where that
-//! connection cannot be made the way `nats.url` asks (TLS, a credentials file), or with
+//! connection cannot be made the way `nats.url` asks (TLS, an nkey, a credentials file), or with
 //! `ingest.reader = "async-nats"`, it reads through the pipeline's async-nats client instead.
 //! Both give the actor the same [`Decoded`] batches.
 
@@ -187,10 +187,22 @@ const QUEUED_BATCHES: usize = 3;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Lifetime of one pull request.
 const EXPIRES: Duration = Duration::from_secs(10);
+/// Refusals of the direct reader's credentials in a row before the reader gives up: a wrong
+/// or revoked password is not cured by asking again every 200 ms.
+const MAX_AUTH_FAILURES: u32 = 5;
 
 pub struct Reader {
     pub batches: mpsc::Receiver<Batch>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends with why the reader gave up for good, if it did.
+    task: tokio::task::JoinHandle<Option<String>>,
+}
+
+impl Reader {
+    /// After `batches` closed: why the reader stopped, if it gave up (the ingest actor then
+    /// fails, and supervision restarts it or escalates).
+    pub async fn failure(&mut self) -> Option<String> {
+        (&mut self.task).await.ok().flatten()
+    }
 }
 
 impl Drop for Reader {
@@ -240,10 +252,13 @@ enum End {
     Again(String),
     /// The direct reader cannot serve this connection; read through async-nats.
     Unsupported(String),
+    /// The server refused the reader's credentials.
+    Auth(String),
 }
 
-async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
+async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) -> Option<String> {
     let mut kind = shared.config.ingest.reader;
+    let mut auth_failures = 0u32;
     loop {
         let consumer = match consumer(&shared, from).await {
             Ok(c) => c,
@@ -257,8 +272,25 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) {
             ReaderKind::Direct => read_direct(&shared, &consumer, &mut from, &tx).await,
             ReaderKind::AsyncNats => read_async_nats(&shared, &consumer, &mut from, &tx).await,
         };
+        if !matches!(end, End::Auth(_)) {
+            auth_failures = 0;
+        }
         match end {
-            End::Gone => return,
+            End::Gone => return None,
+            End::Auth(error) => {
+                auth_failures += 1;
+                if auth_failures >= MAX_AUTH_FAILURES {
+                    let url = crate::bus::redact(&shared.config.nats.url);
+                    let fatal = format!(
+                        "the NATS server at {url} refused the ingest reader's credentials {auth_failures} times in a row ({error}); check nats.user_env/nats.password_env/nats.token_env"
+                    );
+                    tracing::error!(%fatal, "ingest reader gives up");
+                    return Some(fatal);
+                }
+                let wait = Duration::from_millis(200 << auth_failures.min(5));
+                tracing::warn!(%error, attempt = auth_failures, ?wait, "NATS refused the ingest reader's credentials; trying again");
+                tokio::time::sleep(wait).await;
+            }
             End::Again(error) => {
                 tracing::warn!(%error, from, "ingest pull failed; recreating the consumer");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -308,12 +340,25 @@ async fn read_direct(
     if let Some(path) = secrets.creds_file {
         return End::Unsupported(format!("a credentials file ({path})"));
     }
+    if secrets.nkey_seed.is_some() {
+        return End::Unsupported("an nkey (nats.nkey_env)".into());
+    }
+    if shared.config.nats.tls() {
+        return End::Unsupported("TLS (nats.tls_*)".into());
+    }
     let name = consumer.cached_info().name.clone();
     let (url, stream) = (&shared.config.nats.url, &shared.config.streams.events);
-    let token = secrets.token.as_deref();
-    let mut pull = match Pull::open(url, token, stream, &name, &opts).await {
+    let credentials = pull::Credentials {
+        token: secrets.token.as_deref(),
+        user_password: secrets
+            .user_password
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str())),
+    };
+    let mut pull = match Pull::open_with(url, credentials, stream, &name, &opts).await {
         Ok(p) => p,
         Err(PullError::Unsupported(what)) => return End::Unsupported(what),
+        Err(PullError::Server(e)) if pull::is_auth_error(&e) => return End::Auth(e),
         Err(e) => return End::Again(e.to_string()),
     };
     tracing::info!(from = *from, reader = "direct", "ingest consumer started");

@@ -5,10 +5,15 @@
 //! its own task (waiting for the rate limiter, then the HTTP call), answers JetStream for its
 //! posting itself and then tells the actor it is done. The task holds the message, so the
 //! answer does not depend on the actor still being there: a restarted actor's postings go
-//! back to the outbox at once instead of waiting out the ack wait. Retries use JetStream
-//! itself: a failed posting is NAKed with a delay, so it waits in the outbox, not in memory.
-//! The rate limiter lives outside the actor, so a restarted actor keeps counting the same
-//! window.
+//! back to the outbox at once instead of waiting out the ack wait. The rate limiter lives
+//! outside the actor, so a restarted actor keeps counting the same window.
+//!
+//! A 429 or a fault of the endpoint (see [`delivery`]) pauses every delivery through the
+//! limiter; the task keeps its posting (with progress acks) and tries it again after the
+//! pause, so an outage never dead-letters a document and never spends JetStream deliveries.
+//! While paused, every slot is held by a waiting task, so nothing more is fetched: the rest
+//! of the backlog waits in the outbox. The paused state is logged once when it starts and once
+//! when it ends, and counted in `retailflow_erp_paused` and `erp_paused_endpoints`.
 
 use super::delivery::{self, Outcome};
 use super::ratelimit::RateLimiter;
@@ -22,8 +27,9 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How long a fetched posting stays with this process without a word from it.
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -65,19 +71,25 @@ pub fn consumer_name(endpoint: &str) -> String {
     format!("erp-{endpoint}")
 }
 
-/// Waits until the shared limiter grants a request.
-async fn acquire(limiter: &Mutex<RateLimiter>) {
+/// Locks the limiter. A panic while it was held cannot leave it worse than a pause that is
+/// too long or too short, so a poisoned lock is taken over, never left to stop the endpoint
+/// for good.
+fn lock(limiter: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
+    limiter.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits until the shared limiter grants a request; `resumed` cuts a pause short when the
+/// endpoint answers again.
+async fn acquire(limiter: &Mutex<RateLimiter>, resumed: &Notify) {
     loop {
-        let wait = match limiter.lock() {
-            Ok(mut l) => match l.try_acquire(tokio::time::Instant::now()) {
-                Ok(()) => return,
-                Err(wait) => wait,
-            },
-            // A poisoned limiter means a delivery task panicked mid-update; waiting a little
-            // and granting keeps the endpoint moving (the ERP still enforces its own limit).
-            Err(_) => Duration::from_millis(50),
+        let wait = match lock(limiter).try_acquire(tokio::time::Instant::now()) {
+            Ok(()) => return,
+            Err(wait) => wait,
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = resumed.notified() => {}
+        }
     }
 }
 
@@ -90,9 +102,85 @@ struct Answer {
     retry: RetryConfig,
     limiter: Arc<Mutex<RateLimiter>>,
     metrics: Arc<EndpointMetrics>,
+    /// Woken when a paused endpoint answers again.
+    resumed: Notify,
 }
 
 impl Answer {
+    /// Delivers `doc` until the ERP accepts or refuses it, pausing the whole endpoint through
+    /// the limiter on a 429 or an endpoint fault. Gives up only when the pipeline stops, with
+    /// the last outcome (the caller NAKs it back to the outbox).
+    async fn deliver(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        token: Option<&str>,
+        doc: &PostingDoc,
+        timeout: Duration,
+    ) -> Outcome {
+        loop {
+            acquire(&self.limiter, &self.resumed).await;
+            self.metrics.requests.fetch_add(1, Relaxed);
+            let outcome = delivery::deliver(http, url, token, doc, timeout, &self.retry).await;
+            let now = tokio::time::Instant::now();
+            match &outcome {
+                Outcome::Accepted { .. } | Outcome::Rejected { .. } => {
+                    self.resume();
+                    return outcome;
+                }
+                Outcome::Throttled { retry_after } => {
+                    self.metrics.throttled_429.fetch_add(1, Relaxed);
+                    self.metrics.retries.fetch_add(1, Relaxed);
+                    // Already clamped to retry.max; `pause_until` adds nothing unchecked.
+                    if let Some(until) = now.checked_add(*retry_after) {
+                        lock(&self.limiter).pause_until(until);
+                    }
+                }
+                Outcome::Unavailable { status, reason } => {
+                    self.metrics.retries.fetch_add(1, Relaxed);
+                    self.metrics.faults.fetch_add(1, Relaxed);
+                    let counted =
+                        lock(&self.limiter).fault(now, self.retry.initial, self.retry.max);
+                    if let Some((1, wait)) = counted {
+                        self.metrics.paused.store(1, Relaxed);
+                        self.metrics.pauses.fetch_add(1, Relaxed);
+                        self.shared
+                            .metrics
+                            .erp_paused_endpoints
+                            .fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            endpoint = %self.name,
+                            status = status.map_or_else(|| "none".to_string(), |s| s.to_string()),
+                            %reason,
+                            ?wait,
+                            "ERP endpoint paused: it cannot take postings now; they wait in the outbox and are retried with backoff"
+                        );
+                    } else {
+                        tracing::debug!(endpoint = %self.name, doc = %doc.id, %reason, "ERP endpoint still failing");
+                    }
+                }
+            }
+            if self.shared.stopping.load(Relaxed) {
+                return outcome;
+            }
+        }
+    }
+
+    /// The ERP answered: ends a paused state, once.
+    fn resume(&self) {
+        let Some(failed) = lock(&self.limiter).healthy() else {
+            return;
+        };
+        self.metrics.paused.store(0, Relaxed);
+        // Paired with the increment above under the limiter's lock, so it cannot underflow.
+        self.shared
+            .metrics
+            .erp_paused_endpoints
+            .fetch_sub(1, Relaxed);
+        tracing::info!(endpoint = %self.name, failed_probes = failed, "ERP endpoint resumed: it answers again");
+        self.resumed.notify_waiters();
+    }
+
     async fn dead_letter(
         &self,
         msg: &jetstream::Message,
@@ -145,18 +233,14 @@ impl Answer {
                     tracing::warn!(%error, doc = %doc_id, "ack of an accepted posting failed");
                 }
             }
-            Outcome::Throttled { retry_after } => {
-                m.throttled_429.fetch_add(1, Relaxed);
-                m.retries.fetch_add(1, Relaxed);
-                if let Ok(mut l) = self.limiter.lock() {
-                    l.pause_until(tokio::time::Instant::now() + retry_after);
-                }
-                let _ = msg.ack_with(AckKind::Nak(Some(retry_after))).await;
+            // Only when the pipeline stops during a pause: back to the outbox, for this
+            // process or the next, after a short delay.
+            Outcome::Throttled { retry_after: wait } => {
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
             }
-            Outcome::Retry { reason } => {
-                m.retries.fetch_add(1, Relaxed);
+            Outcome::Unavailable { reason, .. } => {
                 let wait = delivery::backoff(attempt, self.retry.initial, self.retry.max);
-                tracing::debug!(doc = %doc_id, %reason, attempt, ?wait, "posting will be retried");
+                tracing::debug!(doc = %doc_id, %reason, attempt, ?wait, "posting returned to the outbox");
                 let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
             }
             Outcome::Rejected { status, message } => {
@@ -280,21 +364,15 @@ impl EndpointState {
             };
             self.in_flight += 1;
             self.answer.metrics.in_flight.fetch_add(1, Relaxed);
-            let limiter = self.answer.limiter.clone();
             let http = self.http.clone();
             let url = self.cfg.url.clone();
             let token = self.token.clone();
             let timeout = self.cfg.timeout;
-            let metrics = self.answer.metrics.clone();
             let me = myself.clone();
             let answer = self.answer.clone();
             let doc_id = doc.id.clone();
             tokio::spawn(async move {
-                let work = async {
-                    acquire(&limiter).await;
-                    metrics.requests.fetch_add(1, Relaxed);
-                    delivery::deliver(&http, &url, token.as_deref(), &doc, timeout).await
-                };
+                let work = answer.deliver(&http, &url, token.as_deref(), &doc, timeout);
                 tokio::pin!(work);
                 let mut beat = tokio::time::interval_at(
                     tokio::time::Instant::now() + PROGRESS_EVERY,
@@ -363,6 +441,7 @@ impl Actor for EndpointActor {
             retry: args.config.retry.clone(),
             limiter: args.limiter,
             metrics: args.shared.metrics.endpoint(&args.config.name),
+            resumed: Notify::new(),
         });
         Ok(EndpointState {
             answer,
@@ -402,5 +481,58 @@ impl Actor for EndpointActor {
     ) -> Result<(), ActorProcessingErr> {
         state.answer.metrics.in_flight.store(0, Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::post::ratelimit::RateLimit;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limiter_poisoned_by_a_panic_still_grants() {
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit {
+            requests: 10,
+            window: Duration::from_secs(1),
+            burst: Some(10),
+        })));
+        let held = limiter.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.lock();
+            panic!("a panic while the limiter is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(limiter.is_poisoned());
+        let granted =
+            tokio::time::timeout(Duration::from_secs(5), acquire(&limiter, &Notify::new())).await;
+        assert!(granted.is_ok(), "a poisoned limiter never granted again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_endpoint_wakes_its_waiting_deliveries_at_once() {
+        let limiter = Mutex::new(RateLimiter::new(RateLimit {
+            requests: 100,
+            window: Duration::from_secs(1),
+            burst: Some(100),
+        }));
+        let resumed = Notify::new();
+        let start = tokio::time::Instant::now();
+        lock(&limiter).fault(start, Duration::from_secs(30), Duration::from_secs(30));
+        let waiting = acquire(&limiter, &resumed);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(lock(&limiter).healthy(), Some(1));
+        resumed.notify_waiters();
+        waiting.await;
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -6,8 +6,12 @@
 //! - a token bucket (GCRA form) with rate `requests / window` and capacity `burst`, which
 //!   spreads requests out instead of spending a whole window's allowance in the first second.
 //!
-//! A `Retry-After` from the ERP pauses all grants until it has passed. Time is passed in, so the
-//! limiter is tested with tokio's paused clock.
+//! A `Retry-After` from the ERP pauses all grants until it has passed. So does a fault of the
+//! endpoint itself (an expired token, an ERP that is down): then grants stop for a backoff that
+//! doubles with each failed probe, and after each pause a single request goes out as the probe;
+//! its success ends the paused state. Time is passed in, so the limiter is tested with tokio's
+//! paused clock. Every instant is computed with `checked_add`: a duration from the network
+//! must not be able to panic the clock while the limiter's lock is held.
 //!
 //! The ERP counts a request when it arrives, we when we send it; network time differs from one
 //! request to the next, so a request sent exactly one window after the oldest could arrive
@@ -49,7 +53,22 @@ pub struct RateLimiter {
     /// GCRA theoretical arrival time.
     tat: Option<Instant>,
     paused_until: Option<Instant>,
+    /// Consecutive failed probes of an endpoint fault; 0 while the endpoint is healthy.
+    faults: u32,
+    /// A probe was granted in the paused state and its answer has not come back.
+    probing: bool,
+    /// The current fault backoff: how long the others wait for a probe's answer.
+    hold: Duration,
     pub granted: u64,
+}
+
+/// How far away "never" is for an instant that would overflow: far beyond any `retry.max`.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 impl RateLimiter {
@@ -59,6 +78,9 @@ impl RateLimiter {
             limit,
             tat: None,
             paused_until: None,
+            faults: 0,
+            probing: false,
+            hold: Duration::ZERO,
             granted: 0,
         }
     }
@@ -73,7 +95,21 @@ impl RateLimiter {
 
     /// The ERP's window plus the safety margin.
     fn window(&self) -> Duration {
-        self.limit.window + (self.limit.window / 100).min(Duration::from_secs(1))
+        self.limit
+            .window
+            .saturating_add((self.limit.window / 100).min(Duration::from_secs(1)))
+    }
+
+    /// Drops the grants that left the window ending at `now`.
+    fn expire(&mut self, now: Instant) {
+        let window = self.window();
+        while let Some(&oldest) = self.log.front() {
+            if later(oldest, window) <= now {
+                self.log.pop_front();
+            } else {
+                break;
+            }
+        }
     }
 
     /// Grants one request now, or says how long to wait before asking again.
@@ -84,22 +120,16 @@ impl RateLimiter {
             }
             self.paused_until = None;
         }
+        self.expire(now);
         let window = self.window();
-        while let Some(&oldest) = self.log.front() {
-            if oldest + window <= now {
-                self.log.pop_front();
-            } else {
-                break;
-            }
-        }
         let mut wait = Duration::ZERO;
         if self.log.len() >= self.limit.requests as usize {
             if let Some(&oldest) = self.log.front() {
-                wait = wait.max(oldest + window - now);
+                wait = wait.max(later(oldest, window).saturating_duration_since(now));
             }
         }
         let t = self.interval();
-        let tolerance = t * (self.limit.burst() - 1);
+        let tolerance = t.saturating_mul(self.limit.burst() - 1);
         let tat = self.tat.unwrap_or(now).max(now);
         if let Some(earliest) = tat.checked_sub(tolerance) {
             if earliest > now {
@@ -109,10 +139,56 @@ impl RateLimiter {
         if !wait.is_zero() {
             return Err(wait);
         }
-        self.tat = Some(tat + t);
+        if self.faults > 0 {
+            // Paused for a fault: this grant is the probe. The others wait for its answer, or
+            // for another backoff if the answer never comes (its task died).
+            self.probing = true;
+            self.paused_until = Some(later(now, self.hold));
+        }
+        self.tat = Some(later(tat, t));
         self.log.push_back(now);
         self.granted += 1;
         Ok(())
+    }
+
+    /// The endpoint failed for a reason of its own, not the document's. Starts or lengthens the
+    /// paused state: nothing is granted for `backoff(faults)`, then one probe. Answers to
+    /// requests sent before the pause began do not lengthen it (fifty requests in flight when
+    /// a token expires are one failure, not fifty). Returns the consecutive failures and the
+    /// pause when this answer counted; `faults == 1` means the endpoint has just been paused.
+    pub fn fault(
+        &mut self,
+        now: Instant,
+        initial: Duration,
+        max: Duration,
+    ) -> Option<(u32, Duration)> {
+        if self.faults > 0 && !self.probing {
+            return None;
+        }
+        self.probing = false;
+        self.faults = self.faults.saturating_add(1);
+        let wait = super::delivery::backoff(u64::from(self.faults), initial, max);
+        self.hold = wait;
+        self.pause_until(later(now, wait));
+        Some((self.faults, wait))
+    }
+
+    /// The endpoint answered (accepted or refused a document): ends the paused state. Returns
+    /// the consecutive failures when it was paused.
+    pub fn healthy(&mut self) -> Option<u32> {
+        if self.faults == 0 {
+            return None;
+        }
+        let failed = self.faults;
+        self.faults = 0;
+        self.probing = false;
+        self.paused_until = None;
+        Some(failed)
+    }
+
+    /// Whether the endpoint is paused for a fault of its own.
+    pub fn is_faulted(&self) -> bool {
+        self.faults > 0
     }
 
     /// Honours an ERP's `Retry-After`: nothing is granted before `until`.
@@ -122,14 +198,7 @@ impl RateLimiter {
 
     /// Grants inside the window ending now.
     pub fn in_window(&mut self, now: Instant) -> usize {
-        let window = self.window();
-        while let Some(&oldest) = self.log.front() {
-            if oldest + window <= now {
-                self.log.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.expire(now);
         self.log.len()
     }
 }
@@ -220,5 +289,84 @@ mod tests {
         assert!(max_in_any_window(&grants, Duration::from_secs(1)) <= 5 + 10);
         // 10/s less the 1% safety margin on the window: about 1,782 in 180 s.
         assert!(grants.len() >= 1775, "{}", grants.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_fault_pauses_then_probes_once_with_doubling_backoff() {
+        let (initial, max) = (Duration::from_millis(200), Duration::from_secs(1));
+        let mut l = RateLimiter::new(limit(1000, 1, Some(1000)));
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(l.try_acquire(t0), Ok(()));
+        }
+        // Five requests in flight all come back 401: one failure.
+        assert_eq!(l.fault(t0, initial, max), Some((1, initial)));
+        for _ in 0..4 {
+            assert_eq!(l.fault(t0, initial, max), None);
+        }
+        assert!(l.is_faulted());
+        assert_eq!(l.try_acquire(t0), Err(initial));
+        tokio::time::advance(initial).await;
+        let t1 = Instant::now();
+        assert_eq!(l.try_acquire(t1), Ok(()), "the probe");
+        assert!(l.try_acquire(t1).is_err(), "only one probe at a time");
+        assert_eq!(l.fault(t1, initial, max), Some((2, 2 * initial)));
+        // The backoff doubles up to `max` and stays there.
+        let mut now = t1;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let Err(wait) = l.try_acquire(now) else {
+                panic!("granted while paused")
+            };
+            now += wait;
+            assert_eq!(l.try_acquire(now), Ok(()));
+            waits.push(l.fault(now, initial, max).map(|(_, w)| w));
+        }
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(
+            waits,
+            [ms(800), ms(1000), ms(1000), ms(1000), ms(1000), ms(1000)]
+        );
+        // The probe's success ends the pause at once.
+        let wait = l.try_acquire(now).unwrap_err();
+        now += wait;
+        assert_eq!(l.try_acquire(now), Ok(()));
+        assert_eq!(l.healthy(), Some(8));
+        assert!(!l.is_faulted());
+        assert_eq!(l.try_acquire(now), Ok(()));
+        assert_eq!(l.try_acquire(now), Ok(()));
+        assert_eq!(l.healthy(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_whose_answer_never_comes_lets_another_go_after_the_backoff() {
+        let (initial, max) = (Duration::from_millis(200), Duration::from_secs(1));
+        let mut l = RateLimiter::new(limit(1000, 1, Some(1000)));
+        let now = Instant::now();
+        l.fault(now, initial, max);
+        let t = now + initial;
+        assert_eq!(l.try_acquire(t), Ok(()));
+        assert_eq!(l.try_acquire(t), Err(initial));
+        assert_eq!(l.try_acquire(t + initial), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_and_windows_beyond_the_clock_do_not_panic() {
+        let mut l = RateLimiter::new(RateLimit {
+            requests: 1,
+            window: Duration::MAX,
+            burst: None,
+        });
+        let now = Instant::now();
+        assert_eq!(l.try_acquire(now), Ok(()));
+        assert!(l.try_acquire(now).is_err());
+        assert_eq!(l.in_window(now), 1);
+        let mut p = RateLimiter::new(limit(10, 1, None));
+        p.pause_until(later(now, Duration::MAX));
+        assert!(p.try_acquire(now).is_err());
+        assert_eq!(
+            p.fault(now, Duration::MAX, Duration::MAX).map(|f| f.0),
+            Some(1)
+        );
     }
 }

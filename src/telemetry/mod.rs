@@ -26,6 +26,13 @@ pub struct EndpointMetrics {
     pub rejected: AtomicU64,
     pub in_flight: AtomicI64,
     pub pending: AtomicI64,
+    // ERP endpoint faults (H4): an endpoint that is down or refuses our credentials pauses.
+    /// 1 while the endpoint is paused by a fault that is not a document's, else 0.
+    pub paused: AtomicI64,
+    /// Times the endpoint went from healthy to paused.
+    pub pauses: AtomicU64,
+    /// Answers that paused the endpoint or kept it paused (401, 403, 5xx, timeouts, ...).
+    pub faults: AtomicU64,
 }
 
 /// Kinds of worker whose busy time is counted.
@@ -289,6 +296,12 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "erp_paused_endpoints",
+            "ERP endpoints currently paused by a fault that is not a document's.",
+            self.erp_paused_endpoints.load(Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
             "last_applied_seq",
             "Stream sequence applied by every shard.",
             self.last_applied_seq.load(Relaxed) as i64,
@@ -354,7 +367,7 @@ impl Metrics {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         eps.sort_by(|a, b| a.0.cmp(&b.0));
-        let series: [Series; 8] = [
+        let series: [Series; 11] = [
             (
                 "erp_requests_total",
                 "counter",
@@ -382,7 +395,7 @@ impl Metrics {
             (
                 "erp_retries_total",
                 "counter",
-                "Deliveries retried after a timeout, 5xx or 429.",
+                "Deliveries tried again after a 429 or an endpoint fault.",
                 |m| m.retries.load(Relaxed) as i64,
             ),
             (
@@ -399,6 +412,25 @@ impl Metrics {
                 "gauge",
                 "Postings waiting in the outbox for the endpoint.",
                 |m| m.pending.load(Relaxed),
+            ),
+            // ERP endpoint faults (H4).
+            (
+                "erp_paused",
+                "gauge",
+                "1 while the endpoint is paused by a fault that is not a document's.",
+                |m| m.paused.load(Relaxed),
+            ),
+            (
+                "erp_pauses_total",
+                "counter",
+                "Times the endpoint went from healthy to paused.",
+                |m| m.pauses.load(Relaxed) as i64,
+            ),
+            (
+                "erp_faults_total",
+                "counter",
+                "Answers that paused the endpoint or kept it paused (401, 403, 5xx, timeouts).",
+                |m| m.faults.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in series {
