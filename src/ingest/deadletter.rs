@@ -147,20 +147,6 @@ impl DeadLetters {
     }
 }
 
-#[cfg(test)]
-mod header_tests {
-    use super::*;
-
-    #[test]
-    fn text_from_the_network_is_a_valid_header_value() {
-        let subject = "retail.v1.pos.S1\r.sale\n";
-        let text = header_text(subject);
-        assert_eq!(text, "retail.v1.pos.S1 .sale ");
-        assert!(text.parse::<async_nats::HeaderValue>().is_ok());
-        assert_eq!(header_text(&"é".repeat(2000)).chars().count(), 1000);
-    }
-}
-
 /// Attempts to store one dead letter before giving up.
 const SEND_ATTEMPTS: u32 = 5;
 /// Bound on one attempt (publish and acknowledgement).
@@ -222,4 +208,18 @@ fn letter_parts(letter: &Letter, metrics: &Metrics) -> (String, HeaderMap, Strin
         headers,
         error,
     )
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_network_is_a_valid_header_value() {
+        let subject = "retail.v1.pos.S1\r.sale\n";
+        let text = header_text(subject);
+        assert_eq!(text, "retail.v1.pos.S1 .sale ");
+        assert!(text.parse::<async_nats::HeaderValue>().is_ok());
+        assert_eq!(header_text(&"é".repeat(2000)).chars().count(), 1000);
+    }
 }
