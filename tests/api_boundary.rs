@@ -519,3 +519,77 @@ async fn an_idempotency_key_reused_for_another_request_gets_409_and_reserves_not
             >= 4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = made.cert.pem();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path) = (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    );
+    let (_server, p) = started(|c| {
+        c.api.tls_cert = cert_path;
+        c.api.tls_key = key_path;
+    })
+    .await;
+    let addr = p.http_addr().unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let (s, _, body) = call(
+        &https,
+        reqwest::Method::GET,
+        &format!(
+            "https://localhost:{}/v1/availability/A?location=DC1",
+            addr.port()
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["locations"][0]["available"],
+        10
+    );
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP was served on the HTTPS port"
+    );
+    // A client that does not trust the certificate is refused by its own TLS stack.
+    let untrusting = reqwest::Client::builder()
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    assert!(
+        untrusting
+            .get(format!("https://localhost:{}/healthz", addr.port()))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_configured_tls_stops_the_start() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    cfg.api.tls_cert = "/nonexistent/cert.pem".into();
+    let e = match Pipeline::start(cfg).await {
+        Ok(_) => panic!("tls_cert without tls_key must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("go together"), "{e}");
+}
