@@ -310,9 +310,26 @@ pub struct ApiConfig {
     pub http: String,
     /// Whether to answer on the NATS request-reply subjects.
     pub nats: bool,
-    /// Longest `min_as_of` wait a query may ask for.
+    /// Longest `min_as_of` wait a query may ask for (one deadline for the whole query).
     #[serde(with = "duration")]
     pub max_wait: Duration,
+    /// File of API tokens, one a line: `<secret> <scope>[,<scope>...]` with scopes `query`,
+    /// `reserve`, `admin`, `metrics`. Re-read on SIGHUP. Empty: the HTTP API is open.
+    pub tokens_file: String,
+    /// PEM certificate chain for HTTPS; with `tls_key`. Empty: plain HTTP.
+    pub tls_cert: String,
+    /// PEM private key for HTTPS; with `tls_cert`.
+    pub tls_key: String,
+    /// HTTP connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection must send a whole request head (and finish a TLS handshake) within this.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -321,6 +338,13 @@ impl Default for ApiConfig {
             http: "127.0.0.1:8080".into(),
             nats: true,
             max_wait: Duration::from_secs(5),
+            tokens_file: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -383,6 +407,14 @@ pub struct ReservationConfig {
     /// How long the API waits for a decision before answering 503.
     #[serde(with = "duration")]
     pub decision_timeout: Duration,
+    /// How long past its would-be expiry a rejection is remembered for retries (granted
+    /// reservations keep `remember`).
+    #[serde(with = "duration")]
+    pub remember_rejected: Duration,
+    /// Rejections remembered per shard; beyond it the oldest is forgotten (0: no cap).
+    pub max_rejected: usize,
+    /// Reservation requests queued for publishing; beyond it the API answers 503.
+    pub max_queued: usize,
 }
 
 impl Default for ReservationConfig {
@@ -392,6 +424,9 @@ impl Default for ReservationConfig {
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             remember: Duration::from_secs(24 * 3600),
             decision_timeout: Duration::from_secs(5),
+            remember_rejected: Duration::ZERO,
+            max_rejected: 100_000,
+            max_queued: 10_000,
         }
     }
 }

@@ -178,6 +178,59 @@ pub struct Reservation {
     pub state: ResvState,
     /// Stream sequence of the request that created it.
     pub decided_at: u64,
+    /// [`request_fingerprint`] of that request (0 in snapshots from before it was kept).
+    #[serde(default)]
+    pub request: u64,
+}
+
+/// What identifies a reservation request besides its key: the same key with another
+/// fingerprint is another request and is refused. The expiry is left out (a retry computes a
+/// new one). FNV-1a, written out so the value is stable across builds (it is snapshotted).
+pub fn request_fingerprint(r: &ReservationRequested) -> u64 {
+    fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, r.sku.as_str().as_bytes());
+    h = fnv(h, &[0xff]);
+    h = fnv(h, &r.qty.to_le_bytes());
+    h = match &r.target {
+        Target::Location(l) => fnv(fnv(h, b"L"), l.as_str().as_bytes()),
+        Target::Channel(c) => fnv(fnv(h, b"C"), c.as_str().as_bytes()),
+    };
+    h = fnv(h, &[r.allow_partial as u8]);
+    // 0 means "unknown" in old snapshots; never produce it.
+    h.max(1)
+}
+
+/// A decision's state, as the API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionState {
+    Active,
+    Rejected,
+    Released,
+    Expired,
+    /// Taken over by an order.
+    Consumed,
+    /// The key is bound to another request; nothing was decided for this one.
+    Conflict,
+}
+
+impl DecisionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionState::Active => "active",
+            DecisionState::Rejected => "rejected",
+            DecisionState::Released => "released",
+            DecisionState::Expired => "expired",
+            DecisionState::Consumed => "consumed",
+            DecisionState::Conflict => "conflict",
+        }
+    }
 }
 
 /// The outcome of a reservation request as the API reports it.
@@ -194,7 +247,10 @@ pub struct Decision {
     /// Stream sequence at which the decision was taken.
     pub decided_at: u64,
     /// Current state (a retry after release reports `released`).
-    pub state: String,
+    pub state: DecisionState,
+    /// [`request_fingerprint`] of the request this answers (0: unknown), so a waiter for one
+    /// request is not handed the answer to another under the same key.
+    pub request: u64,
 }
 
 const DIRTY: u32 = 1 << 30;
@@ -261,6 +317,24 @@ pub struct Ledger {
     #[serde(skip)]
     cur_seq: u64,
     pub exceptions: Exceptions,
+    /// Remembered rejections, oldest first, for the `max_rejected` cap (kept in the snapshot
+    /// so a restored shard evicts in the same order as one that never stopped).
+    #[serde(default)]
+    rejected_order: std::collections::VecDeque<ReservationId>,
+    #[serde(skip)]
+    limits: ResvLimits,
+    /// Rejections forgotten at the cap since the last `take_evicted`.
+    #[serde(skip)]
+    evicted: u64,
+}
+
+/// Bounds on remembered reservations (configuration, not state).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResvLimits {
+    /// Rejections remembered at most (0: no cap).
+    pub max_rejected: usize,
+    /// How long past its would-be expiry a rejection is remembered.
+    pub retain_rejected_ms: i64,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -748,6 +822,10 @@ impl Ledger {
                 Ok(())
             }
             Op::Reserve(r) => self.reserve(seq, r),
+            Op::Refuse(r) => {
+                self.refuse(seq, r);
+                Ok(())
+            }
             Op::Release { reservation, .. } => {
                 self.end_reservation(reservation, ResvState::Released)
             }
@@ -1015,14 +1093,49 @@ impl Ledger {
         Ok(())
     }
 
+    /// Answers a request whose key is bound to another request: nothing changes.
+    fn refuse(&mut self, seq: u64, r: &ReservationRequested) {
+        self.decisions.push(Decision {
+            reservation_id: r.reservation_id.clone(),
+            sku: r.sku.clone(),
+            granted: false,
+            allocations: Vec::new(),
+            available: 0,
+            expires_at_ms: r.expires_at_ms,
+            decided_at: seq,
+            state: DecisionState::Conflict,
+            request: request_fingerprint(r),
+        });
+    }
+
     fn reserve(&mut self, seq: u64, r: &ReservationRequested) -> Result<(), ApplyError> {
+        let fp = request_fingerprint(r);
         if let Some(existing) = self.reservations.get(&r.reservation_id) {
+            if existing.request != 0 && existing.request != fp {
+                self.refuse(seq, r);
+                return Ok(());
+            }
             // Same key again: the first decision stands.
             let d = self.decision_of(&r.reservation_id, existing);
             self.decisions.push(d);
             return Ok(());
         }
-        let s = self.skus.intern(&r.sku);
+        let Some(s) = self.skus.get(&r.sku) else {
+            // A SKU this shard never saw has nothing to reserve. Answered without interning
+            // it or remembering the rejection: requests must not grow the ledger for good.
+            self.decisions.push(Decision {
+                reservation_id: r.reservation_id.clone(),
+                sku: r.sku.clone(),
+                granted: false,
+                allocations: Vec::new(),
+                available: 0,
+                expires_at_ms: r.expires_at_ms,
+                decided_at: seq,
+                state: DecisionState::Rejected,
+                request: fp,
+            });
+            return Ok(());
+        };
         let (allocs, total) = self.source(s, &r.target, r.qty, r.allow_partial, false);
         let state = if allocs.is_empty() {
             ResvState::Rejected { available: total }
@@ -1040,12 +1153,39 @@ impl Ledger {
             expires_at_ms: r.expires_at_ms,
             state,
             decided_at: seq,
+            request: fp,
         };
         let mut d = self.decision_of(&r.reservation_id, &rec);
         d.available = total;
         self.decisions.push(d);
+        if matches!(rec.state, ResvState::Rejected { .. }) {
+            self.rejected_order.push_back(r.reservation_id.clone());
+            let cap = self.limits.max_rejected;
+            while cap > 0 && self.rejected_order.len() > cap {
+                let Some(old) = self.rejected_order.pop_front() else {
+                    break;
+                };
+                if matches!(
+                    self.reservations.get(&old).map(|o| &o.state),
+                    Some(ResvState::Rejected { .. })
+                ) {
+                    self.reservations.remove(&old);
+                    self.evicted += 1;
+                }
+            }
+        }
         self.reservations.insert(r.reservation_id.clone(), rec);
         Ok(())
+    }
+
+    /// Sets the bounds on remembered reservations.
+    pub fn set_limits(&mut self, limits: ResvLimits) {
+        self.limits = limits;
+    }
+
+    /// Rejections forgotten at the cap since the last call.
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
     }
 
     fn end_reservation(&mut self, id: &ReservationId, end: ResvState) -> Result<(), ApplyError> {
@@ -1070,19 +1210,30 @@ impl Ledger {
 
     /// Forgets finished reservations whose expiry lies more than `retain_ms` before `now_ms`
     /// (a time carried by the stream, so pruning is deterministic).
+    /// Rejections use the shorter `limits.retain_rejected_ms`.
     pub fn prune_reservations(&mut self, now_ms: i64, retain_ms: i64) {
-        self.reservations.retain(|_, r| {
-            r.state == ResvState::Active || r.expires_at_ms.saturating_add(retain_ms) >= now_ms
+        let retain_rejected = self.limits.retain_rejected_ms;
+        self.reservations.retain(|_, r| match r.state {
+            ResvState::Active => true,
+            ResvState::Rejected { .. } => r.expires_at_ms.saturating_add(retain_rejected) >= now_ms,
+            _ => r.expires_at_ms.saturating_add(retain_ms) >= now_ms,
+        });
+        let reservations = &self.reservations;
+        self.rejected_order.retain(|id| {
+            matches!(
+                reservations.get(id).map(|r| &r.state),
+                Some(ResvState::Rejected { .. })
+            )
         });
     }
 
     fn decision_of(&self, id: &ReservationId, r: &Reservation) -> Decision {
         let (granted, available, state) = match &r.state {
-            ResvState::Rejected { available } => (false, *available, "rejected"),
-            ResvState::Active => (true, 0, "active"),
-            ResvState::Released => (true, 0, "released"),
-            ResvState::Expired => (true, 0, "expired"),
-            ResvState::Consumed => (true, 0, "consumed"),
+            ResvState::Rejected { available } => (false, *available, DecisionState::Rejected),
+            ResvState::Active => (true, 0, DecisionState::Active),
+            ResvState::Released => (true, 0, DecisionState::Released),
+            ResvState::Expired => (true, 0, DecisionState::Expired),
+            ResvState::Consumed => (true, 0, DecisionState::Consumed),
         };
         Decision {
             reservation_id: id.clone(),
@@ -1096,7 +1247,8 @@ impl Ledger {
             available,
             expires_at_ms: r.expires_at_ms,
             decided_at: r.decided_at,
-            state: state.to_string(),
+            state,
+            request: r.request,
         }
     }
 
@@ -1480,6 +1632,78 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_for_an_unknown_sku_is_rejected_without_growing_the_ledger() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 5)).unwrap();
+        let at = Target::Location(loc("S1"));
+        for i in 0..100 {
+            g.apply(
+                2 + i,
+                &reserve(&format!("R{i}"), &format!("NOPE{i}"), 1, at.clone(), false),
+            )
+            .unwrap();
+        }
+        let d = g.take_decisions();
+        assert_eq!(d.len(), 100);
+        assert!(
+            d.iter()
+                .all(|d| d.state == DecisionState::Rejected && !d.granted)
+        );
+        assert_eq!(g.skus.len(), 1, "unknown skus were interned");
+        assert_eq!(g.open_counts().2, 0, "their rejections were remembered");
+    }
+
+    #[test]
+    fn a_key_reused_for_another_request_on_one_shard_is_a_conflict_that_changes_nothing() {
+        let mut g = Ledger::new();
+        g.apply(1, &receipt("S1", "A", 5)).unwrap();
+        g.apply(1, &receipt("S1", "B", 5)).unwrap();
+        let at = Target::Location(loc("S1"));
+        g.apply(2, &reserve("K", "A", 1, at.clone(), false))
+            .unwrap();
+        g.apply(3, &reserve("K", "B", 1, at.clone(), false))
+            .unwrap();
+        g.apply(4, &reserve("K", "A", 2, at.clone(), false))
+            .unwrap();
+        g.apply(5, &reserve("K", "A", 1, at.clone(), false))
+            .unwrap();
+        let states: Vec<_> = g.take_decisions().iter().map(|d| d.state).collect();
+        use DecisionState::*;
+        assert_eq!(states, [Active, Conflict, Conflict, Active]);
+        assert_eq!(pos(&g, "S1", "A").reserved, 1);
+        assert_eq!(pos(&g, "S1", "B").reserved, 0);
+        assert_eq!(
+            g.reservation(&ReservationId::from("K")).unwrap().sku,
+            sku("A")
+        );
+    }
+
+    #[test]
+    fn remembered_rejections_are_capped_oldest_first_and_pruned_early() {
+        let mut g = Ledger::new();
+        g.set_limits(ResvLimits {
+            max_rejected: 3,
+            retain_rejected_ms: 0,
+        });
+        g.apply(1, &receipt("S1", "A", 1)).unwrap();
+        let at = Target::Location(loc("S1"));
+        g.apply(2, &reserve("G", "A", 1, at.clone(), false))
+            .unwrap();
+        for i in 0..5 {
+            g.apply(3 + i, &reserve(&format!("X{i}"), "A", 1, at.clone(), false))
+                .unwrap();
+        }
+        assert_eq!(g.take_evicted(), 2);
+        let remembered = |g: &Ledger, id: &str| g.reservation(&ReservationId::from(id)).is_some();
+        assert!(!remembered(&g, "X0") && !remembered(&g, "X1"));
+        assert!(remembered(&g, "X2") && remembered(&g, "X4") && remembered(&g, "G"));
+        // The grant keeps the day; rejections go once their would-be expiry has passed.
+        g.prune_reservations(10_001, 86_400_000);
+        assert!(remembered(&g, "G"));
+        assert!(!remembered(&g, "X2") && !remembered(&g, "X4"));
+    }
+
+    #[test]
     fn reservations_never_exceed_available_and_are_idempotent() {
         let mut g = Ledger::new();
         g.apply(1, &receipt("S1", "A", 5)).unwrap();
@@ -1528,7 +1752,7 @@ mod tests {
         assert_eq!(pos(&g, "S1", "A").reserved, 0);
         assert_eq!(
             g.reservation(&ReservationId::from("R3")).unwrap().state,
-            "expired"
+            DecisionState::Expired
         );
     }
 
@@ -1560,7 +1784,7 @@ mod tests {
         );
         assert_eq!(
             g.reservation(&ReservationId::from("R1")).unwrap().state,
-            "consumed"
+            DecisionState::Consumed
         );
         g.apply(
             4,

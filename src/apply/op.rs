@@ -77,6 +77,8 @@ pub enum Op {
     Location(Arc<LocationUpsert>),
     Channel(Arc<ChannelUpsert>),
     Reserve(Arc<ReservationRequested>),
+    /// A request whose key ingest found bound to another request: answered, not decided.
+    Refuse(Arc<ReservationRequested>),
     Release {
         reservation: ReservationId,
         sku: Sku,
@@ -103,7 +105,7 @@ impl Op {
             | Op::OrderFulfilled { sku, .. }
             | Op::Release { sku, .. }
             | Op::Expire { sku, .. } => Some(sku),
-            Op::Reserve(r) => Some(&r.sku),
+            Op::Reserve(r) | Op::Refuse(r) => Some(&r.sku),
             Op::OrderCancelled { sku, .. } => sku.as_ref(),
             Op::Location(_) | Op::Channel(_) => None,
         }

@@ -1,6 +1,6 @@
 //! SKU-shard actor: the single writer of the ledger for the SKUs that hash to it.
 
-use super::ledger::Ledger;
+use super::ledger::{DecisionState, Ledger, ResvLimits};
 use super::op::Op;
 use super::view::ViewWriter;
 use crate::ingest::deadletter::{Letter, Reason};
@@ -71,20 +71,29 @@ impl ShardState {
                 feed.mark_channels();
             }
         }
+        let m = &self.shared.metrics;
         for d in self.ledger.take_decisions() {
-            if d.state == "rejected" {
-                self.shared
-                    .metrics
-                    .reservations_rejected
-                    .fetch_add(1, Relaxed);
-            } else if d.state == "active" {
-                self.shared
-                    .metrics
-                    .reservations_granted
-                    .fetch_add(1, Relaxed);
+            match d.state {
+                DecisionState::Rejected => {
+                    m.reservations_rejected.fetch_add(1, Relaxed);
+                }
+                DecisionState::Active => {
+                    m.reservations_granted.fetch_add(1, Relaxed);
+                }
+                DecisionState::Conflict => {
+                    m.reservation_key_conflicts.fetch_add(1, Relaxed);
+                }
+                _ => {}
             }
-            self.shared.active.update(&d);
+            // A conflict answers the refused request only; the key's reservation is untouched.
+            if d.state != DecisionState::Conflict {
+                self.shared.active.update(&d);
+            }
             self.shared.decisions.complete(&d);
+        }
+        let evicted = self.ledger.take_evicted();
+        if evicted > 0 {
+            m.rejections_evicted.fetch_add(evicted, Relaxed);
         }
         self.shared.view.set_applied(self.index, seq);
         let e = &self.ledger.exceptions;
@@ -139,6 +148,12 @@ impl Actor for ShardActor {
     ) -> Result<ShardState, ActorProcessingErr> {
         let mut ledger = args.ledger;
         ledger.reindex();
+        let resv = &args.shared.config.reservations;
+        ledger.set_limits(ResvLimits {
+            max_rejected: resv.max_rejected,
+            retain_rejected_ms: i64::try_from(resv.remember_rejected.as_millis())
+                .unwrap_or(i64::MAX),
+        });
         let reported = ledger.exceptions.clone();
         for (id, _, _) in ledger.active_reservations() {
             if let Some(d) = ledger.reservation(id) {

@@ -8,6 +8,7 @@
 
 use super::deadletter::{Letter, Reason};
 use super::dedupe::{Dedupe, Verdict};
+use super::keys::ReservationKeys;
 use super::reader::{Decoded, Reader};
 use super::route::Routed;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
@@ -41,6 +42,7 @@ pub struct IngestActor;
 pub struct IngestArgs {
     pub shared: Arc<Shared>,
     pub dedupe: Dedupe,
+    pub keys: ReservationKeys,
     /// The restored snapshot's sequence; consumption starts after it.
     pub from_seq: u64,
     pub shards: Vec<ActorRef<ShardMsg>>,
@@ -59,6 +61,8 @@ pub struct IngestArgs {
 pub struct IngestState {
     shared: Arc<Shared>,
     dedupe: Dedupe,
+    /// Reservation keys across all shards (see `ingest::keys`).
+    keys: ReservationKeys,
     last_seq: u64,
     consume_from: u64,
     reader: Option<Reader>,
@@ -246,6 +250,32 @@ impl IngestState {
                 snapshot: b.snapshot,
                 at_ms: envelope.occurred_at_ms,
             },
+            Event::ReservationRequested(r) => {
+                if self.keys.admit(&r) {
+                    self.routed.route(seq, Event::ReservationRequested(r));
+                } else {
+                    self.routed.refuse(seq, r);
+                }
+                Step::Next(seq)
+            }
+            Event::ReservationBatch(mut b) => {
+                let keys = &mut self.keys;
+                let mut refused = Vec::new();
+                b.requests.retain(|r| {
+                    let ok = keys.admit(r);
+                    if !ok {
+                        refused.push(r.clone());
+                    }
+                    ok
+                });
+                if !b.requests.is_empty() {
+                    self.routed.route(seq, Event::ReservationBatch(b));
+                }
+                for r in refused {
+                    self.routed.refuse(seq, r);
+                }
+                Step::Next(seq)
+            }
             event => {
                 self.routed.route(seq, event);
                 Step::Next(seq)
@@ -373,8 +403,13 @@ impl IngestState {
         at_ms: i64,
     ) -> Result<(), ActorProcessingErr> {
         let snapshot = snapshot && self.shared.config.snapshot.enabled;
+        // As the shards prune their reservations at this barrier, with its time.
+        let remember = self.shared.config.reservations.remember.as_millis();
+        self.keys
+            .prune(at_ms, i64::try_from(remember).unwrap_or(i64::MAX));
         let ingest = snapshot.then(|| IngestSnapshot {
             dedupe: self.dedupe.clone(),
+            keys: self.keys.clone(),
         });
         self.coordinator
             .send_message(CoordMsg::Expect(BarrierHeader {
@@ -493,6 +528,7 @@ impl Actor for IngestActor {
         Ok(IngestState {
             shared: args.shared,
             dedupe,
+            keys: args.keys,
             last_seq: args.from_seq,
             consume_from: args.from_seq + 1,
             reader: None,

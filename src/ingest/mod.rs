@@ -4,5 +4,6 @@
 pub mod actor;
 pub mod deadletter;
 pub mod dedupe;
+pub mod keys;
 pub mod reader;
 pub mod route;

@@ -117,6 +117,15 @@ impl Routed {
         }
     }
 
+    /// Routes a reservation request whose key is bound to another request: its shard answers
+    /// it with a conflict and changes nothing.
+    pub fn refuse(&mut self, seq: u64, r: ReservationRequested) {
+        let s = shard_of(r.sku.as_str(), self.shard_ops.len());
+        self.shard_ops[s].push((seq, Op::Refuse(std::sync::Arc::new(r))));
+        self.shard_work += 1;
+        self.events += 1;
+    }
+
     /// Takes the batch, leaving an empty one of the same shape, sized like this one (batches
     /// are alike, so the vectors rarely grow).
     pub fn take(&mut self) -> Routed {

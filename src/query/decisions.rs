@@ -3,35 +3,69 @@
 //! The API registers a waiter under the reservation id before it publishes the request event;
 //! the owning shard completes every waiter of that id when it applies the event.
 
-use crate::apply::ledger::Decision;
+use crate::apply::ledger::{Decision, DecisionState};
 use crate::domain::ReservationId;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
+/// Which decisions under an id a waiter takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The answer to this request (its fingerprint): two requests under one key each get
+    /// their own answer, the first its decision and the other its conflict.
+    Request(u64),
+    /// Whatever happens to the reservation (a release), but not a conflict of another request.
+    Outcome,
+}
+
+impl Want {
+    fn takes(self, d: &Decision) -> bool {
+        match self {
+            Want::Request(fp) => d.request == fp || d.request == 0,
+            Want::Outcome => d.state != DecisionState::Conflict,
+        }
+    }
+}
+
+type Waiter = (Want, oneshot::Sender<Decision>);
+
 #[derive(Default)]
 pub struct Decisions {
-    waiters: DashMap<ReservationId, Vec<oneshot::Sender<Decision>>>,
+    waiters: DashMap<ReservationId, Vec<Waiter>>,
 }
 
 impl Decisions {
-    pub fn wait(&self, id: &ReservationId) -> oneshot::Receiver<Decision> {
+    pub fn wait(&self, id: &ReservationId, want: Want) -> oneshot::Receiver<Decision> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.entry(id.clone()).or_default().push(tx);
+        self.waiters.entry(id.clone()).or_default().push((want, tx));
         rx
     }
 
     pub fn complete(&self, decision: &Decision) {
-        if let Some((_, senders)) = self.waiters.remove(&decision.reservation_id) {
-            for tx in senders {
+        let id = &decision.reservation_id;
+        let Some(mut waiters) = self.waiters.get_mut(id) else {
+            return;
+        };
+        let mut i = 0;
+        while i < waiters.len() {
+            if waiters[i].0.takes(decision) {
+                let (_, tx) = waiters.swap_remove(i);
                 let _ = tx.send(decision.clone());
+            } else {
+                i += 1;
             }
+        }
+        let empty = waiters.is_empty();
+        drop(waiters);
+        if empty {
+            self.waiters.remove_if(id, |_, v| v.is_empty());
         }
     }
 
     /// Drops waiters whose caller gave up.
     pub fn forget_closed(&self) {
         self.waiters.retain(|_, v| {
-            v.retain(|tx| !tx.is_closed());
+            v.retain(|(_, tx)| !tx.is_closed());
             !v.is_empty()
         });
     }
@@ -52,7 +86,7 @@ pub struct ActiveReservations {
 impl ActiveReservations {
     /// Shard side: records the current state of a reservation.
     pub fn update(&self, d: &Decision) {
-        if d.state == "active" {
+        if d.state == DecisionState::Active {
             self.by_id.insert(
                 d.reservation_id.clone(),
                 (d.sku.clone(), d.expires_at_ms, d.clone()),

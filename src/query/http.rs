@@ -1,13 +1,16 @@
 //! HTTP API (axum). Every error is JSON `{"error": "..."}` with a 4xx for bad input; nothing
 //! answers 500 because of what a caller sent.
 
+use super::auth::{ApiAuth, Refusal, Scope};
+use super::listener;
 use super::model::{self, QueryError, QueryRequest};
 use super::reserve::{self, Reservations, ReserveError, ReserveRequest};
 use crate::supervise::shared::Shared;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -18,21 +21,89 @@ use std::sync::atomic::Ordering::Relaxed;
 pub struct ApiState {
     pub shared: Arc<Shared>,
     pub reservations: Arc<Reservations>,
+    pub auth: Arc<ApiAuth>,
 }
 
+/// Routes grouped by the scope they need; `/healthz` is open. There is no route that changes
+/// configuration or replays, so `admin` matters here only as "every scope".
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let guarded = |scope: Scope, routes: Router<ApiState>| {
+        routes.route_layer(middleware::from_fn_with_state(
+            Guard {
+                auth: state.auth.clone(),
+                scope,
+            },
+            guard,
+        ))
+    };
+    let queries = Router::new()
         .route("/v1/availability/query", post(query))
-        .route("/v1/availability/{sku}", get(availability))
+        .route("/v1/availability/{sku}", get(availability));
+    let reservations = Router::new()
         .route("/v1/reservations", post(create_reservation))
         .route(
             "/v1/reservations/{id}",
             get(get_reservation).delete(release_reservation),
-        )
+        );
+    let metrics_route = Router::new().route("/metrics", get(metrics));
+    let body_limit = state.shared.config.api.max_body_bytes;
+    let metrics_for_413 = state.shared.metrics.clone();
+    Router::new()
+        .merge(guarded(Scope::Query, queries))
+        .merge(guarded(Scope::Reserve, reservations))
+        .merge(guarded(Scope::Metrics, metrics_route))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::map_response(move |r: Response| {
+            let m = metrics_for_413.clone();
+            async move {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    m.http_body_too_large.fetch_add(1, Relaxed);
+                }
+                r
+            }
+        }))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+#[derive(Clone)]
+struct Guard {
+    auth: Arc<ApiAuth>,
+    scope: Scope,
+}
+
+/// 401 with `WWW-Authenticate` without a valid token, 403 without the route's scope.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    if !g.auth.enabled() {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match g.auth.check(header, g.scope) {
+        Ok(()) => next.run(req).await,
+        Err(Refusal::Forbidden) => error(
+            StatusCode::FORBIDDEN,
+            "this token does not carry the scope this route needs",
+        ),
+        Err(refusal) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                if refusal == Refusal::Missing {
+                    "an `Authorization: Bearer <token>` header is required"
+                } else {
+                    "the bearer token is not valid"
+                },
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"retailflow\""),
+            );
+            r
+        }
+    }
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -115,6 +186,7 @@ fn reserve_error(e: ReserveError) -> Response {
     match e {
         ReserveError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
         ReserveError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        ReserveError::Conflict(m) => error(StatusCode::CONFLICT, m),
         ReserveError::Unavailable(m) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, m);
             r.headers_mut()
@@ -192,28 +264,22 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// Binds and serves until `shutdown` resolves. Returns the bound address.
+/// Binds and serves until `shutdown` resolves, with the bounds of `api.*` and HTTPS when
+/// `tls` is given ([`super::listener`]). Returns the bound address.
 pub async fn serve(
     state: ApiState,
     listen: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    // No Nagle delay on answers: they are small and latency is the point.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let bounds = listener::Bounds::of(&state.shared.config.api);
+    let metrics = state.shared.metrics.clone();
     let app = router(state);
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(%error, "HTTP API stopped");
-        }
-    });
+    let task = tokio::spawn(listener::run(listener, app, tls, bounds, metrics, shutdown));
     Ok((addr, task))
 }
 
+pub use listener::tls_acceptor;
 pub use reserve::ReserveAnswer;

@@ -217,9 +217,12 @@ pub async fn answer(
         return Err(QueryError::NotReady);
     }
     if let Some(seq) = req.min_as_of {
+        // One deadline for the whole query: a batch of 100 skus must not wait 100 times.
+        let deadline = tokio::time::Instant::now() + max_wait;
         for s in &req.skus {
             let sku = Sku::from(s.as_str());
-            if !view.wait_for(&sku, seq, max_wait).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !view.wait_for(&sku, seq, left).await {
                 let at = view.read(&sku).1;
                 return Err(QueryError::NotYet {
                     wanted: seq,
@@ -274,4 +277,54 @@ pub async fn answer(
     }
     let as_of = results.iter().map(|r| r.as_of).min().unwrap_or(0);
     Ok(QueryResponse { as_of, results })
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use crate::apply::view::{View, shard_of};
+
+    /// Skus of `n` different shards.
+    fn one_per_shard(n: usize) -> Vec<String> {
+        let mut out: Vec<(usize, String)> = Vec::new();
+        for i in 0.. {
+            let sku = format!("S{i}");
+            let s = shard_of(&sku, n);
+            if !out.iter().any(|(o, _)| *o == s) {
+                out.push((s, sku));
+            }
+            if out.len() == n {
+                break;
+            }
+        }
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_as_of_waits_one_deadline_for_the_whole_query() {
+        let view = View::new(4);
+        view.set_ready(true);
+        let skus = one_per_shard(4);
+        // Each shard catches up 1.5 s after the one before: each wait alone is within 2 s,
+        // all of them together are not.
+        let setter = view.clone();
+        let order: Vec<usize> = skus.iter().map(|s| shard_of(s, 4)).collect();
+        tokio::spawn(async move {
+            for shard in order {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                setter.set_applied(shard, 10);
+            }
+        });
+        let req = QueryRequest {
+            skus,
+            min_as_of: Some(10),
+            ..Default::default()
+        };
+        let max_wait = Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        let r = answer(&view, &req, max_wait).await;
+        assert!(matches!(r, Err(QueryError::NotYet { .. })), "{r:?}");
+        // Paused time: the clock moved exactly as far as the query slept.
+        assert_eq!(started.elapsed(), max_wait);
+    }
 }

@@ -10,7 +10,7 @@
 //! ([`QUERY_SUBJECTS`], [`RESERVE_SUBJECTS`]).
 
 use super::model::{self, QueryRequest};
-use super::reserve::{Reservations, ReserveRequest};
+use super::reserve::{Reservations, ReserveError, ReserveRequest};
 use crate::domain::subject;
 use crate::supervise::shared::Shared;
 use futures::StreamExt;
@@ -31,6 +31,18 @@ fn encode<T: Serialize>(r: Result<T, String>) -> bytes::Bytes {
     };
     v.unwrap_or_else(|_| b"{\"error\":\"encoding failed\"}".to_vec())
         .into()
+}
+
+/// A reservation's answer; a reused key answers `{"error": ..., "code": 409}` like HTTP.
+fn encode_reserve(r: Result<super::reserve::ReserveAnswer, ReserveError>) -> bytes::Bytes {
+    match r {
+        Err(ReserveError::Conflict(m)) => {
+            serde_json::to_vec(&serde_json::json!({ "error": m, "code": 409 }))
+                .unwrap_or_else(|_| b"{\"error\":\"encoding failed\"}".to_vec())
+                .into()
+        }
+        other => encode(other.map_err(|e| e.to_string())),
+    }
 }
 
 /// Queries (reservations and releases are taken in [`serve`]'s loop).
@@ -122,14 +134,15 @@ pub async fn serve(
             match msg.subject.as_str() {
                 subject::ATP_RESERVE => {
                     // Queued for the stream here, in the subscriber's loop, before any wait.
-                    let submitted = serde_json::from_slice::<ReserveRequest>(&msg.payload)
-                        .map_err(|e| format!("request: {e}"))
-                        .and_then(|req| reservations.submit(req).map_err(|e| e.to_string()));
+                    let submitted = match serde_json::from_slice::<ReserveRequest>(&msg.payload) {
+                        Ok(req) => reservations.submit(req),
+                        Err(e) => Err(ReserveError::BadRequest(format!("request: {e}"))),
+                    };
                     match submitted {
                         Ok(s) => waiting.push(Box::pin(async move {
-                            (reply, encode(s.answer().await.map_err(|e| e.to_string())))
+                            (reply, encode_reserve(s.answer().await))
                         })),
-                        Err(e) => send_reply(&client, reply, encode::<()>(Err(e))).await,
+                        Err(e) => send_reply(&client, reply, encode_reserve(Err(e))).await,
                     }
                 }
                 subject::ATP_RELEASE => {

@@ -3,13 +3,14 @@
 //! event too, published by a timer, so replaying the stream reproduces every grant, rejection
 //! and expiry (invariant 1).
 
-use crate::apply::ledger::Decision;
+use crate::apply::ledger::{Decision, DecisionState, request_fingerprint};
 use crate::domain::money::MAX_QTY;
 use crate::domain::{
     ChannelId, Envelope, Event, EventId, LocationId, ReservationBatch, ReservationExpired,
     ReservationId, ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId,
     Target, ids::check_token, subject,
 };
+use crate::query::decisions::Want;
 use crate::snapshot::ticker::now_ms;
 use crate::supervise::shared::Shared;
 use futures::StreamExt;
@@ -75,7 +76,7 @@ impl From<Decision> for ReserveAnswer {
             reservation_id: d.reservation_id.to_string(),
             sku: d.sku.to_string(),
             granted: d.granted,
-            state: d.state,
+            state: d.state.as_str().to_string(),
             allocations: d
                 .allocations
                 .into_iter()
@@ -99,6 +100,15 @@ pub enum ReserveError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The idempotency key is bound to another request (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub const KEY_REUSED: &str = "idempotency key reused with a different request";
+
+fn key_reused() -> ReserveError {
+    ReserveError::Conflict(KEY_REUSED.into())
 }
 
 /// Publishes events into the stream under one source id with its own sequence.
@@ -160,7 +170,7 @@ const BATCH_LIMIT: usize = 256;
 /// `reservation_requested`). Under light load every request leaves at once; under heavy load
 /// the stream takes one message per batch instead of one per request. The batches in flight
 /// are awaited in this task, not a task each: a batch costs no spawn and no extra wake-up.
-async fn batcher(publisher: Arc<Publisher>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+async fn batcher(publisher: Arc<Publisher>, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let mut in_flight = futures::stream::FuturesUnordered::new();
     loop {
         let first = tokio::select! {
@@ -204,7 +214,8 @@ async fn publish_batch(publisher: Arc<Publisher>, batch: Vec<Pending>) {
 pub struct Reservations {
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
-    requests: tokio::sync::mpsc::UnboundedSender<Pending>,
+    /// Bounded by `reservations.max_queued`: a full queue answers 503 instead of growing.
+    requests: tokio::sync::mpsc::Sender<Pending>,
 }
 
 impl Reservations {
@@ -221,7 +232,8 @@ impl Reservations {
             source: SourceId::from(source.as_str()),
             seq: AtomicU64::new(0),
         });
-        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (requests, rx) =
+            tokio::sync::mpsc::channel(shared.config.reservations.max_queued.max(1));
         tokio::spawn(batcher(publisher.clone(), rx));
         Reservations {
             shared,
@@ -240,7 +252,7 @@ impl Reservations {
         token: &str,
         event: Event,
     ) -> Result<ReserveAnswer, ReserveError> {
-        let decision = self.shared.decisions.wait(id);
+        let decision = self.shared.decisions.wait(id, Want::Outcome);
         self.publish(token, event).await?;
         let submitted = Submitted {
             shared: self.shared.clone(),
@@ -314,16 +326,38 @@ impl Reservations {
             expires_at_ms,
             allow_partial: req.allow_partial,
         };
-        let decision = self.shared.decisions.wait(&id);
+        let fp = request_fingerprint(&request);
+        // Early answer when this replica already holds the key for another request; the
+        // shards and ingest enforce the same in stream order whatever this says.
+        if let Some((_, d)) = self.shared.active.get(&id) {
+            if d.request != 0 && d.request != fp {
+                self.shared
+                    .metrics
+                    .reservation_key_conflicts
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(key_reused());
+            }
+        }
+        // A slot first, then the waiter: a full queue leaves nothing behind.
+        let slot = self.requests.try_reserve().map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(()) => {
+                self.shared
+                    .metrics
+                    .reservation_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                ReserveError::Unavailable(
+                    "too many reservation requests queued; retry shortly with the same idempotency_key".into(),
+                )
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(()) => publisher_stopped(),
+        })?;
+        let decision = self.shared.decisions.wait(&id, Want::Request(fp));
         let (published, stored) = tokio::sync::oneshot::channel();
-        let pending = Pending {
+        slot.send(Pending {
             request,
             token,
             published,
-        };
-        self.requests
-            .send(pending)
-            .map_err(|_| publisher_stopped())?;
+        });
         Ok(Submitted {
             shared: self.shared.clone(),
             decision,
@@ -388,6 +422,7 @@ impl Submitted {
             tokio::select! {
                 biased;
                 d = &mut decision => match d {
+                    Ok(d) if d.state == DecisionState::Conflict => return Err(key_reused()),
                     Ok(d) => return Ok(d.into()),
                     // Only a pipeline going away drops a waiter unanswered.
                     Err(_) => return Err(ReserveError::Unavailable(

@@ -29,6 +29,9 @@ pub enum FormatError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IngestState {
     pub dedupe: Dedupe,
+    /// Reservation keys across shards (absent in snapshots from before they were kept).
+    #[serde(default)]
+    pub keys: crate::ingest::keys::ReservationKeys,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +114,7 @@ mod tests {
             ingest: ByteBuf::from(
                 encode_part(&IngestState {
                     dedupe: Dedupe::new(64),
+                    keys: Default::default(),
                 })
                 .unwrap(),
             ),

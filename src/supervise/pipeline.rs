@@ -6,6 +6,7 @@ use super::supervisor::{CrashTarget, Supervisor, SupervisorArgs, SupervisorMsg};
 use super::threads::OwnRuntime;
 use crate::bus::{self, BusError};
 use crate::config::Config;
+use crate::query::auth::ApiAuth;
 use crate::query::http::{self, ApiState};
 use crate::query::reserve::{self, Reservations};
 use crate::snapshot::coordinator::{CoordMsg, CoordStatus};
@@ -31,6 +32,10 @@ pub enum StartError {
     Spawn(String),
     #[error("cannot listen on {addr}: {error}")]
     Listen { addr: String, error: std::io::Error },
+    #[error(transparent)]
+    Tokens(#[from] crate::query::auth::TokenFileError),
+    #[error("HTTPS: {0}")]
+    Tls(String),
 }
 
 pub struct Pipeline {
@@ -46,6 +51,8 @@ pub struct Pipeline {
     http_addr: Option<SocketAddr>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub reservations: Arc<Reservations>,
+    /// The HTTP API's tokens (re-read on SIGHUP, or by [`Pipeline::reload_tokens`]).
+    auth: Arc<ApiAuth>,
     /// The data path's runtime; shut down in the background when the pipeline stops.
     runtime: Option<OwnRuntime>,
     /// The API's runtime (HTTP, NATS queries); likewise.
@@ -103,6 +110,9 @@ impl Pipeline {
     }
 
     pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+        // First, so a bad tokens file or certificate stops the start before anything runs.
+        let auth = Arc::new(ApiAuth::load(&config.api.tokens_file, metrics.clone())?);
+        let tls = http::tls_acceptor(&config.api).map_err(StartError::Tls)?;
         let runtime = data_runtime(&config.runtime)?;
         let data = runtime.handle();
         let api_rt = api_runtime(&config.runtime)?;
@@ -173,11 +183,12 @@ impl Pipeline {
             let state = ApiState {
                 shared: shared.clone(),
                 reservations: reservations.clone(),
+                auth: auth.clone(),
             };
             let listen = config.api.http.clone();
             let (addr, task) = api
                 .spawn(async move {
-                    http::serve(state, &listen, async {
+                    http::serve(state, &listen, tls, async {
                         let _ = rx.await;
                     })
                     .await
@@ -192,6 +203,16 @@ impl Pipeline {
             http_addr = Some(addr);
             http_stop = Some(tx);
             tasks.push(task);
+        }
+        #[cfg(unix)]
+        if auth.enabled() {
+            let for_hup = auth.clone();
+            let t = api
+                .spawn(async move { crate::query::auth::reload_on_sighup(for_hup) })
+                .await
+                .map_err(|e| StartError::Spawn(e.to_string()))?
+                .map_err(|e| StartError::Spawn(format!("SIGHUP handler: {e}")))?;
+            tasks.push(t);
         }
         if config.api.nats {
             use crate::query::nats::{QUERY_SUBJECTS, RESERVE_SUBJECTS, serve};
@@ -224,6 +245,7 @@ impl Pipeline {
             http_addr,
             http_stop,
             reservations,
+            auth,
             runtime: Some(runtime),
             api_runtime: Some(api_rt),
         })
@@ -231,6 +253,11 @@ impl Pipeline {
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Re-reads `api.tokens_file` (what SIGHUP does). A bad file keeps the tokens in force.
+    pub fn reload_tokens(&self) -> Result<usize, crate::query::auth::TokenFileError> {
+        self.auth.reload()
     }
 
     /// Resolves when the supervisor gives up (restart intensity exceeded or recovery refused).

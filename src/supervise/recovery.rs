@@ -43,6 +43,7 @@ pub struct Restored {
     pub ledgers: Vec<Ledger>,
     pub stores: Vec<(LocationId, StoreAggregator)>,
     pub dedupe: Dedupe,
+    pub keys: crate::ingest::keys::ReservationKeys,
     pub unreleased: Vec<PostingDoc>,
 }
 
@@ -55,6 +56,7 @@ impl Restored {
                 .collect(),
             stores: Vec::new(),
             dedupe: Dedupe::new(shared.config.ingest.reorder_window),
+            keys: Default::default(),
             unreleased: Vec::new(),
         }
     }
@@ -111,6 +113,7 @@ pub async fn restore(
                 .collect::<Result<_, format::FormatError>>()?;
             let ingest: IngestState = format::decode_part(&snap.ingest)?;
             restored.dedupe = ingest.dedupe;
+            restored.keys = ingest.keys;
             if released < snap.seq {
                 restored.unreleased = snap.unreleased;
             }

@@ -173,6 +173,7 @@ impl SupervisorState {
             IngestArgs {
                 shared: shared.clone(),
                 dedupe: restored.dedupe,
+                keys: restored.keys,
                 from_seq: restored.seq,
                 shards: shards.clone(),
                 stores,

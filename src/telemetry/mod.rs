@@ -82,6 +82,34 @@ pub struct Metrics {
     pub reservations_rejected: AtomicU64,
     /// Messages published on the availability change feed (changes and resets).
     pub feed_messages: AtomicU64,
+    // --- API trust boundary (issue 25, H3): tokens, HTTP bounds, reservation bounds ---
+    /// HTTP requests refused for want of a bearer token (401).
+    pub auth_missing: AtomicU64,
+    /// HTTP requests refused for an unknown token (401).
+    pub auth_invalid: AtomicU64,
+    /// HTTP requests refused because the token lacks the route's scope (403).
+    pub auth_forbidden: AtomicU64,
+    pub token_reloads: AtomicU64,
+    pub token_reload_failures: AtomicU64,
+    /// HTTP connections open now.
+    pub http_connections: AtomicI64,
+    /// Times a new connection had to wait because `api.max_connections` were open.
+    pub http_connection_limit_hits: AtomicU64,
+    /// Connections closed for not sending a request head within `api.header_timeout`.
+    pub http_header_timeouts: AtomicU64,
+    /// Connections closed after `api.idle_timeout` without traffic.
+    pub http_idle_closed: AtomicU64,
+    /// Requests answered 413 (body over `api.max_body_bytes`).
+    pub http_body_too_large: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub http_tls_failures: AtomicU64,
+    /// Reservation requests refused: idempotency key reused with a different request.
+    pub reservation_key_conflicts: AtomicU64,
+    /// Remembered rejections forgotten early because a shard held `reservations.max_rejected`.
+    pub rejections_evicted: AtomicU64,
+    /// Reservation requests answered 503 because the publish queue was full.
+    pub reservation_queue_full: AtomicU64,
+    // --- end H3 ---
     pub endpoints: DashMap<String, Arc<EndpointMetrics>>,
     pub dead_letter_reasons: DashMap<String, u64>,
 
@@ -247,6 +275,89 @@ impl Metrics {
             "feed_messages_total",
             "Availability change feed messages published.",
             self.feed_messages.load(Relaxed),
+        );
+        // API trust boundary (H3).
+        for (kind, v) in [
+            ("missing", &self.auth_missing),
+            ("invalid", &self.auth_invalid),
+            ("forbidden", &self.auth_forbidden),
+        ] {
+            if kind == "missing" {
+                let _ = writeln!(
+                    out,
+                    "# HELP retailflow_auth_failures_total HTTP requests refused, by kind."
+                );
+                let _ = writeln!(out, "# TYPE retailflow_auth_failures_total counter");
+            }
+            let _ = writeln!(
+                out,
+                "retailflow_auth_failures_total{{kind=\"{kind}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP retailflow_{name} {help}");
+            let _ = writeln!(out, "# TYPE retailflow_{name} counter");
+            let _ = writeln!(out, "retailflow_{name} {v}");
+        };
+        for (name, help, v) in [
+            (
+                "token_reloads_total",
+                "API tokens file reloads.",
+                &self.token_reloads,
+            ),
+            (
+                "token_reload_failures_total",
+                "API tokens file reloads refused (old tokens kept).",
+                &self.token_reload_failures,
+            ),
+            (
+                "http_connection_limit_hits_total",
+                "New HTTP connections that waited for api.max_connections.",
+                &self.http_connection_limit_hits,
+            ),
+            (
+                "http_header_timeouts_total",
+                "HTTP connections closed by api.header_timeout.",
+                &self.http_header_timeouts,
+            ),
+            (
+                "http_idle_closed_total",
+                "HTTP connections closed by api.idle_timeout.",
+                &self.http_idle_closed,
+            ),
+            (
+                "http_body_too_large_total",
+                "HTTP requests answered 413 (api.max_body_bytes).",
+                &self.http_body_too_large,
+            ),
+            (
+                "http_tls_failures_total",
+                "TLS handshakes failed or timed out.",
+                &self.http_tls_failures,
+            ),
+            (
+                "reservation_key_conflicts_total",
+                "Reservation requests refused: idempotency key reused with a different request.",
+                &self.reservation_key_conflicts,
+            ),
+            (
+                "rejections_evicted_total",
+                "Remembered reservation rejections forgotten at reservations.max_rejected.",
+                &self.rejections_evicted,
+            ),
+            (
+                "reservation_queue_full_total",
+                "Reservation requests answered 503: publish queue full.",
+                &self.reservation_queue_full,
+            ),
+        ] {
+            counter(name, help, v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP retailflow_http_connections HTTP connections open.\n# TYPE retailflow_http_connections gauge\nretailflow_http_connections {}",
+            self.http_connections.load(Relaxed)
         );
         let _ = writeln!(
             out,
