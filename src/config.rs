@@ -289,6 +289,12 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// Whether snapshots are taken at all (off: recovery replays the whole stream).
     pub enabled: bool,
+    /// Posting documents formed but not released (no durable snapshot yet) above which
+    /// ingest pauses, as for an ERP backlog.
+    pub max_pending_postings: u64,
+    /// `/healthz` answers 503 when snapshots have failed for this long.
+    #[serde(with = "duration")]
+    pub fail_after: Duration,
 }
 
 impl Default for SnapshotConfig {
@@ -299,6 +305,8 @@ impl Default for SnapshotConfig {
             every_events: 1_000_000,
             keep: 3,
             enabled: true,
+            max_pending_postings: 100_000,
+            fail_after: Duration::from_secs(120),
         }
     }
 }

@@ -352,3 +352,126 @@ async fn stream_byte_limits_are_set_on_existing_streams_or_refused_with_a_reason
         .expect_err("a limit below the stored bytes is refused");
     assert!(err.to_string().contains("max_bytes"), "{err}");
 }
+
+async fn healthz(base: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_stall_with_its_lag_and_a_paused_endpoint_as_degraded() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    cfg.ingest.stall_after = Duration::from_secs(1);
+    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+    let base = format!("http://{}", pipeline.http_addr().unwrap());
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let first = publish(
+        &js,
+        &envelope("wms/DC1", 1, receipt("DC1", "H", 1)),
+        false,
+        true,
+    )
+    .await;
+    assert!(
+        pipeline
+            .shared
+            .view
+            .wait_all(first, Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            let (code, body) = healthz(&base).await;
+            code == 200 && body["status"] == "ok"
+        })
+        .await,
+        "healthy while ingest keeps up"
+    );
+
+    // Ingest held (the test hook): events wait in the stream and nothing is applied.
+    pipeline
+        .shared
+        .hold
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut last = 0;
+    for seq in 2..=4 {
+        last = publish(
+            &js,
+            &envelope("wms/DC1", seq, receipt("DC1", "H", 1)),
+            false,
+            true,
+        )
+        .await;
+    }
+    let applied = pipeline.shared.view.applied_all();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            healthz(&base).await.0 == 503
+        })
+        .await,
+        "a stall is reported"
+    );
+    let (_, body) = healthz(&base).await;
+    assert_eq!(body["status"], "stalled", "{body}");
+    // lag = stream's last sequence (as the ticker last learnt it) - applied: at least our
+    // three held receipts, at most what the stream holds now (barriers land there too).
+    let (lag, as_of) = (
+        body["lag"].as_u64().unwrap(),
+        body["as_of"].as_u64().unwrap(),
+    );
+    assert_eq!(as_of, applied, "nothing applied while held: {body}");
+    assert!(lag >= last - applied, "{body}");
+    assert!(
+        lag <= last_seq(&js, "RETAIL_EVENTS").await - applied,
+        "{body}"
+    );
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("not advanced"),
+        "{body}"
+    );
+
+    // Released: it catches up and health comes back.
+    pipeline
+        .shared
+        .hold
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        pipeline
+            .shared
+            .view
+            .wait_all(last, Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            healthz(&base).await.0 == 200
+        })
+        .await,
+        "healthy again after catching up"
+    );
+
+    // An ERP endpoint paused (the delivery side moves this gauge): degraded, still 200.
+    pipeline
+        .shared
+        .metrics
+        .erp_paused_endpoints
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let (code, body) = healthz(&base).await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("degraded")),
+        "{body}"
+    );
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("erp endpoint paused")
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await;
+}

@@ -231,16 +231,55 @@ async fn get_reservation(State(st): State<ApiState>, Path(id): Path<String>) -> 
     }
 }
 
+/// The truth about the pipeline: `lag` is the events stream's last sequence (learnt by the
+/// barrier ticker's stream-info call each `barrier.interval`) minus what every shard applied.
+/// 503 while recovering, when ingest has not advanced for `ingest.stall_after` with lag, or
+/// when snapshots have failed for `snapshot.fail_after`; 200 `degraded` while an ERP endpoint
+/// is paused. `reasons` says why.
 async fn healthz(State(st): State<ApiState>) -> Response {
-    let ready = st.shared.view.is_ready();
+    let shared = &st.shared;
+    let m = &shared.metrics;
+    let cfg = &shared.config;
+    let ready = shared.view.is_ready();
+    let applied = shared.view.applied_all();
+    let lag = m.stream_last_seq.load(Relaxed).saturating_sub(applied);
+    let now = crate::snapshot::ticker::now_ms().max(0) as u64;
+    let mut reasons: Vec<String> = Vec::new();
+    let mut status = if ready { "ok" } else { "recovering" };
+    let idle_ms = now.saturating_sub(m.ingest_progress_at_ms.load(Relaxed));
+    if ready && lag > 0 && idle_ms > cfg.ingest.stall_after.as_millis() as u64 {
+        status = "stalled";
+        reasons.push(format!(
+            "ingest has not advanced for {} s with {lag} events waiting",
+            idle_ms / 1000
+        ));
+    }
+    let failing_since = m.snapshot_failing_since_ms.load(Relaxed);
+    if failing_since > 0 {
+        let failing_ms = now.saturating_sub(failing_since);
+        if failing_ms > cfg.snapshot.fail_after.as_millis() as u64 {
+            if status == "ok" {
+                status = "failing";
+            }
+            reasons.push(format!("snapshots have failed for {} s", failing_ms / 1000));
+        }
+    }
+    let paused = m.erp_paused_endpoints.load(Relaxed);
+    if paused > 0 {
+        if status == "ok" {
+            status = "degraded";
+        }
+        reasons.push(format!("erp endpoint paused ({paused})"));
+    }
     let body = serde_json::json!({
-        "status": if ready { "ok" } else { "recovering" },
-        "as_of": st.shared.view.applied_all(),
-        "lag": st.shared.metrics.consumer_lag.load(Relaxed),
-        "paused_for_erp_backlog": st.shared.paused.load(Relaxed),
+        "status": status,
+        "reasons": reasons,
+        "as_of": applied,
+        "lag": lag,
+        "paused_for_erp_backlog": shared.paused.load(Relaxed),
     });
     json(
-        if ready {
+        if matches!(status, "ok" | "degraded") {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE

@@ -224,6 +224,10 @@ impl CoordState {
                 match written {
                     Ok(ptr) => {
                         self.shared.metrics.snapshots.fetch_add(1, Relaxed);
+                        self.shared
+                            .metrics
+                            .snapshot_failing_since_ms
+                            .store(0, Relaxed);
                         self.status.last_snapshot = seq;
                         self.unsnapshotted = false;
                         tracing::info!(
@@ -235,6 +239,12 @@ impl CoordState {
                         self.release(seq).await;
                     }
                     Err(error) => {
+                        let m = &self.shared.metrics;
+                        m.snapshot_failures.fetch_add(1, Relaxed);
+                        let now = crate::snapshot::ticker::now_ms().max(1) as u64;
+                        let _ = m
+                            .snapshot_failing_since_ms
+                            .compare_exchange(0, now, Relaxed, Relaxed);
                         tracing::error!(%error, seq, "snapshot failed; postings stay unreleased until the next one");
                     }
                 }
@@ -270,6 +280,10 @@ impl CoordState {
             }
         }
         self.status.unreleased = self.unreleased.len();
+        self.shared
+            .metrics
+            .snapshot_pending_postings
+            .store(self.unreleased.len() as u64, Relaxed);
     }
 }
 

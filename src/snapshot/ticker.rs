@@ -179,6 +179,11 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
         }
     };
     let mut cadence = Cadence::new(&cfg, Instant::now());
+    let mut applied_before = shared.view.applied_all();
+    shared
+        .metrics
+        .ingest_progress_at_ms
+        .store(now_ms().max(0) as u64, Relaxed);
     let mut interval = tokio::time::interval(cfg.barrier.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -188,7 +193,14 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
         }
         // Backpressure from the ERP side.
         let pending = backlog(&shared);
-        let pause = pending > cfg.barrier.backlog_pause;
+        // Postings held for want of a durable snapshot count like an ERP backlog: beyond the
+        // bound ingest pauses, so a failing snapshot store cannot fill memory.
+        let unsnapshotted = shared.metrics.snapshot_pending_postings.load(Relaxed);
+        let held = unsnapshotted > cfg.snapshot.max_pending_postings;
+        if held && !shared.paused.load(Relaxed) {
+            shared.metrics.snapshot_backpressure.fetch_add(1, Relaxed);
+        }
+        let pause = pending > cfg.barrier.backlog_pause || held;
         if shared.paused.swap(pause, Relaxed) != pause {
             tracing::warn!(pending, paused = pause, "ERP backlog changed ingest state");
         }
@@ -202,6 +214,15 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
             }
         };
         shared.metrics.stream_last_seq.store(last_seq, Relaxed);
+        // Progress for `/healthz`: the applied sequence moved, or there is nothing to apply.
+        let applied = shared.view.applied_all();
+        if applied != applied_before || applied >= last_seq {
+            applied_before = applied;
+            shared
+                .metrics
+                .ingest_progress_at_ms
+                .store(now_ms().max(0) as u64, Relaxed);
+        }
         let Some((flush, snapshot)) =
             cadence.due(Instant::now(), last_seq, shared.view.applied_all())
         else {

@@ -140,6 +140,11 @@ pub struct Metrics {
     /// ERP endpoints currently paused (the ERP answers as if it were down or misconfigured);
     /// the delivery side moves it, `/healthz` reports `degraded` while it is above zero.
     pub erp_paused_endpoints: AtomicU64,
+    /// Unix ms when ingest was last seen making progress (applied moved, or nothing to do);
+    /// set by the barrier ticker each tick, read by `/healthz`.
+    pub ingest_progress_at_ms: AtomicU64,
+    /// Unix ms of the first snapshot failure since the last success; 0 while snapshots work.
+    pub snapshot_failing_since_ms: AtomicU64,
 }
 
 impl Metrics {
