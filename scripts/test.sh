@@ -9,3 +9,7 @@ export RETAILFLOW_NATS_SERVER="$root/.tools/nats-server/bin/nats-server"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --release
+# Fuzz smoke: every target for a few seconds on nightly with the committed corpus (the long
+# runs are `scripts/fuzz.sh 600`). cargo-fuzz comes from crates.io when it is missing.
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+scripts/fuzz.sh "${RETAILFLOW_FUZZ_SECONDS:-10}"
