@@ -396,7 +396,8 @@ async fn healthz_reports_a_stall_with_its_lag_and_a_paused_endpoint_as_degraded(
         .hold
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut last = 0;
-    for seq in 2..=4 {
+    let mut seq = 2;
+    while seq <= 4 {
         last = publish(
             &js,
             &envelope("wms/DC1", seq, receipt("DC1", "H", 1)),
@@ -404,15 +405,32 @@ async fn healthz_reports_a_stall_with_its_lag_and_a_paused_endpoint_as_degraded(
             true,
         )
         .await;
+        seq += 1;
     }
+    // A pull already on its way when the hold was set may still carry these in; then the
+    // stream holds nothing unapplied, and one more receipt (which the hold does keep out)
+    // makes the backlog the stall is about.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut stalled = false;
+    while std::time::Instant::now() < deadline {
+        if healthz(&base).await.0 == 503 {
+            stalled = true;
+            break;
+        }
+        if pipeline.shared.view.applied_all() >= last {
+            last = publish(
+                &js,
+                &envelope("wms/DC1", seq, receipt("DC1", "H", 1)),
+                false,
+                true,
+            )
+            .await;
+            seq += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(stalled, "a stall is reported");
     let applied = pipeline.shared.view.applied_all();
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            healthz(&base).await.0 == 503
-        })
-        .await,
-        "a stall is reported"
-    );
     let (_, body) = healthz(&base).await;
     assert_eq!(body["status"], "stalled", "{body}");
     // lag = stream's last sequence (as the ticker last learnt it) - applied: at least our
