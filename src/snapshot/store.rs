@@ -161,7 +161,7 @@ impl SnapshotStore {
                 }
             }
         }
-        older.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        older.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
         Ok(older.into_iter().map(|(_, n)| n).collect())
     }
 
