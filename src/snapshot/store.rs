@@ -125,22 +125,60 @@ impl SnapshotStore {
         }
     }
 
-    /// Loads the snapshot the pointer names.
-    pub async fn load_latest(&self, shards: usize) -> Result<Option<Snapshot>, SnapshotError> {
+    /// The snapshots recovery may start from, newest first: the one the pointer names, then
+    /// the older kept ones (`snapshot.keep`), so a corrupt or missing latest object falls back
+    /// to an older one instead of blocking start-up. Objects newer than the pointer are not
+    /// offered: the pointer only moves after an upload finished. Empty without a pointer.
+    /// A failure to list the older ones is returned beside the latest, not instead of it.
+    pub async fn candidates(&self) -> Result<(Vec<String>, Option<String>), SnapshotError> {
         let Some(ptr) = self.pointer().await? else {
-            return Ok(None);
+            return Ok((Vec::new(), None));
         };
+        let mut names = vec![ptr.object.clone()];
+        match self.older_than(ptr.seq).await {
+            Ok(older) => {
+                names.extend(older.into_iter().filter(|n| *n != ptr.object));
+                Ok((names, None))
+            }
+            Err(e) => Ok((names, Some(e.to_string()))),
+        }
+    }
+
+    /// Kept snapshot objects older than `seq`, newest first.
+    async fn older_than(&self, seq: u64) -> Result<Vec<String>, SnapshotError> {
+        use futures::StreamExt;
+        let mut list = self.objects.list().await.map_err(storage_err)?;
+        let mut older = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(storage_err)?;
+            let s = info
+                .name
+                .strip_prefix("snapshot-")
+                .and_then(|s| s.parse::<u64>().ok());
+            if let (false, Some(s)) = (info.deleted, s) {
+                if s < seq {
+                    older.push((s, info.name));
+                }
+            }
+        }
+        older.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        Ok(older.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Reads and decodes one snapshot object.
+    pub async fn load(&self, name: &str, shards: usize) -> Result<Snapshot, SnapshotError> {
         let mut object = self
             .objects
-            .get(&ptr.object)
+            .get(name)
             .await
-            .map_err(|e| storage_err(format!("reading {}: {e}", ptr.object)))?;
-        let mut bytes = Vec::with_capacity(ptr.bytes as usize);
+            .map_err(|e| storage_err(format!("reading {name}: {e}")))?;
+        // Grown as read, not sized by the stored length (which a damaged store could inflate).
+        let mut bytes = Vec::new();
         object
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| storage_err(format!("reading {}: {e}", ptr.object)))?;
-        Ok(Some(Snapshot::decode(&bytes, shards)?))
+            .map_err(|e| storage_err(format!("reading {name}: {e}")))?;
+        Ok(Snapshot::decode(&bytes, shards)?)
     }
 
     /// Records that the postings of every barrier up to `seq` are in the outbox.

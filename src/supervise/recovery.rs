@@ -6,7 +6,7 @@ use crate::aggregate::store::StoreAggregator;
 use crate::apply::ledger::Ledger;
 use crate::domain::LocationId;
 use crate::ingest::dedupe::Dedupe;
-use crate::snapshot::format::{self, IngestState};
+use crate::snapshot::format::{self, IngestState, Snapshot};
 use crate::snapshot::store::{SnapshotError, SnapshotStore};
 use crate::supervise::shared::Shared;
 
@@ -29,6 +29,10 @@ pub enum RecoveryError {
         last: u64,
         snapshot: u64,
     },
+    #[error(
+        "no kept snapshot could be loaded; tried {tried}{listing}. Restore the snapshot bucket, or delete it and its -ptr KV bucket to rebuild from the events stream if it still holds every event"
+    )]
+    NoUsableSnapshot { tried: String, listing: String },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
@@ -90,6 +94,83 @@ pub fn check_bounds(
     Ok(())
 }
 
+/// A snapshot's parts, decoded.
+struct Parts {
+    ledgers: Vec<Ledger>,
+    stores: Vec<(LocationId, StoreAggregator)>,
+    ingest: IngestState,
+}
+
+fn decode_parts(snap: &Snapshot) -> Result<Parts, format::FormatError> {
+    Ok(Parts {
+        ledgers: snap
+            .shards
+            .iter()
+            .map(|b| format::decode_part::<Ledger>(b))
+            .collect::<Result<_, _>>()?,
+        stores: snap
+            .stores
+            .iter()
+            .map(|(l, b)| Ok((l.clone(), format::decode_part::<StoreAggregator>(b)?)))
+            .collect::<Result<_, format::FormatError>>()?,
+        ingest: format::decode_part(&snap.ingest)?,
+    })
+}
+
+/// The newest kept snapshot that loads and decodes, trying the one the pointer names first.
+/// Starting from an older one is exact: state is a function of the stream, so replay from its
+/// sequence reaches the same state (the stream must still hold the events after it, checked
+/// by the caller). A shard-count mismatch is a configuration error, not damage: no fallback.
+async fn load_newest_usable(
+    shared: &Shared,
+    store: &SnapshotStore,
+) -> Result<Option<(Snapshot, Parts)>, RecoveryError> {
+    let shards = shared.config.shards.count;
+    let (names, list_error) = store.candidates().await?;
+    let mut skipped: Vec<String> = Vec::new();
+    for name in &names {
+        let attempt = match store.load(name, shards).await {
+            Ok(snap) => decode_parts(&snap)
+                .map(|p| (snap, p))
+                .map_err(SnapshotError::from),
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(found) => {
+                if !skipped.is_empty() {
+                    shared
+                        .metrics
+                        .snapshot_fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        using = %name,
+                        seq = found.0.seq,
+                        skipped = %skipped.join("; "),
+                        "starting from an older kept snapshot; replay from its sequence covers the rest"
+                    );
+                }
+                return Ok(Some(found));
+            }
+            Err(SnapshotError::Format(e @ format::FormatError::ShardCount { .. })) => {
+                return Err(e.into());
+            }
+            Err(error) => {
+                tracing::warn!(snapshot = %name, %error, "snapshot cannot be used; trying an older kept one");
+                skipped.push(format!("{name}: {error}"));
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(None);
+    }
+    Err(RecoveryError::NoUsableSnapshot {
+        tried: skipped.join("; "),
+        listing: list_error
+            .map(|e| format!(" (listing older snapshots failed: {e})"))
+            .unwrap_or_default(),
+    })
+}
+
 /// Loads the latest snapshot (if snapshots are on and one exists) and checks the stream.
 pub async fn restore(
     shared: &Shared,
@@ -98,22 +179,16 @@ pub async fn restore(
     let started = std::time::Instant::now();
     let mut restored = Restored::fresh(shared);
     if let Some(store) = snapshots {
-        if let Some(snap) = store.load_latest(shared.config.shards.count).await? {
+        if let Some((snap, parts)) = load_newest_usable(shared, store).await? {
             let released = store.released().await.unwrap_or(0);
             restored.seq = snap.seq;
-            restored.ledgers = snap
-                .shards
-                .iter()
-                .map(|b| format::decode_part::<Ledger>(b))
-                .collect::<Result<_, _>>()?;
-            restored.stores = snap
-                .stores
-                .iter()
-                .map(|(l, b)| Ok((l.clone(), format::decode_part::<StoreAggregator>(b)?)))
-                .collect::<Result<_, format::FormatError>>()?;
-            let ingest: IngestState = format::decode_part(&snap.ingest)?;
-            restored.dedupe = ingest.dedupe;
-            restored.keys = ingest.keys;
+            restored.ledgers = parts.ledgers;
+            restored.stores = parts.stores;
+            restored.dedupe = parts.ingest.dedupe;
+            restored.keys = parts.ingest.keys;
+            // `released` compares with the snapshot actually used: after a fallback to an
+            // older one it is usually ahead, so its unreleased postings (already in the
+            // outbox) are not carried again; replay re-forms the later ones with the same ids.
             if released < snap.seq {
                 restored.unreleased = snap.unreleased;
             }

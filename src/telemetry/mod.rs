@@ -145,6 +145,10 @@ pub struct Metrics {
     pub ingest_progress_at_ms: AtomicU64,
     /// Unix ms of the first snapshot failure since the last success; 0 while snapshots work.
     pub snapshot_failing_since_ms: AtomicU64,
+
+    // --- Snapshot recovery (issue 25, H5). ---
+    /// Start-ups that skipped an unusable latest snapshot and used an older kept one.
+    pub snapshot_fallbacks: AtomicU64,
 }
 
 impl Metrics {
@@ -453,6 +457,11 @@ impl Metrics {
                 "snapshot_failures_total",
                 "Snapshots that failed to be written.",
                 &self.snapshot_failures,
+            ),
+            (
+                "snapshot_fallbacks_total",
+                "Start-ups that skipped an unusable latest snapshot and used an older kept one.",
+                &self.snapshot_fallbacks,
             ),
         ] {
             let _ = writeln!(out, "# HELP retailflow_{name} {help}");
