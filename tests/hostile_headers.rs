@@ -10,45 +10,6 @@ use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-/// Publishes `(subject, header block, payload)` with `HPUB` on a plain TCP connection: no
-/// client library would build these headers.
-async fn hpub_raw(port: u16, messages: &[(&str, Vec<u8>, Vec<u8>)]) {
-    let sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let mut sock = BufReader::new(sock);
-    let mut line = String::new();
-    sock.read_line(&mut line).await.expect("INFO");
-    assert!(line.starts_with("INFO"), "{line}");
-    let mut out =
-        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n"
-            .to_vec();
-    for (subject, headers, payload) in messages {
-        out.extend_from_slice(
-            format!(
-                "HPUB {subject} {} {}\r\n",
-                headers.len(),
-                headers.len() + payload.len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(headers);
-        out.extend_from_slice(payload);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"PING\r\n");
-    sock.get_mut().write_all(&out).await.expect("write");
-    loop {
-        line.clear();
-        sock.read_line(&mut line).await.expect("PONG");
-        assert!(!line.starts_with("-ERR"), "{line}");
-        if line.starts_with("PONG") {
-            return;
-        }
-    }
-}
 
 /// `%XX` back to bytes.
 fn unescape(v: &str) -> Vec<u8> {
@@ -107,7 +68,11 @@ async fn header_poison_is_dead_lettered_and_the_line_goes_on() {
         };
         messages.push(("retail.v1.pos.S1.sale", h, payload));
     }
-    hpub_raw(server.port(), &messages).await;
+    let frames: Vec<(&str, &[u8], &[u8])> = messages
+        .iter()
+        .map(|(s, h, p)| (*s, h.as_slice(), p.as_slice()))
+        .collect();
+    hpub_raw(&server.url(), &frames).await;
 
     publish(
         &js,

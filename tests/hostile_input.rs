@@ -10,54 +10,6 @@ use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Publishes `HPUB` frames over a plain TCP connection: async-nats refuses to build these
-/// header blocks, but nats-server stores and redelivers them as sent.
-async fn hpub_raw(url: &str, frames: &[(&str, &[u8], &[u8])]) {
-    let addr = url.trim_start_matches("nats://");
-    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut info = [0u8; 4096];
-    let _ = sock.read(&mut info).await.expect("INFO");
-    let mut out = Vec::new();
-    out.extend_from_slice(
-        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
-    );
-    for (subject, headers, payload) in frames {
-        out.extend_from_slice(
-            format!(
-                "HPUB {subject} {} {}\r\n",
-                headers.len(),
-                headers.len() + payload.len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(headers);
-        out.extend_from_slice(payload);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"PING\r\n");
-    sock.write_all(&out).await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"PONG") {
-        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
-            .await
-            .expect("PONG in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "server closed the connection: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        !got.windows(4).any(|w| w == b"-ERR"),
-        "server refused: {}",
-        String::from_utf8_lossy(&got)
-    );
-}
 
 /// Every dead letter so far, by the stream sequence of its original.
 async fn dead_letters(

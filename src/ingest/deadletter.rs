@@ -154,44 +154,30 @@ const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Wait before the second attempt, doubled after each.
 const SEND_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Subject, headers and the cleaned error text of a letter. Building the headers cannot
-/// fail the letter: the original headers are copied under `catch_unwind`, and if that
-/// panics (a header the map refuses), the letter goes without them and says so.
+/// Subject, headers and the cleaned error text of a letter: the original headers (minus
+/// JetStream's own) plus retailflow's, every value made safe for a header.
 fn letter_parts(letter: &Letter, metrics: &Metrics) -> (String, HeaderMap, String) {
     let mut headers = HeaderMap::new();
-    let mut note = None;
     if let Some(orig) = &letter.headers {
         let invalid = orig.get_all(crate::bus::pull::H_INVALID_HEADER).count();
         metrics
             .invalid_headers_kept
             .fetch_add(invalid as u64, std::sync::atomic::Ordering::Relaxed);
-        let copied = std::panic::catch_unwind(|| {
-            let mut h = HeaderMap::new();
-            for (name, values) in orig.iter() {
-                let n: &str = name.as_ref();
-                if n.eq_ignore_ascii_case("Nats-Msg-Id") {
-                    for v in values {
-                        h.append(H_ORIGINAL_ID, v.as_str());
-                    }
-                } else if !n.starts_with("Nats-") {
-                    for v in values {
-                        h.append(n, v.as_str());
-                    }
+        // `orig` holds only names and values async-nats accepted, so copying cannot panic.
+        for (name, values) in orig.iter() {
+            let n: &str = name.as_ref();
+            if n.eq_ignore_ascii_case("Nats-Msg-Id") {
+                for v in values {
+                    headers.append(H_ORIGINAL_ID, v.as_str());
                 }
-            }
-            h
-        });
-        match copied {
-            Ok(h) => headers = h,
-            Err(panic) => {
-                note = Some(format!(
-                    " (original headers dropped: {})",
-                    crate::ingest::reader::panic_text(&*panic)
-                ))
+            } else if !n.starts_with("Nats-") {
+                for v in values {
+                    headers.append(n, v.as_str());
+                }
             }
         }
     }
-    let error = header_text(&format!("{}{}", letter.error, note.unwrap_or_default()));
+    let error = header_text(&letter.error);
     headers.insert(H_STAGE, letter.stage);
     headers.insert(H_REASON, letter.reason.as_str());
     headers.insert(H_ERROR, error.as_str());

@@ -149,19 +149,10 @@ fn decode_raw_unguarded(m: pull::Raw<'_>) -> Decoded {
             bytes::Bytes::copy_from_slice(m.payload),
         )
     });
-    // The headers are rebuilt only for a dead letter, and apart: a header block the map
-    // cannot hold must not cost the letter its reason; the letter then goes without them.
+    // The headers are rebuilt only for a dead letter; `header_map` keeps what the map cannot
+    // hold escaped, so it cannot fail the letter.
     if let Err(bad) = &mut decoded.envelope {
-        match std::panic::catch_unwind(|| pull::header_map(m.headers)) {
-            Ok(headers) => bad.headers = headers,
-            Err(panic) => {
-                bad.error = format!(
-                    "{} (original headers dropped: {})",
-                    bad.error,
-                    panic_text(&*panic)
-                );
-            }
-        }
+        bad.headers = pull::header_map(m.headers);
     }
     decoded
 }

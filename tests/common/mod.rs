@@ -128,3 +128,49 @@ pub fn envelope(source: &str, seq: u64, event: Event) -> Envelope {
         event,
     }
 }
+
+/// Publishes `(subject, header block, payload)` with `HPUB` on a plain TCP connection: no
+/// client library would build these headers, but nats-server stores and redelivers them as
+/// sent. Returns once the server answered the PING after them without an error.
+pub async fn hpub_raw(url: &str, messages: &[(&str, &[u8], &[u8])]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let sock = tokio::net::TcpStream::connect(url.trim_start_matches("nats://"))
+        .await
+        .expect("connect");
+    let mut sock = BufReader::new(sock);
+    let mut line = String::new();
+    sock.read_line(&mut line).await.expect("INFO");
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut out =
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n"
+            .to_vec();
+    for (subject, headers, payload) in messages {
+        out.extend_from_slice(
+            format!(
+                "HPUB {subject} {} {}\r\n",
+                headers.len(),
+                headers.len() + payload.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(headers);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"PING\r\n");
+    sock.get_mut().write_all(&out).await.expect("write");
+    let answered = async {
+        loop {
+            line.clear();
+            sock.read_line(&mut line).await.expect("PONG");
+            assert!(!line.starts_with("-ERR"), "server refused: {line}");
+            assert!(!line.is_empty(), "server closed the connection");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), answered)
+        .await
+        .expect("PONG in time");
+}
