@@ -10,6 +10,7 @@ use retailflow::erp_sim::{ErpSim, ErpSimConfig};
 use retailflow::supervise::pipeline::Pipeline;
 use retailflow::supervise::supervisor::CrashTarget;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 const STORES: [&str; 3] = ["S1", "S2", "S3"];
@@ -228,4 +229,97 @@ async fn a_restart_storm_escalates_to_a_fatal_error() {
         .expect("asking twice does not hang");
     assert_eq!(again, "supervisor stopped", "the reason is given once");
     pipeline.stop_now().await;
+}
+
+/// An event that panics a shard or a store costs one restart, not a loop: on replay it is
+/// dead-lettered (reason `panic`, the stage that panicked), none of it is applied anywhere,
+/// and the events after it are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_panics_a_shard_or_a_store_is_dead_lettered_whole() {
+    let server = nats();
+    let mut cfg = config(&server.url());
+    cfg.snapshot.enabled = true;
+    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let send = |seq: u64, event: Event| {
+        let js = js.clone();
+        async move { publish(&js, &envelope("pos/S1", seq, event), false, true).await }
+    };
+    send(1, receipt("S1", "A", 10)).await;
+    send(2, receipt("S1", "B", 10)).await;
+    let two_lines = |qa: i64, qb: i64| {
+        let Event::Sale(mut s) = sale("S1", "A", qa) else {
+            unreachable!()
+        };
+        let Event::Sale(b) = sale("S1", "B", qb) else {
+            unreachable!()
+        };
+        s.lines.extend(b.lines);
+        s.tenders.extend(b.tenders);
+        Event::Sale(s)
+    };
+    // Stream sequences follow publication order on this private server.
+    pipeline.shared.panic_hooks.shard.store(3, Relaxed);
+    send(3, two_lines(2, 3)).await;
+    send(4, receipt("S1", "A", 5)).await;
+    assert!(
+        pipeline
+            .shared
+            .view
+            .wait_all(4, Duration::from_secs(30))
+            .await,
+        "the receipt after the event that panicked a shard is applied"
+    );
+    assert_eq!(pipeline.restarts().await, 1);
+    pipeline.shared.panic_hooks.store.store(5, Relaxed);
+    send(5, two_lines(1, 1)).await;
+    send(6, receipt("S1", "B", 7)).await;
+    assert_eq!(last_seq(&js, "RETAIL_EVENTS").await, 6);
+    assert!(
+        pipeline
+            .shared
+            .view
+            .wait_all(6, Duration::from_secs(30))
+            .await,
+        "the events after the poisoned ones are applied"
+    );
+    for (sku, want) in [("A", 15), ("B", 17)] {
+        let (answers, _) = pipeline.shared.view.read(&Sku::from(sku));
+        let got = answers.unwrap_or_default()[0].position.on_hand;
+        assert_eq!(got, want, "S1/{sku}: no line of a poisoned event applied");
+    }
+    assert_eq!(
+        pipeline.restarts().await,
+        2,
+        "one restart per poisoned event"
+    );
+
+    let letters: BTreeMap<u64, (String, String, String)> = dead_letters(&js, 2)
+        .await
+        .into_iter()
+        .map(|(seq, m)| {
+            let h = m.headers.clone().unwrap();
+            let get = |k: &str| h.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
+            let subject = m.subject.to_string();
+            (
+                seq,
+                (subject, get("Retailflow-Reason"), get("Retailflow-Error")),
+            )
+        })
+        .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let (subject, reason, error) = &letters[&3];
+    assert_eq!(reason, "panic");
+    assert!(
+        subject.starts_with("retail.v1.dlq.apply.panic"),
+        "{subject}"
+    );
+    assert!(error.contains("test hook"), "{error}");
+    let (subject, reason, _) = &letters[&5];
+    assert_eq!(reason, "panic");
+    assert!(
+        subject.starts_with("retail.v1.dlq.aggregate.panic"),
+        "{subject}"
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await;
 }

@@ -6,6 +6,7 @@ use crate::snapshot::coordinator::{CoordMsg, StorePart};
 use crate::supervise::shared::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 pub enum StoreMsg {
     Events {
@@ -59,15 +60,33 @@ impl Actor for StoreActor {
         match msg {
             StoreMsg::Events { events, work } => {
                 let started = std::time::Instant::now();
-                for e in &events {
-                    state.agg.add(
-                        e.seq,
-                        e.business_day,
-                        e.currency,
-                        &e.lines,
-                        &e.tenders,
-                        e.returning,
-                    );
+                let hook = state.shared.panic_hooks.store.load(Relaxed);
+                let mut at = 0;
+                // As in the shards: a panic names its event, which replay dead-letters.
+                let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for e in &events {
+                        at = e.seq;
+                        if e.seq == hook {
+                            panic!("test hook: panic aggregating stream sequence {}", e.seq);
+                        }
+                        state.agg.add(
+                            e.seq,
+                            e.business_day,
+                            e.currency,
+                            &e.lines,
+                            &e.tenders,
+                            e.returning,
+                        );
+                    }
+                }));
+                if let Err(panic) = added {
+                    let text = crate::ingest::reader::panic_text(&*panic).to_string();
+                    state.shared.poisoned.record(at, "aggregate", text.clone());
+                    return Err(format!(
+                        "store {} panicked aggregating stream sequence {at}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay",
+                        state.agg.location()
+                    )
+                    .into());
                 }
                 state.shared.credits.give_back(work);
                 state

@@ -595,7 +595,9 @@ impl Ledger {
         slots.clear();
         // Lines of one event share their location: remember the last one.
         let mut last_loc: Option<(&LocationId, u32)> = None;
-        for (_, op) in ops {
+        // `cur_seq` follows every phase, so a panic anywhere in the batch names its event.
+        for (seq, op) in ops {
+            self.cur_seq = *seq;
             keys.push(match primary_target(op) {
                 Some((loc, sku)) => {
                     let l = match last_loc {
@@ -617,6 +619,7 @@ impl Ledger {
                     self.slots.prefetch(k);
                 }
             }
+            self.cur_seq = ops[i].0;
             slots.push(match keys[i] {
                 NO_KEY => NO_SLOT,
                 k => self.slot_of((k >> 32) as u32, k as u32),
@@ -638,6 +641,12 @@ impl Ledger {
         }
         self.scratch = slots;
         self.scratch_keys = keys;
+    }
+
+    /// The stream sequence of the op being (or last) applied: after a panic in `apply_batch`,
+    /// the event that caused it.
+    pub fn applying_seq(&self) -> u64 {
+        self.cur_seq
     }
 
     /// The one position a simple op touches (creating it), or `None` for the others.

@@ -182,7 +182,30 @@ impl Actor for ShardActor {
             ShardMsg::Batch { ops, end_seq, work } => {
                 let started = std::time::Instant::now();
                 let n = ops.len() as u64;
-                let letters = apply_ops(&mut state.ledger, state.index, &ops);
+                let hook = state.shared.panic_hooks.shard.load(Relaxed);
+                let hit = (hook != 0 && ops.iter().any(|(s, _)| *s == hook)).then_some(hook);
+                // Free unless something unwinds. A panic names the event it was applying; the
+                // shard fails (its ledger may hold half an op) and on replay ingest
+                // dead-letters that event instead of routing it again.
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(seq) = hit {
+                        panic!("test hook: panic applying stream sequence {seq}");
+                    }
+                    apply_ops(&mut state.ledger, state.index, &ops)
+                }));
+                let letters = match applied {
+                    Ok(letters) => letters,
+                    Err(panic) => {
+                        let seq = hit.unwrap_or_else(|| state.ledger.applying_seq());
+                        let text = crate::ingest::reader::panic_text(&*panic).to_string();
+                        state.shared.poisoned.record(seq, "apply", text.clone());
+                        return Err(format!(
+                            "shard {} panicked applying stream sequence {seq}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay",
+                            state.index
+                        )
+                        .into());
+                    }
+                };
                 for letter in letters {
                     // Awaited, with bounded retries inside `send`: the shard waits for the
                     // letter to be stored, but never for ever.

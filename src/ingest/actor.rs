@@ -226,7 +226,7 @@ impl IngestState {
                     envelope.source,
                     self.dedupe.window()
                 );
-                self.letter_from_envelope(seq, &envelope, Reason::Late, error);
+                self.letter_from_envelope(seq, &envelope, "ingest", Reason::Late, error);
                 return Step::Next(seq);
             }
             Verdict::Jump => {
@@ -238,9 +238,17 @@ impl IngestState {
                     self.dedupe.max_jump(),
                     self.dedupe.floor(&envelope.source).unwrap_or(0)
                 );
-                self.letter_from_envelope(seq, &envelope, Reason::SequenceJump, error);
+                self.letter_from_envelope(seq, &envelope, "ingest", Reason::SequenceJump, error);
                 return Step::Next(seq);
             }
+        }
+        if let Some((stage, text)) = self.shared.poisoned.get(seq) {
+            let error = format!(
+                "event {} (stream sequence {seq}) panicked the {stage} stage: {text}; not applied anywhere (no shard and no store keeps any of it), so the line goes on",
+                envelope.id
+            );
+            self.letter_from_envelope(seq, &envelope, stage, Reason::Panic, error);
+            return Step::Next(seq);
         }
         m.events_applied.fetch_add(1, Relaxed);
         match envelope.event {
@@ -289,12 +297,13 @@ impl IngestState {
         &mut self,
         seq: u64,
         envelope: &Envelope,
+        stage: &'static str,
         reason: Reason,
         error: String,
     ) {
         let payload = crate::domain::codec::encode_msgpack(envelope).unwrap_or_default();
         self.letters.push(Letter {
-            stage: "ingest",
+            stage,
             reason,
             error,
             original_subject: envelope.subject(&self.shared.config.streams.systems, "pos"),

@@ -51,6 +51,47 @@ impl Credits {
     }
 }
 
+/// Events that panicked an actor after ingest routed them, by stream sequence: the stage and
+/// the panic text. The actor fails, the generation restarts from the last snapshot, and on
+/// replay ingest dead-letters the event (reason `panic`) instead of routing it, so one bad
+/// event costs one restart rather than a loop. Kept across generations; bounded (the oldest
+/// go first), and in practice `supervision.max_restarts` escalates long before the bound.
+#[derive(Default)]
+pub struct Poisoned {
+    any: AtomicBool,
+    by_seq: std::sync::Mutex<std::collections::BTreeMap<u64, (&'static str, String)>>,
+}
+
+impl Poisoned {
+    const MAX: usize = 1024;
+
+    pub fn record(&self, seq: u64, stage: &'static str, text: String) {
+        let mut map = self.by_seq.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(seq, (stage, text));
+        while map.len() > Self::MAX {
+            map.pop_first();
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The stage and panic text when `seq` panicked an actor before; free while none has.
+    pub fn get(&self, seq: u64) -> Option<(&'static str, String)> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let map = self.by_seq.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&seq).cloned()
+    }
+}
+
+/// Test hooks (supervision tests): the shard or store that handles this stream sequence
+/// panics while handling it. 0 = off.
+#[derive(Default)]
+pub struct PanicHooks {
+    pub shard: AtomicU64,
+    pub store: AtomicU64,
+}
+
 pub struct Shared {
     /// Appended to actor names: ractor's registry is per process, and a test process may run
     /// several pipelines.
@@ -72,6 +113,8 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
     /// Set once a shutdown was requested; actors stop taking new work.
     pub stopping: AtomicBool,
+    pub poisoned: Poisoned,
+    pub panic_hooks: PanicHooks,
 }
 
 impl Shared {
@@ -101,6 +144,8 @@ impl Shared {
             decisions: Arc::new(Decisions::default()),
             active: Arc::new(ActiveReservations::default()),
             stopping: AtomicBool::new(false),
+            poisoned: Poisoned::default(),
+            panic_hooks: PanicHooks::default(),
         })
     }
 }
