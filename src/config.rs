@@ -289,8 +289,9 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// Whether snapshots are taken at all (off: recovery replays the whole stream).
     pub enabled: bool,
-    /// Posting documents formed but not released (no durable snapshot yet) above which
-    /// ingest pauses, as for an ERP backlog.
+    /// While snapshots fail: posting documents formed but not released above which ingest
+    /// pauses, as for an ERP backlog, until the failed snapshot (retried every `interval`, at
+    /// most 5 s apart) is written.
     pub max_pending_postings: u64,
     /// `/healthz` answers 503 when snapshots have failed for this long.
     #[serde(with = "duration")]

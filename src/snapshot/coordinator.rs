@@ -50,6 +50,8 @@ pub enum CoordMsg {
     Release,
     /// Reply with the last barrier made durable and released (tests, shutdown).
     Status(ractor::RpcReplyPort<CoordStatus>),
+    /// Write the last failed snapshot again (sent by a timer while one is kept).
+    RetrySnapshot,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,6 +92,13 @@ pub struct CoordState {
     status: CoordStatus,
     /// Lowest barrier whose postings are in `unreleased` but not yet covered by a snapshot.
     unsnapshotted: bool,
+    /// The newest snapshot that failed to write (its `unreleased` lent out, empty here) and how
+    /// many of the first `unreleased` documents it covers. Rewritten on a timer: while the
+    /// held postings stop ingest (`snapshot.max_pending_postings`), no barrier comes to take a
+    /// new snapshot, so without the retry a store that recovers would not end the pause.
+    retry: Option<(Snapshot, usize)>,
+    /// A `RetrySnapshot` is on its way.
+    retry_timer: bool,
 }
 
 /// Addresses drafts to every endpoint that takes their kind and location.
@@ -219,10 +228,12 @@ impl CoordState {
                     unreleased: std::mem::take(&mut self.unreleased),
                 };
                 let started = std::time::Instant::now();
+                let mut snap = snap;
                 let written = store.write(&snap).await;
-                self.unreleased = snap.unreleased;
+                self.unreleased = std::mem::take(&mut snap.unreleased);
                 match written {
                     Ok(ptr) => {
+                        self.retry = None;
                         self.shared.metrics.snapshots.fetch_add(1, Relaxed);
                         self.shared
                             .metrics
@@ -245,13 +256,54 @@ impl CoordState {
                         let _ = m
                             .snapshot_failing_since_ms
                             .compare_exchange(0, now, Relaxed, Relaxed);
-                        tracing::error!(%error, seq, "snapshot failed; postings stay unreleased until the next one");
+                        tracing::error!(%error, seq, "snapshot failed; postings stay unreleased until it is written");
+                        self.retry = Some((snap, self.unreleased.len()));
                     }
                 }
             }
             (None, _) => self.release(seq).await,
             (Some(_), false) => {}
         }
+        self.count_pending();
+    }
+
+    fn count_pending(&self) {
+        self.shared
+            .metrics
+            .snapshot_pending_postings
+            .store(self.unreleased.len() as u64, Relaxed);
+    }
+
+    /// Writes the kept failed snapshot again; on success releases the documents it covers
+    /// (those formed after it wait for a snapshot of their own).
+    async fn retry_snapshot(&mut self) {
+        let (Some((mut snap, covered)), Some(store)) = (self.retry.take(), &self.snapshots) else {
+            return;
+        };
+        let rest = self
+            .unreleased
+            .split_off(covered.min(self.unreleased.len()));
+        snap.unreleased = std::mem::take(&mut self.unreleased);
+        let written = store.write(&snap).await;
+        self.unreleased = std::mem::take(&mut snap.unreleased);
+        let m = &self.shared.metrics;
+        match written {
+            Ok(_) => {
+                m.snapshots.fetch_add(1, Relaxed);
+                m.snapshot_failing_since_ms.store(0, Relaxed);
+                self.status.last_snapshot = self.status.last_snapshot.max(snap.seq);
+                self.unsnapshotted = !rest.is_empty();
+                tracing::info!(seq = snap.seq, "snapshot written on retry");
+                self.release(snap.seq).await;
+            }
+            Err(error) => {
+                m.snapshot_failures.fetch_add(1, Relaxed);
+                tracing::warn!(%error, seq = snap.seq, "snapshot retry failed");
+                self.retry = Some((snap, covered));
+            }
+        }
+        self.unreleased.extend(rest);
+        self.count_pending();
     }
 
     async fn release(&mut self, seq: u64) {
@@ -280,10 +332,7 @@ impl CoordState {
             }
         }
         self.status.unreleased = self.unreleased.len();
-        self.shared
-            .metrics
-            .snapshot_pending_postings
-            .store(self.unreleased.len() as u64, Relaxed);
+        self.count_pending();
     }
 }
 
@@ -312,15 +361,35 @@ impl Actor for Coordinator {
                 unreleased: 0,
             },
             unsnapshotted: false,
+            retry: None,
+            retry_timer: false,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<CoordMsg>,
+        myself: ActorRef<CoordMsg>,
         msg: CoordMsg,
         state: &mut CoordState,
     ) -> Result<(), ActorProcessingErr> {
+        let handled = state.handle(msg).await;
+        if state.retry.is_some() && !state.retry_timer {
+            state.retry_timer = true;
+            let every = state
+                .shared
+                .config
+                .snapshot
+                .interval
+                .min(std::time::Duration::from_secs(5));
+            myself.send_after(every, || CoordMsg::RetrySnapshot);
+        }
+        handled
+    }
+}
+
+impl CoordState {
+    async fn handle(&mut self, msg: CoordMsg) -> Result<(), ActorProcessingErr> {
+        let state = self;
         let seq = match msg {
             CoordMsg::Expect(header) => {
                 let shards = state.shared.config.shards.count;
@@ -369,6 +438,11 @@ impl Actor for Coordinator {
                 let mut s = state.status.clone();
                 s.unreleased = state.unreleased.len();
                 let _ = reply.send(s);
+                return Ok(());
+            }
+            CoordMsg::RetrySnapshot => {
+                state.retry_timer = false;
+                state.retry_snapshot().await;
                 return Ok(());
             }
         };

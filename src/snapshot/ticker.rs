@@ -193,10 +193,14 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
         }
         // Backpressure from the ERP side.
         let pending = backlog(&shared);
-        // Postings held for want of a durable snapshot count like an ERP backlog: beyond the
-        // bound ingest pauses, so a failing snapshot store cannot fill memory.
+        // Postings held while snapshots fail count like an ERP backlog: beyond the bound
+        // ingest pauses, so a failing snapshot store cannot fill memory. The coordinator
+        // retries the failed snapshot on its own timer, so the pause ends once the store
+        // takes it. (While snapshots succeed the pause never applies: it would stop the very
+        // barrier that releases the postings.)
         let unsnapshotted = shared.metrics.snapshot_pending_postings.load(Relaxed);
-        let held = unsnapshotted > cfg.snapshot.max_pending_postings;
+        let failing = shared.metrics.snapshot_failing_since_ms.load(Relaxed) > 0;
+        let held = failing && unsnapshotted > cfg.snapshot.max_pending_postings;
         if held && !shared.paused.load(Relaxed) {
             shared.metrics.snapshot_backpressure.fetch_add(1, Relaxed);
         }
