@@ -5,7 +5,6 @@ mod common;
 
 use async_nats::HeaderMap;
 use common::*;
-use futures::StreamExt;
 use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use std::collections::BTreeMap;
@@ -157,32 +156,7 @@ async fn bad_events_are_dead_lettered_and_the_rest_applied() {
     }
 
     // Read the dead letters back.
-    let stream = js.get_stream("RETAIL_DLQ").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let mut letters = BTreeMap::new();
-    while let Some(Ok(m)) = msgs.next().await {
-        let h = m.headers.clone().unwrap();
-        let seq: u64 = h
-            .get("Retailflow-Stream-Seq")
-            .unwrap()
-            .as_str()
-            .parse()
-            .unwrap();
-        letters.insert(seq, m);
-        if letters.len() == bad_seqs.len() {
-            break;
-        }
-    }
+    let letters = dead_letters(&js, bad_seqs.len()).await;
     assert_eq!(
         letters.len(),
         bad_seqs.len(),

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use futures::StreamExt;
 use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use std::collections::BTreeMap;
@@ -95,32 +94,11 @@ async fn header_poison_is_dead_lettered_and_the_line_goes_on() {
     let p = pipeline.shared.view.read(&Sku::from("AFTER")).0.unwrap()[0].position;
     assert_eq!(p.on_hand, 5);
 
-    let stream = js.get_stream("RETAIL_DLQ").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+    let letters: BTreeMap<u64, async_nats::HeaderMap> = dead_letters(&js, 3)
         .await
-        .unwrap();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let mut letters = BTreeMap::new();
-    while let Some(Ok(m)) = msgs.next().await {
-        let h = m.headers.clone().unwrap();
-        let seq: u64 = h
-            .get("Retailflow-Stream-Seq")
-            .unwrap()
-            .as_str()
-            .parse()
-            .unwrap();
-        letters.insert(seq, h);
-        if letters.len() == 3 {
-            break;
-        }
-    }
+        .into_iter()
+        .map(|(seq, m)| (seq, m.headers.clone().unwrap()))
+        .collect();
     assert_eq!(letters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     for (i, bad) in bad_lines.iter().enumerate() {
         let h = &letters[&(i as u64 + 1)];

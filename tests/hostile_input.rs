@@ -5,44 +5,9 @@
 mod common;
 
 use common::*;
-use futures::StreamExt;
 use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
-use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// Every dead letter so far, by the stream sequence of its original.
-async fn dead_letters(
-    js: &async_nats::jetstream::Context,
-    want: usize,
-) -> BTreeMap<u64, async_nats::jetstream::Message> {
-    let mut letters = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while letters.len() < want && tokio::time::Instant::now() < deadline {
-        let stream = js.get_stream("RETAIL_DLQ").await.unwrap();
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-            .await
-            .unwrap();
-        let mut msgs = consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(m)) = msgs.next().await {
-            let seq: u64 = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Retailflow-Stream-Seq"))
-                .and_then(|v| v.as_str().parse().ok())
-                .unwrap_or(0);
-            letters.insert(seq, m);
-        }
-    }
-    letters
-}
 
 fn header<'a>(m: &'a async_nats::jetstream::Message, name: &str) -> &'a str {
     m.headers

@@ -75,17 +75,8 @@ async fn run_pipeline_as_retailflow(reader: ReaderKind) {
         .expect("the pipeline starts as the retailflow user: streams, consumers, snapshots");
 
     let (pos, _) = connect_as(&server.url(), "pos", "pos-secret").await;
-    let js = jetstream::new(pos);
-    let env = envelope("pos/S1/t1", 1, receipt("S1", "SKU-1", 7));
-    let seq = publish(&js, &env, false, true).await;
-    assert!(
-        pipeline
-            .shared
-            .view
-            .wait_all(seq, Duration::from_secs(20))
-            .await,
-        "an event published by the pos producer is applied ({reader:?} reader)"
-    );
+    let what = format!("the pos producer's user ({reader:?} reader)");
+    applies_a_receipt(&pipeline, &jetstream::new(pos), &what).await;
     pipeline.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -211,4 +202,137 @@ async fn the_direct_reader_sends_a_user_and_password_and_a_refusal_is_an_auth_er
             Ok(_) => panic!("let in without the right password"),
         }
     }
+}
+
+/// Starts a server from a configuration (and files beside it) written into a directory that
+/// lives as long as the returned guard.
+fn server_with(conf: &str, files: &[(&str, String)]) -> (NatsServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let path = dir.path().join("server.conf");
+    // nats-server opens files relative to its working directory: `{dir}` names this one.
+    std::fs::write(&path, conf.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
+    let server = NatsServer::start_with(&["-c", path.to_str().unwrap()])
+        .expect("nats-server starts with the test configuration");
+    (server, dir)
+}
+
+/// Publishes one receipt as a plain client and waits until the pipeline applied it.
+async fn applies_a_receipt(pipeline: &Pipeline, js: &jetstream::Context, what: &str) {
+    let env = envelope("pos/S1/t1", 1, receipt("S1", "SKU-1", 7));
+    let seq = publish(js, &env, false, true).await;
+    assert!(
+        pipeline
+            .shared
+            .view
+            .wait_all(seq, Duration::from_secs(20))
+            .await,
+        "an event is applied over {what}"
+    );
+}
+
+/// Mutual TLS: the server requires a client certificate signed by its CA. The pipeline
+/// connects with `nats.tls_ca`, `nats.tls_cert` and `nats.tls_key`; its ingest reads through
+/// async-nats (the direct reader speaks plain TCP only and steps aside). Without the client
+/// certificate the server refuses the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["retailflow".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let conf = r#"
+        tls {
+          cert_file: "{dir}/server.pem"
+          key_file: "{dir}/server-key.pem"
+          ca_file: "{dir}/ca.pem"
+          verify: true
+          timeout: 2
+        }
+    "#;
+    let (server, dir) = server_with(
+        conf,
+        &[
+            ("ca.pem", ca.pem()),
+            ("server.pem", server_cert),
+            ("server-key.pem", server_key),
+            ("client.pem", client_cert),
+            ("client-key.pem", client_key),
+        ],
+    );
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+
+    let mut without = config(&server.url());
+    without.nats.tls_ca = file("ca.pem");
+    match Pipeline::start(without).await {
+        Ok(_) => panic!("the server refuses a pipeline without a client certificate"),
+        Err(e) => eprintln!("without a client certificate: {e}"),
+    }
+
+    let mut cfg = config(&server.url());
+    cfg.nats.tls_ca = file("ca.pem");
+    cfg.nats.tls_cert = file("client.pem");
+    cfg.nats.tls_key = file("client-key.pem");
+    let pipeline = Pipeline::start(cfg)
+        .await
+        .expect("the pipeline starts over mutual TLS");
+    let producer = async_nats::ConnectOptions::new()
+        .add_root_certificates(file("ca.pem").into())
+        .add_client_certificate(file("client.pem").into(), file("client-key.pem").into())
+        .require_tls(true)
+        .connect(server.url())
+        .await
+        .expect("a producer with a certificate connects");
+    applies_a_receipt(&pipeline, &jetstream::new(producer), "mutual TLS").await;
+    pipeline.shutdown(Duration::from_secs(10)).await;
+}
+
+/// nkey authentication: the server knows the public key only; the pipeline signs the
+/// server's nonce with the seed from `nats.nkey_env`, and its ingest reads through async-nats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_authenticates_with_an_nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let producer = nkeys::KeyPair::new_user();
+    let conf = format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }}, {{ nkey: \"{}\" }} ] }}",
+        user.public_key(),
+        producer.public_key()
+    );
+    let (server, _dir) = server_with(&conf, &[]);
+    let mut cfg = config(&server.url());
+    cfg.nats.nkey_env = "RF_TEST_NKEY_SEED".into();
+    cfg.nats.token_env = String::new();
+    // SAFETY: only this test reads or writes this variable.
+    unsafe { std::env::set_var("RF_TEST_NKEY_SEED", user.seed().unwrap()) };
+    let pipeline = Pipeline::start(cfg)
+        .await
+        .expect("the pipeline starts with its nkey");
+    assert!(
+        async_nats::connect(server.url()).await.is_err(),
+        "the server refuses a client without an nkey"
+    );
+    let client = async_nats::ConnectOptions::with_nkey(producer.seed().unwrap())
+        .connect(server.url())
+        .await
+        .expect("a producer with its own nkey connects");
+    applies_a_receipt(&pipeline, &jetstream::new(client), "nkey authentication").await;
+    pipeline.shutdown(Duration::from_secs(10)).await;
 }

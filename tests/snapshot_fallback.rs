@@ -1,5 +1,7 @@
 //! A corrupt latest snapshot does not block start-up: recovery falls back to the newest older
-//! kept snapshot, replays the stream from its sequence, and the numbers come out exact.
+//! kept snapshot, replays the stream from its sequence, and the numbers come out exact. A
+//! snapshot store that fails while running holds ingest once too many postings wait for it,
+//! and the retried snapshot ends the pause when the store is back.
 
 mod common;
 
@@ -197,4 +199,89 @@ async fn a_corrupt_latest_snapshot_falls_back_to_an_older_kept_one() {
         );
     }
     restarted.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_snapshot_store_pauses_ingest_at_the_bound_until_the_retry_succeeds() {
+    use retailflow::erp_sim::{ErpSim, ErpSimConfig};
+    let server = nats();
+    let sim = ErpSim::start(ErpSimConfig {
+        listen: "127.0.0.1:0".into(),
+        ..ErpSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&server.url());
+    cfg.snapshot.max_pending_postings = 2;
+    cfg.erp = vec![retailflow::config::ErpEndpointConfig {
+        name: "erp".into(),
+        url: sim.postings_url(),
+        ..Default::default()
+    }];
+    let pipeline = Pipeline::start(cfg.clone()).await.expect("pipeline starts");
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let mut feed = Feed {
+        seqs: BTreeMap::new(),
+        expected: BTreeMap::new(),
+        last: 0,
+    };
+    for st in STORES {
+        feed.receipt(&js, st, "A", 50).await;
+    }
+    applied(&pipeline, feed.last).await;
+    snapshot(&pipeline).await;
+
+    // The store goes away: every snapshot from now on fails.
+    js.delete_object_store(&cfg.snapshot.bucket)
+        .await
+        .expect("object store deleted");
+    for st in STORES {
+        feed.sale(&js, st, "A", 3).await;
+    }
+    let m = &pipeline.shared.metrics;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            pipeline.shared.paused.load(Relaxed) && m.snapshot_backpressure.load(Relaxed) >= 1
+        })
+        .await,
+        "ingest paused: {} postings pending, {} snapshot failures",
+        m.snapshot_pending_postings.load(Relaxed),
+        m.snapshot_failures.load(Relaxed)
+    );
+    assert!(m.snapshot_pending_postings.load(Relaxed) > 2);
+    feed.receipt(&js, "S1", "B", 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        pipeline.shared.view.applied_all() < feed.last,
+        "nothing is applied while the postings wait for a snapshot"
+    );
+
+    // The store is back: the retried snapshot is written, the postings go out, ingest resumes.
+    js.create_object_store(async_nats::jetstream::object_store::Config {
+        bucket: cfg.snapshot.bucket.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("object store recreated");
+    applied(&pipeline, feed.last).await;
+    assert!(!pipeline.shared.paused.load(Relaxed));
+    for ((st, sku), want) in &feed.expected {
+        let (answers, _) = pipeline.shared.view.read(&Sku::from(sku.as_str()));
+        let got = answers
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.location.as_str() == st)
+            .map(|a| a.position.on_hand);
+        assert_eq!(got, Some(*want), "on hand {st}/{sku}");
+    }
+    retailflow::scenario::settle::settle(&pipeline, Duration::from_secs(20))
+        .await
+        .expect("every posting answered by the ERP");
+    let booked: i64 = sim.totals().sales.iter().map(|s| s.qty_sold).sum();
+    assert_eq!(
+        booked, 9,
+        "the three held sales reach the ERP once the store is back"
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await;
+    sim.shutdown().await;
 }

@@ -174,3 +174,38 @@ pub async fn hpub_raw(url: &str, messages: &[(&str, &[u8], &[u8])]) {
         .await
         .expect("PONG in time");
 }
+
+/// Every dead letter so far (waiting up to 10 s for `want` of them), by the stream sequence
+/// of its original.
+pub async fn dead_letters(
+    js: &async_nats::jetstream::Context,
+    want: usize,
+) -> std::collections::BTreeMap<u64, async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    let mut letters = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while letters.len() < want && tokio::time::Instant::now() < deadline {
+        let stream = js.get_stream("RETAIL_DLQ").await.unwrap();
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap();
+        let mut msgs = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = msgs.next().await {
+            let seq: u64 = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Retailflow-Stream-Seq"))
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(0);
+            letters.insert(seq, m);
+        }
+    }
+    letters
+}
