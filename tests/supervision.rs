@@ -275,6 +275,15 @@ async fn an_event_that_panics_a_shard_or_a_store_is_dead_lettered_whole() {
     send(5, two_lines(1, 1)).await;
     send(6, receipt("S1", "B", 7)).await;
     assert_eq!(last_seq(&js, "RETAIL_EVENTS").await, 6);
+    // The shards apply 5 and 6 before the store's panic restarts the generation: the numbers
+    // to check are those after that restart.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            pipeline.restarts().await >= 2
+        })
+        .await,
+        "the store's panic restarted the pipeline"
+    );
     assert!(
         pipeline
             .shared

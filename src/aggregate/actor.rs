@@ -80,13 +80,8 @@ impl Actor for StoreActor {
                     }
                 }));
                 if let Err(panic) = added {
-                    let text = crate::ingest::reader::panic_text(&*panic).to_string();
-                    state.shared.poisoned.record(at, "aggregate", text.clone());
-                    return Err(format!(
-                        "store {} panicked aggregating stream sequence {at}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay",
-                        state.agg.location()
-                    )
-                    .into());
+                    let store = format_args!("store {}", state.agg.location());
+                    return Err(state.shared.poisoned.fail(at, "aggregate", store, &*panic));
                 }
                 state.shared.credits.give_back(work);
                 state

@@ -197,13 +197,8 @@ impl Actor for ShardActor {
                     Ok(letters) => letters,
                     Err(panic) => {
                         let seq = hit.unwrap_or_else(|| state.ledger.applying_seq());
-                        let text = crate::ingest::reader::panic_text(&*panic).to_string();
-                        state.shared.poisoned.record(seq, "apply", text.clone());
-                        return Err(format!(
-                            "shard {} panicked applying stream sequence {seq}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay",
-                            state.index
-                        )
-                        .into());
+                        let shard = format_args!("shard {}", state.index);
+                        return Err(state.shared.poisoned.fail(seq, "apply", shard, &*panic));
                     }
                 };
                 for letter in letters {

@@ -195,7 +195,7 @@ impl CoordState {
 
         match (&self.snapshots, p.header.snapshot) {
             (Some(store), true) => {
-                let snap = Snapshot {
+                let mut snap = Snapshot {
                     format: FORMAT_VERSION,
                     seq,
                     taken_at_ms: p.header.at_ms,
@@ -228,7 +228,6 @@ impl CoordState {
                     unreleased: std::mem::take(&mut self.unreleased),
                 };
                 let started = std::time::Instant::now();
-                let mut snap = snap;
                 let written = store.write(&snap).await;
                 self.unreleased = std::mem::take(&mut snap.unreleased);
                 match written {

@@ -74,6 +74,23 @@ impl Poisoned {
         self.any.store(true, Ordering::Release);
     }
 
+    /// Records that the event at `seq` panicked `actor` (of `stage`) and returns the error
+    /// that fails the actor, so its generation restarts and the replay dead-letters the event.
+    pub fn fail(
+        &self,
+        seq: u64,
+        stage: &'static str,
+        actor: std::fmt::Arguments<'_>,
+        panic: &(dyn std::any::Any + Send),
+    ) -> ractor::ActorProcessingErr {
+        let text = crate::ingest::reader::panic_text(panic).to_string();
+        let error = format!(
+            "{actor} panicked at stream sequence {seq}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay"
+        );
+        self.record(seq, stage, text);
+        error.into()
+    }
+
     /// The stage and panic text when `seq` panicked an actor before; free while none has.
     pub fn get(&self, seq: u64) -> Option<(&'static str, String)> {
         if !self.any.load(Ordering::Acquire) {
