@@ -424,6 +424,9 @@ pub struct ReservationConfig {
     pub max_rejected: usize,
     /// Reservation requests queued for publishing; beyond it the API answers 503.
     pub max_queued: usize,
+    /// Idempotency keys held at once (each until its reservation expired `remember` ago);
+    /// beyond it a request under a new key answers 503 until expiries free some (0: no cap).
+    pub max_keys: usize,
 }
 
 impl Default for ReservationConfig {
@@ -436,6 +439,7 @@ impl Default for ReservationConfig {
             remember_rejected: Duration::ZERO,
             max_rejected: 100_000,
             max_queued: 10_000,
+            max_keys: 1_000_000,
         }
     }
 }

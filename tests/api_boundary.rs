@@ -655,3 +655,60 @@ async fn a_full_reservation_queue_answers_503() {
     );
     stuck.abort();
 }
+
+/// With `reservations.max_keys` held, a new key is turned away with 503 before it reaches
+/// the stream, a retry of a held key still gets its reservation, and the gauge and the
+/// counter say so. Releasing frees nothing until the key is pruned, so the cap stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_beyond_max_keys_answers_503_and_a_held_key_still_answers() {
+    let (_server, p) = started(|c| c.reservations.max_keys = 2).await;
+    let url = format!("http://{}/v1/reservations", p.http_addr().unwrap());
+    let http = reqwest::Client::new();
+    let post = |key: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            call(
+                &http,
+                reqwest::Method::POST,
+                &url,
+                None,
+                Some(reservation(key)),
+            )
+            .await
+        }
+    };
+    for key in ["one", "two"] {
+        let (status, _, body) = post(key).await;
+        assert_eq!(status, 201, "{key}: {body}");
+    }
+    let metrics = &p.shared.metrics;
+    let keys = || {
+        metrics
+            .reservation_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while keys() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(keys(), 2, "the gauge counts the keys ingest holds");
+    let (status, _, body) = post("three").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("reservations.max_keys"), "{body}");
+    let (status, _, body) = post("one").await;
+    assert!(
+        status == 200 || status == 201,
+        "a held key's retry: {status} {body}"
+    );
+    assert_eq!(
+        metrics
+            .reservation_keys_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let a = position(&http, &format!("http://{}", p.http_addr().unwrap()), "A").await;
+    assert_eq!(
+        a["reserved"], 2,
+        "two reservations, none for the refused key: {a}"
+    );
+}

@@ -264,6 +264,7 @@ impl IngestState {
                 } else {
                     self.routed.refuse(seq, r);
                 }
+                self.count_keys();
                 Step::Next(seq)
             }
             Event::ReservationBatch(mut b) => {
@@ -282,6 +283,7 @@ impl IngestState {
                 for r in refused {
                     self.routed.refuse(seq, r);
                 }
+                self.count_keys();
                 Step::Next(seq)
             }
             event => {
@@ -289,6 +291,15 @@ impl IngestState {
                 Step::Next(seq)
             }
         }
+    }
+
+    /// Publishes how many idempotency keys are held, for `/metrics` and for the API's
+    /// `reservations.max_keys` check.
+    fn count_keys(&self) {
+        self.shared
+            .metrics
+            .reservation_keys
+            .store(self.keys.len() as u64, Relaxed);
     }
 
     /// A dead letter for an event whose original bytes are gone by now: it carries the
@@ -416,6 +427,7 @@ impl IngestState {
         let remember = self.shared.config.reservations.remember.as_millis();
         self.keys
             .prune(at_ms, i64::try_from(remember).unwrap_or(i64::MAX));
+        self.count_keys();
         let ingest = snapshot.then(|| IngestSnapshot {
             dedupe: self.dedupe.clone(),
             keys: self.keys.clone(),

@@ -338,6 +338,22 @@ impl Reservations {
                 return Err(key_reused());
             }
         }
+        // A new key while `max_keys` are held: turned away before it reaches the stream (a
+        // key this replica knows is a retry and goes on). Ingest may admit up to the queued
+        // requests beyond the bound, no more.
+        let max_keys = self.shared.config.reservations.max_keys as u64;
+        let metrics = &self.shared.metrics;
+        if max_keys > 0
+            && metrics.reservation_keys.load(Ordering::Relaxed) >= max_keys
+            && self.shared.active.get(&id).is_none()
+        {
+            metrics
+                .reservation_keys_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ReserveError::Unavailable(format!(
+                "{max_keys} reservation keys are held (reservations.max_keys); retry when reservations expire"
+            )));
+        }
         // A slot first, then the waiter: a full queue leaves nothing behind.
         let slot = self.requests.try_reserve().map_err(|e| match e {
             tokio::sync::mpsc::error::TrySendError::Full(()) => {

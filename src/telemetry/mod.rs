@@ -109,6 +109,10 @@ pub struct Metrics {
     pub rejections_evicted: AtomicU64,
     /// Reservation requests answered 503 because the publish queue was full.
     pub reservation_queue_full: AtomicU64,
+    /// Idempotency keys ingest holds (a gauge, set as ingest admits and prunes them).
+    pub reservation_keys: AtomicU64,
+    /// Reservation requests under a new key answered 503: `reservations.max_keys` held.
+    pub reservation_keys_full: AtomicU64,
     // --- end H3 ---
     pub endpoints: DashMap<String, Arc<EndpointMetrics>>,
     pub dead_letter_reasons: DashMap<String, u64>,
@@ -360,6 +364,11 @@ impl Metrics {
                 "Reservation requests answered 503: publish queue full.",
                 &self.reservation_queue_full,
             ),
+            (
+                "reservation_keys_full_total",
+                "Reservation requests under a new key answered 503: reservations.max_keys held.",
+                &self.reservation_keys_full,
+            ),
         ] {
             counter(name, help, v.load(Relaxed));
         }
@@ -419,6 +428,12 @@ impl Metrics {
             "erp_paused_endpoints",
             "ERP endpoints currently paused by a fault that is not a document's.",
             self.erp_paused_endpoints.load(Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "reservation_keys",
+            "Reservation idempotency keys held.",
+            self.reservation_keys.load(Relaxed) as i64,
         );
         gauge(
             &mut out,
