@@ -546,7 +546,7 @@ impl Actor for IngestActor {
         let mut dedupe = args.dedupe;
         let ingest = &args.shared.config.ingest;
         dedupe.set_bounds(ingest.dedupe_sources, ingest.max_sequence_jump);
-        Ok(IngestState {
+        let state = IngestState {
             shared: args.shared,
             dedupe,
             keys: args.keys,
@@ -566,7 +566,10 @@ impl Actor for IngestActor {
             letters_logged: std::time::Instant::now() - Duration::from_secs(60),
             pending: 0,
             panics: std::collections::VecDeque::new(),
-        })
+        };
+        // Keys restored from a snapshot count from the start, not from the first request.
+        state.count_keys();
+        Ok(state)
     }
 
     async fn handle(

@@ -339,8 +339,8 @@ impl Reservations {
             }
         }
         // A new key while `max_keys` are held: turned away before it reaches the stream (a
-        // key this replica knows is a retry and goes on). Ingest may admit up to the queued
-        // requests beyond the bound, no more.
+        // key this replica holds active is a retry and goes on). The count is ingest's, so
+        // requests published but not yet applied can still take the map past the bound.
         let max_keys = self.shared.config.reservations.max_keys as u64;
         let metrics = &self.shared.metrics;
         if max_keys > 0
