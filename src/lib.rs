@@ -22,7 +22,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod domain;
+pub use retailflow_core::domain;
 pub mod erp_sim;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,8 +1,6 @@
 //! Applying events to available-to-promise state: per-SKU ops, the ledger, shard actors and
 //! the concurrent view that queries read.
 
-pub mod ledger;
-pub mod op;
+pub use retailflow_core::apply::{ledger, op, slots};
 pub mod shard;
-pub mod slots;
 pub mod view;

@@ -14,16 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// FNV-1a over the SKU's bytes: stable across builds and platforms, because snapshots are
-/// stored per shard and a SKU must land in the same shard after a restart.
-pub fn shard_of(sku: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sku.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % shards as u64) as usize
-}
+pub use retailflow_core::apply::op::shard_of;
 
 #[derive(Debug, Default)]
 pub struct CellData {

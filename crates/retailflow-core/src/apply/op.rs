@@ -5,6 +5,17 @@
 use crate::domain::*;
 use std::sync::Arc;
 
+/// FNV-1a over the SKU's bytes: stable across builds and platforms, because snapshots are
+/// stored per shard and a SKU must land in the same shard after a restart.
+pub fn shard_of(sku: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sku.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Sale {

@@ -120,15 +120,7 @@ const FIXED_REASONS: [&str; 7] = [
     "fulfilment",
 ];
 
-/// An inventory movement line, as posted to the ERP.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MovementLine {
-    pub location: LocationId,
-    pub sku: Sku,
-    /// `sale`, `receipt`, ..., or `adjustment:<reason code>`.
-    pub reason: compact_str::CompactString,
-    pub qty: i64,
-}
+pub use crate::aggregate::posting::MovementLine;
 
 type Allocs = SmallVec<[(u32, i64); 2]>;
 

@@ -9,9 +9,18 @@
 //!  "kind":"sales_summary","lines":[{"sku":"SKU-1","tax_code":"VAT20","qty_sold":3,...}]}
 //! ```
 
-use crate::apply::ledger::MovementLine;
 use crate::domain::*;
 use serde::{Deserialize, Serialize};
+
+/// An inventory movement line, as posted to the ERP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovementLine {
+    pub location: LocationId,
+    pub sku: Sku,
+    /// `sale`, `receipt`, ..., or `adjustment:<reason code>`.
+    pub reason: compact_str::CompactString,
+    pub qty: i64,
+}
 
 /// Which source events a document summarises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

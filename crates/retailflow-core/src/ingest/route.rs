@@ -2,7 +2,7 @@
 //! event. Batches are built here and dispatched as one actor message per destination.
 
 use crate::apply::op::{Op, ops_of};
-use crate::apply::view::shard_of;
+use crate::apply::op::shard_of;
 use crate::domain::*;
 use rustc_hash::FxHashMap;
 

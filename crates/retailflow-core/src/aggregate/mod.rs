@@ -1,0 +1,5 @@
+//! Per-store aggregation of sales, returns, tenders and tax, and the posting documents formed
+//! from it.
+
+pub mod posting;
+pub mod store;
