@@ -1,7 +1,7 @@
 //! NATS: connecting (with a server version check), the streams retailflow needs, and a
 //! private nats-server for the demo, scenarios and tests.
 
-pub mod pull;
+pub use nats_pull as pull;
 pub mod server;
 pub mod streams;
 
@@ -94,30 +94,7 @@ pub fn secrets(cfg: &NatsConfig) -> Secrets {
     }
 }
 
-/// `url` with the password (or a lone token) of every `userinfo@` replaced by `***`, for logs
-/// and errors: `nats://user:pass@host` becomes `nats://user:***@host`.
-pub fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let (scheme, rest) = match one.split_once("://") {
-                Some((scheme, rest)) => (Some(scheme), rest),
-                None => (None, one),
-            };
-            let shown = match rest.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{user}:***@{host}"),
-                    None => format!("***@{host}"),
-                },
-                None => rest.to_string(),
-            };
-            match scheme {
-                Some(scheme) => format!("{scheme}://{shown}"),
-                None => shown,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use nats_pull::redact;
 
 /// The connect options for `cfg`: credentials from the environment, TLS from the file.
 pub async fn options(cfg: &NatsConfig, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
