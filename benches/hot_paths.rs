@@ -21,9 +21,9 @@ use retailflow::domain::*;
 use retailflow::ingest::dedupe::Dedupe;
 use retailflow::ingest::route::Routed;
 use retailflow::post::ratelimit::{RateLimit, RateLimiter};
-use retailflow::scenario::generate::Generator;
-use retailflow::scenario::spec::Scenario;
-use retailflow::scenario::world::World;
+use retailflow_lab::generate::Generator;
+use retailflow_lab::spec::Scenario;
+use retailflow_lab::world::World;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 # (`rustup toolchain install nightly; cargo install cargo-fuzz`).
 # A crash stops the script; its input is in fuzz/artifacts/<target>/. Copy it into
 # fuzz/regressions/<target>/ with the fix, so `cargo test` replays it on stable.
-# Reseed from real messages: `cargo test --release --lib write_fuzz_seeds -- --ignored`,
+# Reseed from real messages: `cargo test --release -p retailflow-lab --test it write_fuzz_seeds -- --ignored`,
 # then shrink with `cargo +nightly fuzz cmin <target>`.
 set -euo pipefail
 seconds="${1:-30}"
@@ -22,4 +22,4 @@ for t in "${targets[@]}"; do
     rm -rf "$scratch"
 done
 cd "$root"
-cargo test --release --lib fuzzing::
+cargo test --release -p retailflow --lib fuzzing::

@@ -7,8 +7,8 @@ cd "$root"
 scripts/install-nats-server.sh
 export RETAILFLOW_NATS_SERVER="$root/.tools/nats-server/bin/nats-server"
 cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --release
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --release --workspace
 # Fuzz smoke: every target for a few seconds on nightly with the committed corpus (the long
 # runs are `scripts/fuzz.sh 600`). cargo-fuzz comes from crates.io when it is missing.
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

@@ -30,8 +30,9 @@ enum Command {
     },
     /// Print the default configuration as TOML.
     Config,
-    /// Run the ERP simulator (an HTTP server with Dataverse-like limits).
-    ErpSim(crate::erp_sim::cli::ErpSimArgs),
+    /// Run the ERP simulator: the `erp-sim` binary beside this one, with these arguments.
+    #[command(disable_help_flag = true)]
+    ErpSim(Passed),
     /// Publish events from a JSON-lines file (one envelope per line) into JetStream.
     Publish {
         file: PathBuf,
@@ -42,29 +43,83 @@ enum Command {
         #[arg(long, default_value = "pos")]
         system: String,
     },
-    /// Bring everything up on this machine, trade a small day, show availability and the ERP's books.
-    Demo(crate::demo::DemoArgs),
-    /// Scenarios: generated peaks with verification and reports.
-    #[command(subcommand)]
-    Scenario(crate::scenario::cli::ScenarioCommand),
-    /// Write a range of the events stream to a file.
-    Capture(crate::scenario::capture::CaptureArgs),
-    /// Publish a captured file again, keeping per-source order, at a chosen speed.
-    Replay(crate::scenario::capture::ReplayArgs),
+    /// The demo, run by `retailflow-lab demo` beside this binary.
+    #[command(disable_help_flag = true)]
+    Demo(Passed),
+    /// Scenarios (generated peaks, verified and reported), run by `retailflow-lab scenario`.
+    #[command(disable_help_flag = true)]
+    Scenario(Passed),
+    /// Write a range of the events stream to a file (`retailflow-lab capture`).
+    #[command(disable_help_flag = true)]
+    Capture(Passed),
+    /// Publish a captured file again (`retailflow-lab replay`).
+    #[command(disable_help_flag = true)]
+    Replay(Passed),
+}
+
+/// Arguments handed on untouched to the binary that runs a lab or simulator command.
+#[derive(clap::Args)]
+struct Passed {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Runs `program` (a binary built beside this one) with `args` in place of this process.
+fn hand_over(program: &str, first: &[&str], passed: Passed) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let here = std::env::current_exe().context("cannot find this binary's path")?;
+    let path = here.with_file_name(program);
+    if !path.exists() {
+        bail!(
+            "{} is not built; `cargo build --release` builds it beside retailflow (or: cargo build --release -p {})",
+            path.display(),
+            if program == "erp-sim" {
+                "erp-sim"
+            } else {
+                "retailflow-lab"
+            }
+        );
+    }
+    let error = std::process::Command::new(&path)
+        .args(first)
+        .args(passed.args)
+        .exec();
+    Err(error).with_context(|| format!("cannot run {}", path.display()))
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Interactive commands keep the console for their own output; RUST_LOG overrides.
-    let quiet = matches!(
-        cli.command,
-        Command::Demo(_) | Command::Scenario(_) | Command::Publish { .. }
-    );
-    crate::telemetry::init_logging(if quiet {
-        "warn,async_nats=error"
-    } else {
-        "info,async_nats=warn"
-    });
+    let quiet = matches!(cli.command, Command::Publish { .. });
+    let handed = match cli.command {
+        Command::ErpSim(p) => hand_over("erp-sim", &[], p),
+        Command::Demo(p) => hand_over("retailflow-lab", &["demo"], p),
+        Command::Scenario(p) => hand_over("retailflow-lab", &["scenario"], p),
+        Command::Capture(p) => hand_over("retailflow-lab", &["capture"], p),
+        Command::Replay(p) => hand_over("retailflow-lab", &["replay"], p),
+        command => {
+            let filter = if quiet {
+                "warn,async_nats=error"
+            } else {
+                "info,async_nats=warn"
+            };
+            return run_main(filter, dispatch(command));
+        }
+    };
+    // Only reached when the other binary could not be started.
+    if let Err(e) = handed {
+        eprintln!("error: {e:#}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Runs a command's future as a process's main: logging with `filter` (RUST_LOG overrides),
+/// the main runtime, the error printed and turned into the exit code.
+pub fn run_main(
+    filter: &str,
+    work: impl std::future::Future<Output = Result<ExitCode>>,
+) -> ExitCode {
+    crate::telemetry::init_logging(filter);
     // The main runtime runs the command (the pipeline brings its own runtimes for the data path
     // and the API); short slices, so a scenario's publisher and sampler do not lag behind.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -78,7 +133,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let code = match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(work) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -91,27 +146,6 @@ pub fn main() -> ExitCode {
     code
 }
 
-/// Runs `work` unless ctrl-c or SIGTERM comes first. Then `work` is dropped where it stands:
-/// the private nats-server it started is killed and its store directory (gigabytes after a
-/// black-friday run) removed, as are the ERP simulators and the pipeline, instead of being
-/// left to take CPU and disk from the next run.
-async fn until_interrupted(
-    work: impl std::future::Future<Output = Result<ExitCode>>,
-) -> Result<ExitCode> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let how = tokio::select! {
-        r = work => return r,
-        _ = tokio::signal::ctrl_c() => ("ctrl-c", 130),
-        _ = term.recv() => ("SIGTERM", 143),
-    };
-    eprintln!(
-        "interrupted by {}: the private nats-server, ERP simulators and pipeline were stopped and their temporary directories removed; no report was written",
-        how.0
-    );
-    Ok(ExitCode::from(how.1))
-}
-
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(config).await,
@@ -119,12 +153,12 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             print!("{}", toml::to_string_pretty(&Config::default())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::ErpSim(args) => crate::erp_sim::cli::run(args).await,
         Command::Publish { file, nats, system } => publish(file, nats, system).await,
-        Command::Demo(args) => crate::demo::run(args).await,
-        Command::Scenario(cmd) => until_interrupted(crate::scenario::cli::run(cmd)).await,
-        Command::Capture(args) => crate::scenario::capture::capture(args).await,
-        Command::Replay(args) => crate::scenario::capture::replay(args).await,
+        Command::ErpSim(_)
+        | Command::Demo(_)
+        | Command::Scenario(_)
+        | Command::Capture(_)
+        | Command::Replay(_) => unreachable!("handed over before the runtime starts"),
     }
 }
 

@@ -21,15 +21,14 @@ pub mod apply;
 pub mod bus;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub use retailflow_core::domain;
-pub mod erp_sim;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
 pub mod post;
 pub mod query;
-pub mod scenario;
 pub mod snapshot;
 pub mod supervise;
 pub mod telemetry;
+#[cfg(feature = "lab")]
+pub mod testing;

@@ -6,6 +6,7 @@ use crate::snapshot::coordinator::{CoordMsg, StorePart};
 use crate::supervise::shared::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
+#[cfg(feature = "lab")]
 use std::sync::atomic::Ordering::Relaxed;
 
 pub enum StoreMsg {
@@ -20,6 +21,7 @@ pub enum StoreMsg {
         reply: ActorRef<CoordMsg>,
     },
     /// Test hook: panic while handling this message.
+    #[cfg(feature = "lab")]
     Crash,
 }
 
@@ -60,12 +62,14 @@ impl Actor for StoreActor {
         match msg {
             StoreMsg::Events { events, work } => {
                 let started = std::time::Instant::now();
+                #[cfg(feature = "lab")]
                 let hook = state.shared.panic_hooks.store.load(Relaxed);
                 let mut at = 0;
                 // As in the shards: a panic names its event, which replay dead-letters.
                 let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     for e in &events {
                         at = e.seq;
+                        #[cfg(feature = "lab")]
                         if e.seq == hook {
                             panic!("test hook: panic aggregating stream sequence {}", e.seq);
                         }
@@ -108,6 +112,7 @@ impl Actor for StoreActor {
                     state: bytes,
                 }))?;
             }
+            #[cfg(feature = "lab")]
             StoreMsg::Crash => panic!("store {} crash requested (test hook)", state.agg.location()),
         }
         Ok(())

@@ -28,6 +28,7 @@ pub enum ShardMsg {
         reply: ActorRef<CoordMsg>,
     },
     /// Test hook: panic while handling this message (supervision tests).
+    #[cfg(feature = "lab")]
     Crash,
 }
 
@@ -182,12 +183,16 @@ impl Actor for ShardActor {
             ShardMsg::Batch { ops, end_seq, work } => {
                 let started = std::time::Instant::now();
                 let n = ops.len() as u64;
-                let hook = state.shared.panic_hooks.shard.load(Relaxed);
-                let hit = (hook != 0 && ops.iter().any(|(s, _)| *s == hook)).then_some(hook);
+                #[cfg(feature = "lab")]
+                let hit = {
+                    let hook = state.shared.panic_hooks.shard.load(Relaxed);
+                    (hook != 0 && ops.iter().any(|(s, _)| *s == hook)).then_some(hook)
+                };
                 // Free unless something unwinds. A panic names the event it was applying; the
                 // shard fails (its ledger may hold half an op) and on replay ingest
                 // dead-letters that event instead of routing it again.
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(feature = "lab")]
                     if let Some(seq) = hit {
                         panic!("test hook: panic applying stream sequence {seq}");
                     }
@@ -196,7 +201,10 @@ impl Actor for ShardActor {
                 let letters = match applied {
                     Ok(letters) => letters,
                     Err(panic) => {
+                        #[cfg(feature = "lab")]
                         let seq = hit.unwrap_or_else(|| state.ledger.applying_seq());
+                        #[cfg(not(feature = "lab"))]
+                        let seq = state.ledger.applying_seq();
                         let shard = format_args!("shard {}", state.index);
                         return Err(state.shared.poisoned.fail(seq, "apply", shard, &*panic));
                     }
@@ -246,6 +254,7 @@ impl Actor for ShardActor {
                     state: state_bytes,
                 }))?;
             }
+            #[cfg(feature = "lab")]
             ShardMsg::Crash => panic!("shard {} crash requested (test hook)", state.index),
         }
         Ok(())

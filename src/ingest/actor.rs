@@ -32,8 +32,10 @@ pub enum IngestMsg {
     Pull,
     /// Test hook: recreate the consumer from an earlier sequence, as after a consumer restart;
     /// everything re-read must be recognised as a redelivery.
+    #[cfg(feature = "lab")]
     Rewind(u64),
     /// Test hook: panic.
+    #[cfg(feature = "lab")]
     Crash,
 }
 
@@ -474,6 +476,7 @@ impl IngestState {
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Ok(true);
         }
+        #[cfg(feature = "lab")]
         if self.shared.hold.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             return Ok(true);
@@ -586,10 +589,12 @@ impl Actor for IngestActor {
                     tracing::info!(seq = state.last_seq, "ingest reached its stop sequence");
                 }
             }
+            #[cfg(feature = "lab")]
             IngestMsg::Rewind(to) => {
                 state.reader = None;
                 state.consume_from = to.max(1);
             }
+            #[cfg(feature = "lab")]
             IngestMsg::Crash => panic!("ingest crash requested (test hook)"),
         }
         Ok(())

@@ -41,6 +41,7 @@ pub enum EndpointMsg {
     /// A delivery task answered JetStream for its posting; its slot is free.
     Delivered,
     /// Test hook: panic.
+    #[cfg(feature = "lab")]
     Crash,
 }
 
@@ -469,6 +470,7 @@ impl Actor for EndpointActor {
                 state.answer.metrics.in_flight.fetch_sub(1, Relaxed);
                 state.schedule(&myself, Duration::ZERO);
             }
+            #[cfg(feature = "lab")]
             EndpointMsg::Crash => panic!("endpoint {} crash requested (test hook)", state.cfg.name),
         }
         Ok(())

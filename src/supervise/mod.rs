@@ -4,6 +4,7 @@ pub mod members;
 pub mod memory;
 pub mod pipeline;
 pub mod recovery;
+pub mod settle;
 pub mod shared;
 pub mod supervisor;
 pub mod threads;

@@ -2,7 +2,9 @@
 //! barrier ticker, the expiry timer and the API servers; shuts all of it down gracefully.
 
 use super::shared::Shared;
-use super::supervisor::{CrashTarget, Supervisor, SupervisorArgs, SupervisorMsg};
+#[cfg(feature = "lab")]
+use super::supervisor::CrashTarget;
+use super::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use super::threads::OwnRuntime;
 use crate::bus::{self, BusError};
 use crate::config::Config;
@@ -296,11 +298,13 @@ impl Pipeline {
     }
 
     /// Test hook: make an actor panic.
+    #[cfg(feature = "lab")]
     pub fn crash(&self, target: CrashTarget) {
         let _ = self.supervisor.send_message(SupervisorMsg::Crash(target));
     }
 
     /// Test hook: make ingest re-read from `seq` (as after a consumer restart).
+    #[cfg(feature = "lab")]
     pub fn rewind(&self, seq: u64) {
         let _ = self.supervisor.send_message(SupervisorMsg::Rewind(seq));
     }

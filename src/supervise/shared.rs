@@ -103,6 +103,7 @@ impl Poisoned {
 
 /// Test hooks (supervision tests): the shard or store that handles this stream sequence
 /// panics while handling it. 0 = off.
+#[cfg(feature = "lab")]
 #[derive(Default)]
 pub struct PanicHooks {
     pub shard: AtomicU64,
@@ -121,7 +122,8 @@ pub struct Shared {
     pub credits: Credits,
     /// Set while the ERP backlog is above `barrier.backlog_pause`.
     pub paused: AtomicBool,
-    /// Set by a scenario that wants a backlog to build before ingest drains it.
+    /// Test hook: set by a scenario that wants a backlog to build before ingest drains it.
+    #[cfg(feature = "lab")]
     pub hold: AtomicBool,
     pub decisions: Arc<Decisions>,
     pub active: Arc<ActiveReservations>,
@@ -131,6 +133,7 @@ pub struct Shared {
     /// Set once a shutdown was requested; actors stop taking new work.
     pub stopping: AtomicBool,
     pub poisoned: Poisoned,
+    #[cfg(feature = "lab")]
     pub panic_hooks: PanicHooks,
 }
 
@@ -157,11 +160,13 @@ impl Shared {
             view,
             credits: Credits::default(),
             paused: AtomicBool::new(false),
+            #[cfg(feature = "lab")]
             hold: AtomicBool::new(false),
             decisions: Arc::new(Decisions::default()),
             active: Arc::new(ActiveReservations::default()),
             stopping: AtomicBool::new(false),
             poisoned: Poisoned::default(),
+            #[cfg(feature = "lab")]
             panic_hooks: PanicHooks::default(),
         })
     }

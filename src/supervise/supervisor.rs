@@ -13,7 +13,9 @@ use super::members::Members;
 use super::recovery::{self, Restored};
 use super::shared::Shared;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
-use crate::apply::shard::{ShardActor, ShardArgs, ShardMsg};
+#[cfg(feature = "lab")]
+use crate::apply::shard::ShardMsg;
+use crate::apply::shard::{ShardActor, ShardArgs};
 use crate::ingest::actor::{IngestActor, IngestArgs, IngestMsg};
 use crate::post::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};
 use crate::post::ratelimit::RateLimiter;
@@ -28,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Which actor a test wants to fail.
+#[cfg(feature = "lab")]
 #[derive(Clone, Debug)]
 pub enum CrashTarget {
     Ingest,
@@ -38,8 +41,10 @@ pub enum CrashTarget {
 
 pub enum SupervisorMsg {
     /// Test hook: make an actor panic.
+    #[cfg(feature = "lab")]
     Crash(CrashTarget),
     /// Test hook: make ingest re-read from an earlier sequence.
+    #[cfg(feature = "lab")]
     Rewind(u64),
     Coordinator(ractor::RpcReplyPort<Option<ActorRef<CoordMsg>>>),
     Restarts(ractor::RpcReplyPort<u64>),
@@ -58,6 +63,8 @@ pub struct SupervisorArgs {
 
 struct Generation {
     ingest: ActorRef<IngestMsg>,
+    /// Kept for the crash hook.
+    #[cfg(feature = "lab")]
     shards: Vec<ActorRef<ShardMsg>>,
     coordinator: ActorRef<CoordMsg>,
 }
@@ -189,6 +196,7 @@ impl SupervisorState {
         self.members.join(g, ingest.get_id());
         self.current = Some(Generation {
             ingest,
+            #[cfg(feature = "lab")]
             shards,
             coordinator,
         });
@@ -318,6 +326,7 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            #[cfg(feature = "lab")]
             SupervisorMsg::Crash(target) => {
                 let Some(g) = &state.current else {
                     return Ok(());
@@ -346,6 +355,7 @@ impl Actor for Supervisor {
                     }
                 }
             }
+            #[cfg(feature = "lab")]
             SupervisorMsg::Rewind(seq) => {
                 if let Some(g) = &state.current {
                     let _ = g.ingest.send_message(IngestMsg::Rewind(seq));

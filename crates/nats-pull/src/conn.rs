@@ -392,4 +392,3 @@ fn unique() -> String {
         .map_or(0, |d| d.as_nanos() as u64);
     format!("{:x}{:x}{n}", std::process::id(), nanos)
 }
-

@@ -19,7 +19,6 @@
 //! Pull requests keep between one and two batches asked for: after the caller takes a batch,
 //! another is requested, so the server always has a request to fill while the caller decodes.
 
-
 mod conn;
 mod proto;
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use crate::PullError;
 
-
 /// One protocol operation from the server, borrowing the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Op<'a> {
@@ -296,4 +295,3 @@ pub fn escape_header_line(line: &[u8]) -> async_nats::HeaderValue {
     // Only printable ASCII is left, which async-nats accepts; the fallback cannot happen.
     out.parse().unwrap_or_default()
 }
-

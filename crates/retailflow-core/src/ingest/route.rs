@@ -1,8 +1,8 @@
 //! Routing: one decoded event becomes per-shard ops and, for sales and returns, one store
 //! event. Batches are built here and dispatched as one actor message per destination.
 
-use crate::apply::op::{Op, ops_of};
 use crate::apply::op::shard_of;
+use crate::apply::op::{Op, ops_of};
 use crate::domain::*;
 use rustc_hash::FxHashMap;
 

@@ -1,0 +1,20 @@
+//! retailflow-lab: generated or recorded retail peaks run through retailflow, verified against
+//! an independent oracle, measured and reported; capture and replay; chaos; the reservation and
+//! recovery benchmarks; the demo. The `retailflow-lab` binary runs them.
+
+pub mod capture;
+pub mod ceiling;
+pub mod chaos;
+pub mod chart;
+pub mod cli;
+pub mod demo;
+pub mod generate;
+pub mod measure;
+pub mod oracle;
+pub mod publish;
+pub mod recovery_bench;
+pub mod report;
+pub mod reserve_bench;
+pub mod run;
+pub mod spec;
+pub mod world;

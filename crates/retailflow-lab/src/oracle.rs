@@ -1,0 +1,175 @@
+//! The scenario oracle: what ATP and the ERP's books must be after the run, computed with a
+//! deliberately plain model that shares no code with the ledger or the aggregator. It sees every
+//! event exactly once, in publication order (duplicates never reach it).
+
+use retailflow::domain::*;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stock {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub in_transit: i64,
+}
+
+/// Sales per (location, sku, tax code) for the one business day and currency of a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SalesTotal {
+    pub qty_sold: i64,
+    pub qty_returned: i64,
+    pub sales_amount: i64,
+    pub returns_amount: i64,
+    pub tax_amount: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenderTotal {
+    pub paid: i64,
+    pub refunded: i64,
+}
+
+#[derive(Default)]
+pub struct Oracle {
+    pub stock: HashMap<(String, String), Stock>,
+    pub sales: BTreeMap<(String, String, String), SalesTotal>,
+    pub tenders: BTreeMap<(String, String), TenderTotal>,
+    orders: HashMap<(String, String), (String, i64)>,
+    order_skus: HashMap<String, Vec<String>>,
+    transfers: HashMap<(String, String), i64>,
+    pub events: u64,
+}
+
+impl Oracle {
+    fn at(&mut self, loc: &LocationId, sku: &Sku) -> &mut Stock {
+        self.stock
+            .entry((loc.to_string(), sku.to_string()))
+            .or_default()
+    }
+
+    pub fn apply(&mut self, e: &Event) {
+        self.events += 1;
+        match e {
+            Event::Receipt(r) => {
+                for l in &r.lines {
+                    self.at(&r.location, &l.sku).on_hand += l.qty;
+                }
+            }
+            Event::Sale(s) => {
+                for l in &s.lines {
+                    self.at(&s.location, &l.sku).on_hand -= l.qty;
+                    let t = self
+                        .sales
+                        .entry((
+                            s.location.to_string(),
+                            l.sku.to_string(),
+                            l.tax_code.to_string(),
+                        ))
+                        .or_default();
+                    t.qty_sold += l.qty;
+                    t.sales_amount += l.qty * l.unit_price - l.discount;
+                    t.tax_amount += l.taxes.iter().map(|x| x.amount).sum::<i64>();
+                }
+                for t in &s.tenders {
+                    self.tenders
+                        .entry((s.location.to_string(), t.kind.to_string()))
+                        .or_default()
+                        .paid += t.amount;
+                }
+            }
+            Event::Return(r) => {
+                for l in &r.lines {
+                    if l.restock.unwrap_or(true) {
+                        self.at(&r.location, &l.sku).on_hand += l.qty;
+                    }
+                    let t = self
+                        .sales
+                        .entry((
+                            r.location.to_string(),
+                            l.sku.to_string(),
+                            l.tax_code.to_string(),
+                        ))
+                        .or_default();
+                    t.qty_returned += l.qty;
+                    t.returns_amount += l.qty * l.unit_price - l.discount;
+                    t.tax_amount -= l.taxes.iter().map(|x| x.amount).sum::<i64>();
+                }
+                for t in &r.tenders {
+                    self.tenders
+                        .entry((r.location.to_string(), t.kind.to_string()))
+                        .or_default()
+                        .refunded += t.amount;
+                }
+            }
+            Event::Adjustment(a) => self.at(&a.location, &a.sku).on_hand += a.qty,
+            Event::Count(c) => self.at(&c.location, &c.sku).on_hand = c.counted,
+            Event::SafetyStockSet(s) => self.at(&s.location, &s.sku).safety_stock = s.qty,
+            Event::TransferOut(t) => {
+                for l in &t.lines {
+                    self.at(&t.from, &l.sku).on_hand -= l.qty;
+                    self.at(&t.to, &l.sku).in_transit += l.qty;
+                    *self
+                        .transfers
+                        .entry((t.transfer_id.to_string(), l.sku.to_string()))
+                        .or_default() += l.qty;
+                }
+            }
+            Event::TransferIn(t) => {
+                for l in &t.lines {
+                    let key = (t.transfer_id.to_string(), l.sku.to_string());
+                    let open = self.transfers.remove(&key).unwrap_or(0);
+                    let matched = open.min(l.qty);
+                    if open > matched {
+                        self.transfers.insert(key, open - matched);
+                    }
+                    let s = self.at(&t.to, &l.sku);
+                    s.in_transit -= matched;
+                    s.on_hand += l.qty;
+                }
+            }
+            Event::OrderPlaced(o) => {
+                // Scenario orders always name their location.
+                if let Some(loc) = &o.location {
+                    for l in &o.lines {
+                        self.at(loc, &l.sku).reserved += l.qty;
+                        self.orders
+                            .entry((o.order_id.to_string(), l.sku.to_string()))
+                            .or_insert((loc.to_string(), 0))
+                            .1 += l.qty;
+                        self.order_skus
+                            .entry(o.order_id.to_string())
+                            .or_default()
+                            .push(l.sku.to_string());
+                    }
+                }
+            }
+            Event::OrderFulfilled(o) => {
+                for l in &o.lines {
+                    let key = (o.order_id.to_string(), l.sku.to_string());
+                    if let Some((loc, open)) = self.orders.remove(&key) {
+                        let take = open.min(l.qty);
+                        self.at(&LocationId::from(loc.as_str()), &l.sku).reserved -= take;
+                        if open > take {
+                            self.orders.insert(key, (loc, open - take));
+                        }
+                    }
+                    self.at(&o.location, &l.sku).on_hand -= l.qty;
+                }
+            }
+            Event::OrderCancelled(o) => {
+                for sku in self
+                    .order_skus
+                    .remove(o.order_id.as_str())
+                    .unwrap_or_default()
+                {
+                    let k = (o.order_id.to_string(), sku);
+                    if let Some((loc, open)) = self.orders.remove(&k) {
+                        self.at(&LocationId::from(loc.as_str()), &Sku::from(k.1.as_str()))
+                            .reserved -= open;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Scenario files: a world, a load profile, an event mix, faults, ERP endpoints, queries and
+//! expectations. TOML, every field documented in `scenarios/README.md`, unknown fields
+//! rejected.
+
+use retailflow::config::{ReaderKind, duration};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// Everything generated follows from this seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub world: World,
+    pub load: Load,
+    #[serde(default)]
+    pub mix: Mix,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub erp: Vec<ErpSpec>,
+    #[serde(default)]
+    pub queries: Queries,
+    #[serde(default)]
+    pub pipeline: PipelineSpec,
+    #[serde(default)]
+    pub expect: Expect,
+    /// A smaller version for the test suite; `--smoke` uses it.
+    #[serde(default)]
+    pub smoke: Option<Smoke>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct World {
+    pub stores: usize,
+    pub dcs: usize,
+    pub skus: usize,
+    /// Zipf exponent of SKU popularity (1.0 is classic; higher concentrates demand).
+    #[serde(default = "default_zipf")]
+    pub zipf: f64,
+    /// SKUs each store carries (the most popular ones, plus its own random tail).
+    pub store_assortment: usize,
+    /// Opening units per store position, inclusive range.
+    #[serde(default = "default_store_stock")]
+    pub store_stock: [i64; 2],
+    /// Opening units per DC position, inclusive range.
+    #[serde(default = "default_dc_stock")]
+    pub dc_stock: [i64; 2],
+    /// Safety stock per store position, inclusive range.
+    #[serde(default)]
+    pub safety_stock: [i64; 2],
+    /// Unit prices in minor units, inclusive range.
+    #[serde(default = "default_price")]
+    pub price: [i64; 2],
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    #[serde(default = "default_day")]
+    pub business_day: String,
+    /// Tax codes with their rate in basis points; each SKU gets one.
+    #[serde(default = "default_tax")]
+    pub tax: Vec<TaxRate>,
+    /// Channels and which locations fulfil them.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<ChannelSpec>,
+    /// Tills per store (each is a source with its own sequence).
+    #[serde(default = "default_tills")]
+    pub tills: usize,
+}
+
+fn default_zipf() -> f64 {
+    1.0
+}
+fn default_store_stock() -> [i64; 2] {
+    [5, 40]
+}
+fn default_dc_stock() -> [i64; 2] {
+    [200, 2000]
+}
+fn default_price() -> [i64; 2] {
+    [199, 9999]
+}
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_day() -> String {
+    "2026-11-27".into()
+}
+fn default_tax() -> Vec<TaxRate> {
+    vec![
+        TaxRate {
+            code: "STD".into(),
+            rate_bp: 825,
+        },
+        TaxRate {
+            code: "FOOD".into(),
+            rate_bp: 200,
+        },
+        TaxRate {
+            code: "EXEMPT".into(),
+            rate_bp: 0,
+        },
+    ]
+}
+fn default_channels() -> Vec<ChannelSpec> {
+    vec![ChannelSpec {
+        name: "web".into(),
+        fulfilment: Fulfilment::Dcs,
+    }]
+}
+fn default_tills() -> usize {
+    4
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxRate {
+    pub code: String,
+    pub rate_bp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fulfilment {
+    Dcs,
+    Stores,
+    All,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    pub name: String,
+    pub fulfilment: Fulfilment,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    /// Trading events to generate after the opening stock.
+    pub events: u64,
+    /// Rate over time; empty means as fast as possible.
+    #[serde(default)]
+    pub profile: Vec<Phase>,
+    /// Publishes allowed in flight (async publish with bounded acks).
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+}
+
+fn default_in_flight() -> usize {
+    4096
+}
+
+/// One phase of the load profile: the rate ramps linearly from `from` to `to` events/s.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub name: String,
+    #[serde(with = "duration")]
+    pub length: Duration,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Relative weights of trading event kinds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mix {
+    pub sale: u32,
+    pub sale_return: u32,
+    pub order: u32,
+    pub fulfilment: u32,
+    pub cancellation: u32,
+    pub transfer: u32,
+    pub receipt: u32,
+    pub count: u32,
+    pub adjustment: u32,
+    /// Lines per sale, inclusive range.
+    pub sale_lines: [u64; 2],
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            sale: 70,
+            sale_return: 4,
+            order: 10,
+            fulfilment: 8,
+            cancellation: 1,
+            transfer: 2,
+            receipt: 2,
+            count: 1,
+            adjustment: 2,
+            sale_lines: [1, 4],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Seconds after the trading load starts.
+    #[serde(with = "duration")]
+    pub at: Duration,
+    #[serde(with = "duration")]
+    pub length: Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Share of events published twice with the same `Nats-Msg-Id` (JetStream drops them).
+    pub duplicate_rate: f64,
+    /// Share of events re-sent later without `Nats-Msg-Id` (retailflow's dedupe drops them).
+    pub resend_rate: f64,
+    /// Share of events whose per-source sequence is swapped with the next one's.
+    pub reorder_rate: f64,
+    /// Undecodable or invalid events injected (each must end in the dead letters).
+    pub poison: u64,
+    /// ERP answers 503 to everything in these windows.
+    pub erp_outages: Vec<Window>,
+    /// ERP answers 429 to everything in these windows.
+    pub erp_throttle: Vec<Window>,
+    /// Extra ERP latency per request, inclusive range in ms.
+    pub erp_latency_ms: [u64; 2],
+    /// ERP answers this share of first attempts with 503 (per mille).
+    pub erp_error_permille: u32,
+    /// Locations whose documents the ERP rejects with 400.
+    pub erp_reject_locations: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpSpec {
+    pub name: String,
+    pub requests: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    pub max_concurrent: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queries {
+    /// Availability queries per second while the load runs (0: none).
+    pub rate: u64,
+    /// Share sent over HTTP; the rest over NATS request-reply.
+    pub http_share: f64,
+    /// Concurrent query workers.
+    pub workers: usize,
+    /// SKUs per query (1: single lookups).
+    pub skus_per_query: usize,
+    /// What the queries ask, by weight.
+    pub mix: QueryMix,
+    /// Stores named in each `stores` query.
+    pub stores_per_query: usize,
+}
+
+/// What shoppers ask, by relative weight. `all`: one SKU at every location that holds it (a
+/// store locator; the heaviest answer, ~100 bytes per location). `channel`: a channel's
+/// availability (a product page: "ships from the web warehouses"), the channel's total and
+/// its fulfilment locations. `stores`: a few named stores ("pick up near me").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryMix {
+    pub all: u32,
+    pub channel: u32,
+    pub stores: u32,
+}
+
+impl Default for QueryMix {
+    fn default() -> Self {
+        QueryMix {
+            all: 1,
+            channel: 0,
+            stores: 0,
+        }
+    }
+}
+
+impl Default for Queries {
+    fn default() -> Self {
+        Queries {
+            rate: 0,
+            http_share: 0.8,
+            workers: 16,
+            skus_per_query: 1,
+            mix: QueryMix::default(),
+            stores_per_query: 5,
+        }
+    }
+}
+
+/// Pipeline settings for the run (the rest are the service defaults).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSpec {
+    /// SKU shards (`shards.count`).
+    pub shards: usize,
+    /// Messages per pull and per ingest batch (`ingest.batch`).
+    pub batch: usize,
+    /// Work in flight before ingest waits (`ingest.credit`).
+    pub credit: u64,
+    /// Least time between flushing barriers (`barrier.flush_interval`).
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+    /// Time between snapshots (`snapshot.interval`).
+    #[serde(with = "duration")]
+    pub snapshot_interval: Duration,
+    /// Most events between snapshot barriers (`snapshot.every_events`).
+    pub snapshot_every_events: u64,
+    /// How ingest reads the stream (`ingest.reader`): compare the two readers on one scenario.
+    pub reader: ReaderKind,
+}
+
+impl Default for PipelineSpec {
+    fn default() -> Self {
+        PipelineSpec {
+            shards: 2,
+            batch: 2000,
+            credit: 100_000,
+            flush_interval: Duration::from_secs(2),
+            snapshot_interval: Duration::from_secs(10),
+            snapshot_every_events: 1_000_000,
+            reader: ReaderKind::Direct,
+        }
+    }
+}
+
+/// Thresholds; `scenario run` exits non-zero naming each one that fails.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// Pipeline drain rate over the ceiling's (needs `--ceiling`).
+    pub min_drain_ratio: Option<f64>,
+    pub max_query_p99_ms: Option<f64>,
+    pub max_e2e_p99_ms: Option<f64>,
+    pub min_throughput: Option<f64>,
+    /// Seconds after the last event until every posting is accepted.
+    pub max_settle_s: Option<f64>,
+    /// Most ERP requests allowed beyond the configured limit in any window (0 = never).
+    pub max_erp_over_limit: u64,
+    pub max_peak_rss_mb: Option<f64>,
+}
+
+/// Overrides for the smoke version run in CI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smoke {
+    pub stores: usize,
+    pub skus: usize,
+    pub store_assortment: usize,
+    pub events: u64,
+    #[serde(default)]
+    pub poison: Option<u64>,
+    /// Scales fault windows (outages, throttles) down; 1.0 keeps them.
+    #[serde(default = "one")]
+    pub time_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, SpecError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
+            path: p.clone(),
+            error,
+        })?;
+        let s: Scenario = toml::from_str(&text).map_err(|e| SpecError::Parse {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        s.check()
+            .map_err(|message| SpecError::Invalid { path: p, message })?;
+        Ok(s)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let w = &self.world;
+        if w.stores == 0 || w.skus == 0 {
+            return Err("world.stores and world.skus must be positive".into());
+        }
+        if w.store_assortment == 0 || w.store_assortment > w.skus {
+            return Err("world.store_assortment must be between 1 and world.skus".into());
+        }
+        if w.tax.is_empty() {
+            return Err("world.tax needs at least one tax code".into());
+        }
+        if w.channels
+            .iter()
+            .any(|c| c.fulfilment != Fulfilment::Stores)
+            && w.dcs == 0
+        {
+            return Err("a channel fulfilled by DCs needs world.dcs > 0".into());
+        }
+        retailflow::domain::Currency::parse(&w.currency)?;
+        retailflow::domain::BusinessDay::parse(&w.business_day)?;
+        for r in [
+            self.faults.duplicate_rate,
+            self.faults.resend_rate,
+            self.faults.reorder_rate,
+        ] {
+            if !(0.0..=0.5).contains(&r) {
+                return Err("fault rates must be between 0 and 0.5".into());
+            }
+        }
+        if self.pipeline.shards == 0 {
+            return Err("pipeline.shards must be positive".into());
+        }
+        let q = &self.queries;
+        if q.rate > 0 {
+            if q.mix.all + q.mix.channel + q.mix.stores == 0 {
+                return Err("queries.mix: at least one weight must be positive".into());
+            }
+            if q.mix.channel > 0 && w.channels.is_empty() {
+                return Err("queries.mix.channel needs a channel in world.channels".into());
+            }
+            if q.mix.stores > 0
+                && !(1..=retailflow::query::model::MAX_LOCATIONS).contains(&q.stores_per_query)
+            {
+                return Err(format!(
+                    "queries.stores_per_query must be between 1 and {}",
+                    retailflow::query::model::MAX_LOCATIONS
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The smoke version: small world, few events, fault windows scaled down.
+    pub fn smoke(&self) -> Scenario {
+        let mut s = self.clone();
+        if let Some(sm) = &self.smoke {
+            s.world.stores = sm.stores;
+            s.world.skus = sm.skus;
+            s.world.store_assortment = sm.store_assortment.min(sm.skus);
+            s.load.events = sm.events;
+            if let Some(p) = sm.poison {
+                s.faults.poison = p;
+            }
+            let scale = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() * sm.time_scale);
+            for w in s
+                .faults
+                .erp_outages
+                .iter_mut()
+                .chain(s.faults.erp_throttle.iter_mut())
+            {
+                w.at = scale(w.at);
+                w.length = scale(w.length);
+            }
+            s.load.profile.clear();
+            s.queries.rate = s.queries.rate.min(200);
+            // Speed thresholds belong to the full run; the bounds that do not depend on the
+            // machine's speed stay.
+            s.expect = Expect {
+                max_erp_over_limit: self.expect.max_erp_over_limit,
+                max_peak_rss_mb: self.expect.max_peak_rss_mb,
+                ..Expect::default()
+            };
+        }
+        s.name = format!("{} (smoke)", self.name);
+        s
+    }
+}

@@ -1,0 +1,18 @@
+//! The service's integration tests, one binary: each module starts its own nats-server (and
+//! ERP simulator where it needs one) on free ports.
+
+mod api;
+mod api_boundary;
+mod dead_letters;
+mod direct_pull;
+mod erp_faults;
+mod feed;
+mod hostile_headers;
+mod hostile_input;
+mod ledger_model;
+mod nats_auth;
+mod pipeline_atp;
+mod pipeline_postings;
+mod reservations;
+mod snapshot_fallback;
+mod supervision;
