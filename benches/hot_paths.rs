@@ -11,16 +11,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{
     BatchSize, BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main,
 };
-use retailflow::aggregate::posting::{DocBody, Lineage, MAX_LINES, PostingDoc, SalesLine};
-use retailflow::aggregate::store::StoreAggregator;
-use retailflow::apply::ledger::Ledger;
-use retailflow::apply::op::{Op, ops_of};
-use retailflow::apply::view::{View, ViewWriter, shard_of};
 use retailflow::domain::codec::{self, Format};
 use retailflow::domain::*;
-use retailflow::ingest::dedupe::Dedupe;
-use retailflow::ingest::route::Routed;
 use retailflow::post::ratelimit::{RateLimit, RateLimiter};
+use retailflow::view::{View, ViewWriter, shard_of};
+use retailflow_core::aggregate::posting::{DocBody, Lineage, MAX_LINES, PostingDoc, SalesLine};
+use retailflow_core::aggregate::store::StoreAggregator;
+use retailflow_core::apply::ledger::Ledger;
+use retailflow_core::apply::op::{Op, ops_of};
+use retailflow_core::ingest::dedupe::Dedupe;
+use retailflow_core::ingest::route::Routed;
 use retailflow_lab::generate::Generator;
 use retailflow_lab::spec::Scenario;
 use retailflow_lab::world::World;

@@ -3,7 +3,8 @@
 
 For each crate (a directory with Cargo.toml and src/), the nodes are the modules directly under
 src/ and, inside each module directory, its submodules. An edge a -> b means code in a names
-b: `crate::b` at the top level, `crate::m::b` or `super::b` between submodules of m. Test code
+b: `crate::b` (or `super::b` in a top-level module's own file) at the top level, `crate::m::b`
+or `super::b` between submodules of m. Test code
 (everything after a file's first `#[cfg(test)]`) and comments are left out.
 
 Prints every cycle with one place that makes each of its edges, and exits 1 if there is any.
@@ -96,7 +97,12 @@ def graphs(crate):
         owner = module_name(rel[0])
         if owner not in top:
             continue
-        for name, line in names_after(code_of(path), "crate"):
+        text = code_of(path)
+        refs = names_after(text, "crate")
+        # In a top-level module's own file (src/m.rs, src/m/mod.rs), `super` is the crate root.
+        if len(rel) == 1 or rel[1:] == ["mod.rs"]:
+            refs += names_after(text, "super")
+        for name, line in refs:
             if name in top and name != owner:
                 g[owner].setdefault(name, f"{os.path.relpath(path)}:{line}")
     result.append((os.path.relpath(crate), top, g))

@@ -1,8 +1,7 @@
 //! Configuration: one TOML file, every field documented in the README, unknown fields rejected.
 //! Secrets never live in the file: fields ending in `_env` name an environment variable.
 
-use crate::aggregate::posting::DocKind;
-use crate::post::ratelimit::RateLimit;
+use retailflow_core::aggregate::posting::DocKind;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -215,8 +214,8 @@ impl Default for IngestConfig {
             credit: 100_000,
             reorder_window: 4096,
             reader: ReaderKind::Direct,
-            dedupe_sources: crate::ingest::dedupe::DEFAULT_MAX_SOURCES,
-            max_sequence_jump: crate::ingest::dedupe::DEFAULT_MAX_JUMP,
+            dedupe_sources: retailflow_core::ingest::dedupe::DEFAULT_MAX_SOURCES,
+            max_sequence_jump: retailflow_core::ingest::dedupe::DEFAULT_MAX_JUMP,
             stall_after: Duration::from_secs(30),
         }
     }
@@ -647,6 +646,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An ERP endpoint's rate limit: a sliding window and a token bucket (see `post::ratelimit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests allowed in any window.
+    pub requests: u32,
+    /// Length of the sliding window, e.g. `"300s"`.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Token bucket capacity: how many requests may go back to back. Defaults to 10% of
+    /// `requests` (at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`.

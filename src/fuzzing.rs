@@ -2,13 +2,13 @@
 //! test (below: every file in `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`) run
 //! the same code. Each takes arbitrary bytes and panics only when a property breaks.
 
-use crate::aggregate::posting::PostingDoc;
 use crate::bus::pull::{self, Op};
 use crate::domain::codec::{self, Format};
 use crate::domain::event::Envelope;
 use crate::domain::fastpack;
 use crate::query::model::QueryRequest;
 use crate::query::reserve::ReserveRequest;
+use retailflow_core::aggregate::posting::PostingDoc;
 
 /// A target's body: bytes in, a panic only when a property breaks.
 pub type Body = fn(&[u8]);

@@ -21,14 +21,17 @@ pub mod apply;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub use retailflow_core::domain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
 pub mod post;
 pub mod query;
+pub mod shared;
 pub mod snapshot;
 pub mod supervise;
 pub mod telemetry;
 #[cfg(feature = "lab")]
 pub mod testing;
+pub mod view;

@@ -1,10 +1,10 @@
 //! Store actor: one per store, started on first sight; owns that store's aggregator.
 
-use super::store::StoreAggregator;
-use crate::ingest::route::StoreEvent;
+use crate::shared::Shared;
 use crate::snapshot::coordinator::{CoordMsg, StorePart};
-use crate::supervise::shared::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use retailflow_core::aggregate::store::StoreAggregator;
+use retailflow_core::ingest::route::StoreEvent;
 use std::sync::Arc;
 #[cfg(feature = "lab")]
 use std::sync::atomic::Ordering::Relaxed;
@@ -101,7 +101,7 @@ impl Actor for StoreActor {
             } => {
                 let drafts = if flush { state.agg.flush() } else { Vec::new() };
                 let bytes = if snapshot {
-                    Some(crate::snapshot::format::encode_part(&state.agg)?)
+                    Some(retailflow_core::snapshot::format::encode_part(&state.agg)?)
                 } else {
                     None
                 };

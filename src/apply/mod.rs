@@ -1,6 +1,4 @@
 //! Applying events to available-to-promise state: per-SKU ops, the ledger, shard actors and
 //! the concurrent view that queries read.
 
-pub use retailflow_core::apply::{ledger, op, slots};
 pub mod shard;
-pub mod view;

@@ -1,13 +1,13 @@
 //! SKU-shard actor: the single writer of the ledger for the SKUs that hash to it.
 
-use super::ledger::{DecisionState, Ledger, ResvLimits};
-use super::op::Op;
-use super::view::ViewWriter;
-use crate::ingest::deadletter::{Letter, Reason};
+use crate::deadletter::{Letter, Reason};
+use crate::shared::Shared;
 use crate::snapshot::coordinator::{CoordMsg, ShardPart};
-use crate::supervise::shared::Shared;
 use crate::telemetry::Stage;
+use crate::view::ViewWriter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use retailflow_core::apply::ledger::{DecisionState, Ledger, ResvLimits};
+use retailflow_core::apply::op::Op;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -48,9 +48,9 @@ pub struct ShardState {
     ledger: Ledger,
     writer: ViewWriter,
     /// Slots already handed to the change feed in its current window.
-    marked: crate::query::feed::Marked,
+    marked: crate::shared::changes::Marked,
     /// Exceptions already reported to metrics.
-    reported: super::ledger::Exceptions,
+    reported: retailflow_core::apply::ledger::Exceptions,
 }
 
 impl ShardState {
@@ -242,7 +242,9 @@ impl Actor for ShardActor {
                     (Vec::new(), Vec::new())
                 };
                 let state_bytes = if snapshot {
-                    Some(crate::snapshot::format::encode_part(&state.ledger)?)
+                    Some(retailflow_core::snapshot::format::encode_part(
+                        &state.ledger,
+                    )?)
                 } else {
                     None
                 };

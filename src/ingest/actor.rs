@@ -6,20 +6,20 @@
 //! starts while the work in flight is under the credit limit, so a slow shard makes ingest
 //! wait and the backlog stays in JetStream.
 
-use super::deadletter::{Letter, Reason};
-use super::dedupe::{Dedupe, Verdict};
-use super::keys::ReservationKeys;
 use super::reader::{Decoded, Reader};
-use super::route::Routed;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
-use crate::aggregate::store::StoreAggregator;
 use crate::apply::shard::ShardMsg;
+use crate::deadletter::{Letter, Reason};
 use crate::domain::{Envelope, Event, LocationId};
+use crate::shared::Shared;
+use crate::shared::members::Members;
 use crate::snapshot::coordinator::{BarrierHeader, CoordMsg};
-use crate::snapshot::format::IngestState as IngestSnapshot;
-use crate::supervise::members::Members;
-use crate::supervise::shared::Shared;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use retailflow_core::aggregate::store::StoreAggregator;
+use retailflow_core::ingest::dedupe::{Dedupe, Verdict};
+use retailflow_core::ingest::keys::ReservationKeys;
+use retailflow_core::ingest::route::Routed;
+use retailflow_core::snapshot::format::IngestState as IngestSnapshot;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -130,7 +130,7 @@ impl IngestState {
                 Ok(self.go_on(seq))
             }
             Err(panic) => {
-                let text = crate::ingest::reader::panic_text(&*panic).to_string();
+                let text = crate::shared::panic_text(&*panic).to_string();
                 let Some((seq, _)) = position else {
                     return Err(format!("panic on a message without a position: {text}").into());
                 };

@@ -11,13 +11,13 @@
 //! `ingest.reader = "async-nats"`, it reads through the pipeline's async-nats client instead.
 //! Both give the actor the same [`Decoded`] batches.
 
-use super::deadletter::Reason;
 use crate::bus::pull::{self, Pull, PullError, PullOptions};
 use crate::config::ReaderKind;
+use crate::deadletter::Reason;
 use crate::domain::Envelope;
 use crate::domain::codec::{self, Format};
 use crate::domain::subject;
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -128,7 +128,10 @@ pub fn decode_raw(m: pull::Raw<'_>) -> Decoded {
                 position,
                 envelope: Err(Box::new(Bad {
                     reason: Reason::Panic,
-                    error: format!("panic while decoding: {}", panic_text(&*panic)),
+                    error: format!(
+                        "panic while decoding: {}",
+                        crate::shared::panic_text(&*panic)
+                    ),
                     subject: String::from_utf8_lossy(m.subject).into_owned(),
                     headers: None,
                     payload: bytes::Bytes::copy_from_slice(m.payload),
@@ -155,17 +158,6 @@ fn decode_raw_unguarded(m: pull::Raw<'_>) -> Decoded {
         bad.headers = pull::header_map(m.headers);
     }
     decoded
-}
-
-/// The text a panic was raised with.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
-    }
 }
 
 pub type Batch = Vec<Decoded>;

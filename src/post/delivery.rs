@@ -8,7 +8,7 @@
 //! outbox into the dead-letter stream during an outage; instead the endpoint pauses and the
 //! document is tried again once the ERP answers.
 
-use crate::aggregate::posting::PostingDoc;
+use retailflow_core::aggregate::posting::PostingDoc;
 use std::time::{Duration, SystemTime};
 
 /// What to do with a posting after one attempt.

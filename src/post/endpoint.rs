@@ -17,15 +17,15 @@
 
 use super::delivery::{self, Outcome};
 use super::ratelimit::RateLimiter;
-use crate::aggregate::posting::PostingDoc;
 use crate::config::{ErpEndpointConfig, RetryConfig};
+use crate::deadletter::{Letter, Reason};
 use crate::domain::{codec, subject};
-use crate::ingest::deadletter::{Letter, Reason};
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use crate::telemetry::EndpointMetrics;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use retailflow_core::aggregate::posting::PostingDoc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

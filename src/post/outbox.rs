@@ -2,12 +2,12 @@
 //! `Nats-Msg-Id`, so publishing the same document again (after a crash) is dropped by
 //! JetStream inside its duplicate window and by the ERP's idempotency key after it.
 
-use crate::aggregate::posting::PostingDoc;
 use crate::domain::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use retailflow_core::aggregate::posting::PostingDoc;
 
 #[derive(Debug, thiserror::Error)]
 #[error("outbox publish failed after {published} of {total} documents: {message}")]

@@ -18,24 +18,11 @@
 //! while the ERP still counts that oldest one. The window is therefore kept slightly longer
 //! than the ERP's (1%, at most one second).
 
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Requests allowed in any window.
-    pub requests: u32,
-    /// Length of the sliding window, e.g. `"300s"`.
-    #[serde(with = "crate::config::duration")]
-    pub window: Duration,
-    /// Token bucket capacity: how many requests may go back to back. Defaults to 10% of
-    /// `requests` (at least 1).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
+pub use crate::config::RateLimit;
 
 impl RateLimit {
     pub fn burst(&self) -> u32 {

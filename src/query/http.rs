@@ -5,7 +5,7 @@ use super::auth::{ApiAuth, Refusal, Scope};
 use super::listener;
 use super::model::{self, QueryError, QueryRequest};
 use super::reserve::{self, Reservations, ReserveError, ReserveRequest};
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};

@@ -1,7 +1,6 @@
 //! Availability and reservation API over HTTP and NATS request-reply, reading the view.
 
 pub mod auth;
-pub mod decisions;
 pub mod feed;
 pub mod http;
 pub mod listener;

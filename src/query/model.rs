@@ -1,9 +1,9 @@
 //! Availability questions and answers, shared by the HTTP and NATS front ends. Answers are
 //! computed from the view alone; nothing here goes through an actor.
 
-use crate::apply::ledger::Position;
-use crate::apply::view::{CellData, ChannelView, View};
 use crate::domain::{ChannelId, Sku, ids::check_token};
+use crate::view::{CellData, ChannelView, View};
+use retailflow_core::apply::ledger::Position;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -282,7 +282,7 @@ pub async fn answer(
 #[cfg(test)]
 mod deadline_tests {
     use super::*;
-    use crate::apply::view::{View, shard_of};
+    use crate::view::{View, shard_of};
 
     /// Skus of `n` different shards.
     fn one_per_shard(n: usize) -> Vec<String> {

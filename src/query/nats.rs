@@ -12,7 +12,7 @@
 use super::model::{self, QueryRequest};
 use super::reserve::{Reservations, ReserveError, ReserveRequest};
 use crate::domain::subject;
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -3,17 +3,17 @@
 //! event too, published by a timer, so replaying the stream reproduces every grant, rejection
 //! and expiry (invariant 1).
 
-use crate::apply::ledger::{Decision, DecisionState, request_fingerprint};
 use crate::domain::money::MAX_QTY;
 use crate::domain::{
     ChannelId, Envelope, Event, EventId, LocationId, ReservationBatch, ReservationExpired,
     ReservationId, ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId,
     Target, ids::check_token, subject,
 };
-use crate::query::decisions::Want;
+use crate::shared::Shared;
+use crate::shared::decisions::Want;
 use crate::snapshot::ticker::now_ms;
-use crate::supervise::shared::Shared;
 use futures::StreamExt;
+use retailflow_core::apply::ledger::{Decision, DecisionState, request_fingerprint};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,7 @@ pub struct ReserveAnswer {
     pub sku: String,
     pub granted: bool,
     /// `active`, `rejected`, `released`, `expired` or `consumed` (taken over by an order).
-    pub state: String,
+    pub state: DecisionState,
     pub allocations: Vec<Allocation>,
     /// Granted units in total.
     pub qty: i64,
@@ -76,7 +76,7 @@ impl From<Decision> for ReserveAnswer {
             reservation_id: d.reservation_id.to_string(),
             sku: d.sku.to_string(),
             granted: d.granted,
-            state: d.state.as_str().to_string(),
+            state: d.state,
             allocations: d
                 .allocations
                 .into_iter()

@@ -4,14 +4,14 @@
 //! Barriers complete in stream order: an actor answers barrier S before S', so S' cannot be
 //! complete while S is not.
 
-use super::format::{FORMAT_VERSION, IngestState, Snapshot};
 use super::store::SnapshotStore;
-use crate::aggregate::posting::{DocBody, Draft, Lineage, PostingDoc};
-use crate::apply::ledger::MovementLine;
 use crate::config::ErpEndpointConfig;
 use crate::domain::LocationId;
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use retailflow_core::aggregate::posting::{DocBody, Draft, Lineage, PostingDoc};
+use retailflow_core::apply::ledger::MovementLine;
+use retailflow_core::snapshot::format::{FORMAT_VERSION, IngestState, Snapshot};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -203,7 +203,10 @@ impl CoordState {
                         p.header
                             .ingest
                             .as_ref()
-                            .map(|i| super::format::encode_part(i).unwrap_or_default())
+                            .map(|i| {
+                                retailflow_core::snapshot::format::encode_part(i)
+                                    .unwrap_or_default()
+                            })
                             .unwrap_or_default(),
                     ),
                     shards: p

@@ -3,9 +3,9 @@
 //! postings reached the outbox. A snapshot is only pointed at after its upload finished, so a
 //! crash mid-upload leaves the previous pointer in place.
 
-use super::format::{FormatError, Snapshot};
 use crate::config::{SnapshotConfig, Storage};
 use async_nats::jetstream::{self, kv, object_store};
+use retailflow_core::snapshot::format::{FormatError, Snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 

@@ -9,7 +9,7 @@
 //! ingest until the backlog drains.
 
 use crate::domain::{Barrier, Envelope, Event, EventId, SCHEMA_VERSION, SourceId, subject};
-use crate::supervise::shared::Shared;
+use crate::shared::Shared;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};

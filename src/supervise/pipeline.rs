@@ -1,7 +1,6 @@
 //! A running retailflow: connects, prepares streams, recovers, starts the supervisor, the
 //! barrier ticker, the expiry timer and the API servers; shuts all of it down gracefully.
 
-use super::shared::Shared;
 #[cfg(feature = "lab")]
 use super::supervisor::CrashTarget;
 use super::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
@@ -11,6 +10,7 @@ use crate::config::Config;
 use crate::query::auth::ApiAuth;
 use crate::query::http::{self, ApiState};
 use crate::query::reserve::{self, Reservations};
+use crate::shared::Shared;
 use crate::snapshot::coordinator::{CoordMsg, CoordStatus};
 use crate::snapshot::store::{SnapshotError, SnapshotStore};
 use crate::snapshot::ticker::{self, BarrierPublisher};
@@ -105,6 +105,95 @@ async fn connect_on(
         .map_err(|e| StartError::Spawn(e.to_string()))??)
 }
 
+/// What `FrontEnds::start` needs from the start-up in progress.
+struct FrontEndArgs<'a> {
+    shared: &'a Arc<Shared>,
+    reservations: &'a Arc<Reservations>,
+    auth: &'a Arc<ApiAuth>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    api: &'a tokio::runtime::Handle,
+    data: &'a tokio::runtime::Handle,
+    api_client: &'a async_nats::Client,
+    resv_client: &'a async_nats::Client,
+}
+
+/// The API's front ends: HTTP (with TLS and token reload on SIGHUP) on the API runtime, the
+/// NATS request-reply responders on the runtime of their connection.
+struct FrontEnds {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http_addr: Option<SocketAddr>,
+    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FrontEnds {
+    async fn start(a: FrontEndArgs<'_>) -> Result<FrontEnds, StartError> {
+        let mut front = FrontEnds {
+            tasks: Vec::new(),
+            http_addr: None,
+            http_stop: None,
+        };
+        if !a.shared.config.api.http.is_empty() {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let state = ApiState {
+                shared: a.shared.clone(),
+                reservations: a.reservations.clone(),
+                auth: a.auth.clone(),
+            };
+            let listen = a.shared.config.api.http.clone();
+            let (addr, task) = a
+                .api
+                .spawn(async move {
+                    http::serve(state, &listen, a.tls, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                })
+                .await
+                .map_err(|e| StartError::Spawn(e.to_string()))?
+                .map_err(|error| StartError::Listen {
+                    addr: a.shared.config.api.http.clone(),
+                    error,
+                })?;
+            tracing::info!(%addr, "HTTP API listening");
+            front.http_addr = Some(addr);
+            front.http_stop = Some(tx);
+            front.tasks.push(task);
+        }
+        #[cfg(unix)]
+        if a.auth.enabled() {
+            let for_hup = a.auth.clone();
+            let t = a
+                .api
+                .spawn(async move { crate::query::auth::reload_on_sighup(for_hup) })
+                .await
+                .map_err(|e| StartError::Spawn(e.to_string()))?
+                .map_err(|e| StartError::Spawn(format!("SIGHUP handler: {e}")))?;
+            front.tasks.push(t);
+        }
+        if a.shared.config.api.nats {
+            use crate::query::nats::{QUERY_SUBJECTS, RESERVE_SUBJECTS, serve};
+            for (rt, client, subjects) in [
+                (a.api, a.api_client, QUERY_SUBJECTS),
+                (a.data, a.resv_client, RESERVE_SUBJECTS),
+            ] {
+                let serving = serve(
+                    a.shared.clone(),
+                    a.reservations.clone(),
+                    client.clone(),
+                    subjects,
+                );
+                let t = rt
+                    .spawn(serving)
+                    .await
+                    .map_err(|e| StartError::Spawn(e.to_string()))?
+                    .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
+                front.tasks.push(t);
+            }
+        }
+        Ok(front)
+    }
+}
+
 impl Pipeline {
     /// Connects to NATS (refusing servers that are too old) and starts everything.
     pub async fn start(config: Config) -> Result<Pipeline, StartError> {
@@ -178,64 +267,19 @@ impl Pipeline {
             data.spawn(reserve::expiry_loop(shared.clone())),
             data.spawn(crate::query::feed::run(shared.clone())),
         ];
-        let mut http_addr = None;
-        let mut http_stop = None;
-        if !config.api.http.is_empty() {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let state = ApiState {
-                shared: shared.clone(),
-                reservations: reservations.clone(),
-                auth: auth.clone(),
-            };
-            let listen = config.api.http.clone();
-            let (addr, task) = api
-                .spawn(async move {
-                    http::serve(state, &listen, tls, async {
-                        let _ = rx.await;
-                    })
-                    .await
-                })
-                .await
-                .map_err(|e| StartError::Spawn(e.to_string()))?
-                .map_err(|error| StartError::Listen {
-                    addr: config.api.http.clone(),
-                    error,
-                })?;
-            tracing::info!(%addr, "HTTP API listening");
-            http_addr = Some(addr);
-            http_stop = Some(tx);
-            tasks.push(task);
-        }
-        #[cfg(unix)]
-        if auth.enabled() {
-            let for_hup = auth.clone();
-            let t = api
-                .spawn(async move { crate::query::auth::reload_on_sighup(for_hup) })
-                .await
-                .map_err(|e| StartError::Spawn(e.to_string()))?
-                .map_err(|e| StartError::Spawn(format!("SIGHUP handler: {e}")))?;
-            tasks.push(t);
-        }
-        if config.api.nats {
-            use crate::query::nats::{QUERY_SUBJECTS, RESERVE_SUBJECTS, serve};
-            for (rt, client, subjects) in [
-                (&api, &api_client, QUERY_SUBJECTS),
-                (&data, &resv_client, RESERVE_SUBJECTS),
-            ] {
-                let serving = serve(
-                    shared.clone(),
-                    reservations.clone(),
-                    client.clone(),
-                    subjects,
-                );
-                let t = rt
-                    .spawn(serving)
-                    .await
-                    .map_err(|e| StartError::Spawn(e.to_string()))?
-                    .map_err(|e| StartError::Bus(BusError::JetStream(e.to_string())))?;
-                tasks.push(t);
-            }
-        }
+        let front = FrontEnds::start(FrontEndArgs {
+            shared: &shared,
+            reservations: &reservations,
+            auth: &auth,
+            tls,
+            api: &api,
+            data: &data,
+            api_client: &api_client,
+            resv_client: &resv_client,
+        })
+        .await?;
+        tasks.extend(front.tasks);
+        let (http_addr, http_stop) = (front.http_addr, front.http_stop);
         Ok(Pipeline {
             shared,
             supervisor,

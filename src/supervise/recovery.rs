@@ -1,14 +1,14 @@
 //! Recovery: the latest complete snapshot, checked against what the events stream still
 //! holds, decoded into the state each actor starts from.
 
-use crate::aggregate::posting::PostingDoc;
-use crate::aggregate::store::StoreAggregator;
-use crate::apply::ledger::Ledger;
 use crate::domain::LocationId;
-use crate::ingest::dedupe::Dedupe;
-use crate::snapshot::format::{self, IngestState, Snapshot};
+use crate::shared::Shared;
 use crate::snapshot::store::{SnapshotError, SnapshotStore};
-use crate::supervise::shared::Shared;
+use retailflow_core::aggregate::posting::PostingDoc;
+use retailflow_core::aggregate::store::StoreAggregator;
+use retailflow_core::apply::ledger::Ledger;
+use retailflow_core::ingest::dedupe::Dedupe;
+use retailflow_core::snapshot::format::{self, IngestState, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -47,7 +47,7 @@ pub struct Restored {
     pub ledgers: Vec<Ledger>,
     pub stores: Vec<(LocationId, StoreAggregator)>,
     pub dedupe: Dedupe,
-    pub keys: crate::ingest::keys::ReservationKeys,
+    pub keys: retailflow_core::ingest::keys::ReservationKeys,
     pub unreleased: Vec<PostingDoc>,
 }
 

@@ -9,9 +9,7 @@
 //! - more than `max_restarts` within `within` escalates: the supervisor reports a fatal error
 //!   to its owner (the process exits with a clear message) instead of looping.
 
-use super::members::Members;
 use super::recovery::{self, Restored};
-use super::shared::Shared;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
 #[cfg(feature = "lab")]
 use crate::apply::shard::ShardMsg;
@@ -19,6 +17,8 @@ use crate::apply::shard::{ShardActor, ShardArgs};
 use crate::ingest::actor::{IngestActor, IngestArgs, IngestMsg};
 use crate::post::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};
 use crate::post::ratelimit::RateLimiter;
+use crate::shared::Shared;
+use crate::shared::members::Members;
 use crate::snapshot::coordinator::{CoordArgs, CoordMsg, Coordinator};
 use crate::snapshot::store::SnapshotStore;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};

@@ -412,8 +412,8 @@ async fn an_idempotency_key_reused_for_another_request_gets_409_and_reserves_not
 
     // The same key for another SKU (on another shard of 3), another qty: 409.
     assert_ne!(
-        retailflow::apply::view::shard_of("A", 3),
-        retailflow::apply::view::shard_of("C", 3)
+        retailflow::view::shard_of("A", 3),
+        retailflow::view::shard_of("C", 3)
     );
     for other in [body("K", "C", 1), body("K", "A", 2)] {
         let (s, _, answer) = call(&http, M::POST, &url, None, Some(other)).await;

@@ -178,8 +178,8 @@ async fn events_on_subjects_that_do_not_fit_them_are_misplaced_not_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_refused_lines_of_one_event_are_two_dead_letters() {
-    use retailflow::apply::ledger::Ledger;
-    use retailflow::apply::op::Op;
+    use retailflow_core::apply::ledger::Ledger;
+    use retailflow_core::apply::op::Op;
     let server = nats();
     let cfg = config(&server.url());
     let js = async_nats::jetstream::new(client(&server.url()).await);
@@ -213,7 +213,7 @@ async fn two_refused_lines_of_one_event_are_two_dead_letters() {
     assert_eq!(letters.len(), 2, "both lines refused");
 
     let metrics = retailflow::telemetry::Metrics::new();
-    let dl = retailflow::ingest::deadletter::DeadLetters::new(js.clone(), metrics.clone());
+    let dl = retailflow::deadletter::DeadLetters::new(js.clone(), metrics.clone());
     for letter in letters {
         dl.send(letter).await.expect("stored");
     }

@@ -4,9 +4,9 @@
 //! reservation is ever granted beyond what was available when it was decided.
 
 use proptest::prelude::*;
-use retailflow::apply::ledger::Ledger;
-use retailflow::apply::op::Op;
 use retailflow::domain::*;
+use retailflow_core::apply::ledger::Ledger;
+use retailflow_core::apply::op::Op;
 use std::collections::HashMap;
 use std::sync::Arc;
 

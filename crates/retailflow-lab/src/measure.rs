@@ -431,7 +431,7 @@ impl E2eSamples {
 
 /// Polls the view every millisecond for sampled events becoming visible.
 pub async fn e2e_watch(
-    pipeline_view: Arc<retailflow::apply::view::View>,
+    pipeline_view: Arc<retailflow::view::View>,
     samples: Arc<E2eSamples>,
     rec: Arc<Recorders>,
     stop: Arc<AtomicBool>,

@@ -710,7 +710,7 @@ pub(crate) async fn verify_dead_letters(
                 if let Some(s) = m
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(retailflow::ingest::deadletter::H_SEQ))
+                    .and_then(|h| h.get(retailflow::deadletter::H_SEQ))
                 {
                     seqs.insert(s.as_str().to_string());
                 }

@@ -115,10 +115,10 @@ fn write_fuzz_seeds() {
         write("http_requests", name, body);
     }
 
-    use retailflow::aggregate::posting::{
+    use retailflow_core::aggregate::posting::{
         DocBody, Draft, Lineage, PostingDoc, SalesLine, TaxSummaryLine, TenderLine,
     };
-    use retailflow::apply::ledger::MovementLine;
+    use retailflow_core::apply::ledger::MovementLine;
     let bodies = [
         DocBody::SalesSummary(vec![SalesLine {
             sku: "SKU-1".into(),

@@ -3,9 +3,9 @@
 //! The API registers a waiter under the reservation id before it publishes the request event;
 //! the owning shard completes every waiter of that id when it applies the event.
 
-use crate::apply::ledger::{Decision, DecisionState};
 use crate::domain::ReservationId;
 use dashmap::DashMap;
+use retailflow_core::apply::ledger::{Decision, DecisionState};
 use tokio::sync::oneshot;
 
 /// Which decisions under an id a waiter takes.

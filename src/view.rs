@@ -6,9 +6,9 @@
 //! cell; the answer reflects at least `max(watermark, cell.as_of)`. Shards write a cell only
 //! at the end of a batch, so a reader never sees half an op.
 
-use super::ledger::{ChannelInfo, Position};
 use crate::domain::{ChannelId, LocationId, Sku, SourcingRule};
 use dashmap::DashMap;
+use retailflow_core::apply::ledger::{ChannelInfo, Position};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -275,7 +275,7 @@ impl ViewWriter {
     pub fn publish(
         &mut self,
         view: &View,
-        ledger: &super::ledger::Ledger,
+        ledger: &retailflow_core::apply::ledger::Ledger,
         slots: &[u32],
         seq: u64,
     ) {

@@ -1,12 +1,18 @@
 //! What every actor of one pipeline shares: configuration, NATS handles, metrics, the view,
-//! the credit counter that bounds work in flight.
+//! the credit counter that bounds work in flight, the reservation decisions, the change-feed
+//! marks, the dead letters, the members of the running generation. It sits below every actor,
+//! so the actors depend on it and not on each other's modules.
 
-use crate::apply::view::View;
+pub mod changes;
+pub mod decisions;
+pub mod members;
+
 use crate::config::Config;
-use crate::ingest::deadletter::DeadLetters;
-use crate::query::decisions::{ActiveReservations, Decisions};
-use crate::query::feed::ChangeFeed;
+use crate::deadletter::DeadLetters;
+use crate::shared::changes::ChangeFeed;
+use crate::shared::decisions::{ActiveReservations, Decisions};
 use crate::telemetry::Metrics;
+use crate::view::View;
 use async_nats::jetstream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,7 +89,7 @@ impl Poisoned {
         actor: std::fmt::Arguments<'_>,
         panic: &(dyn std::any::Any + Send),
     ) -> ractor::ActorProcessingErr {
-        let text = crate::ingest::reader::panic_text(panic).to_string();
+        let text = panic_text(panic).to_string();
         let error = format!(
             "{actor} panicked at stream sequence {seq}: {text}; it restarts from the last snapshot and the event is dead-lettered on replay"
         );
@@ -169,5 +175,16 @@ impl Shared {
             #[cfg(feature = "lab")]
             panic_hooks: PanicHooks::default(),
         })
+    }
+}
+
+/// The text a panic was raised with.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
     }
 }
