@@ -7,6 +7,7 @@ cd "$root"
 scripts/install-nats-server.sh
 export RETAILFLOW_NATS_SERVER="$root/.tools/nats-server/bin/nats-server"
 cargo fmt --check
+scripts/check-layers.sh
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace
 # Fuzz smoke: every target for a few seconds on nightly with the committed corpus (the long
