@@ -595,24 +595,4 @@ pub fn init_logging(default: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn render_is_prometheus_text() {
-        let m = Metrics::new();
-        m.events_applied.fetch_add(3, Relaxed);
-        m.endpoint("erp").throttled_429.fetch_add(2, Relaxed);
-        m.dead_letter("undecodable");
-        let text = m.render();
-        assert!(text.contains("retailflow_events_applied_total 3\n"));
-        assert!(text.contains("retailflow_erp_throttled_total{endpoint=\"erp\"} 2\n"));
-        assert!(
-            text.contains("retailflow_dead_letters_by_reason_total{reason=\"undecodable\"} 1\n")
-        );
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let parts: Vec<&str> = line.rsplitn(2, ' ').collect();
-            assert!(parts[0].parse::<i64>().is_ok(), "{line}");
-        }
-    }
-}
+mod tests;
