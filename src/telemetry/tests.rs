@@ -11,6 +11,11 @@ fn render_is_prometheus_text() {
     assert!(text.contains("retailflow_events_applied_total 3\n"));
     assert!(text.contains("retailflow_erp_throttled_total{endpoint=\"erp\"} 2\n"));
     assert!(text.contains("retailflow_dead_letters_by_reason_total{reason=\"undecodable\"} 1\n"));
+    assert!(
+        !text.contains("{}"),
+        "an empty label set is written: {text}"
+    );
+    assert!(!text.contains("_total_total"), "{text}");
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let parts: Vec<&str> = line.rsplitn(2, ' ').collect();
         assert!(parts[0].parse::<i64>().is_ok(), "{line}");
@@ -175,6 +180,16 @@ fn render_matches_the_hand_written_exposition() {
     assert_eq!(now.types, before.types, "families or types differ");
     assert_eq!(now.samples, before.samples, "series or values differ");
     assert_eq!(now.helps, before.helps, "help texts differ");
+    // The hand-written text declared retailflow_erp_paused_endpoints twice.
+    assert_eq!(
+        before.repeated,
+        BTreeSet::from(["retailflow_erp_paused_endpoints".to_string()])
+    );
+    assert!(
+        now.repeated.is_empty(),
+        "declared twice: {:?}",
+        now.repeated
+    );
 }
 
 /// Families `/metrics` must show, their type and label names, written out independently of
