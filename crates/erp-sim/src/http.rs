@@ -1,7 +1,8 @@
 //! The simulator's HTTP routes. Handlers only translate between HTTP and [`SimState`]; every
 //! rule lives there.
 
-use super::state::{Answer, FaultMode, FaultPlan, Screened, SimState};
+use crate::answer::Answer;
+use crate::state::{FaultMode, FaultPlan, Screened, SimState};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};

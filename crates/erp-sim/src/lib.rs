@@ -46,6 +46,7 @@
 //! # }
 //! ```
 
+mod answer;
 pub mod cli;
 mod config;
 mod http;

@@ -5,7 +5,8 @@
 //! behind one std `Mutex` (nothing awaits while holding it) except the in-flight counts, which
 //! are atomic because a slot is given back in `Drop`, also when a client hangs up mid-request.
 
-use super::config::ErpSimConfig;
+use crate::answer::{Answer, whole_seconds};
+use crate::config::ErpSimConfig;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::{DocBody, PostingDoc};
 use retailflow_core::domain::{BusinessDay, Currency, LocationId, Sku, TaxCode, TenderKind};
@@ -16,53 +17,6 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// What the simulator answers to one postings request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Answer {
-    pub status: StatusCode,
-    /// JSON text, kept as first sent so that a replay repeats it byte for byte.
-    pub body: String,
-    /// Whole seconds for the `Retry-After` header.
-    pub retry_after: Option<u64>,
-    /// A `Retry-After` value sent as given, instead of `retry_after` (a fault plan's; it may be
-    /// an HTTP-date or a number no clock holds, as a broken ERP sends).
-    pub retry_after_text: Option<String>,
-    /// Whether this repeats an earlier answer (`Idempotent-Replayed: true`).
-    pub replayed: bool,
-}
-
-impl Answer {
-    fn new(status: StatusCode, body: serde_json::Value) -> Answer {
-        Answer {
-            status,
-            body: body.to_string(),
-            retry_after: None,
-            retry_after_text: None,
-            replayed: false,
-        }
-    }
-
-    fn error(status: StatusCode, message: impl Into<String>) -> Answer {
-        Answer::new(status, serde_json::json!({ "error": message.into() }))
-    }
-
-    fn retry_after(mut self, seconds: u64) -> Answer {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    fn retry_after_text(mut self, text: Option<String>) -> Answer {
-        self.retry_after_text = text;
-        self
-    }
-}
-
-/// Rounds a wait up to the whole seconds a `Retry-After` header can carry; never 0, because
-/// "retry after 0 s" invites the client to hammer.
-pub(crate) fn whole_seconds(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
 
 /// Sliding-window log: at most `limit` requests in any `window`.
 #[derive(Debug)]
