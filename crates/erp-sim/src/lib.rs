@@ -48,9 +48,13 @@
 
 mod answer;
 pub mod cli;
+mod concurrency;
 mod config;
+#[cfg(test)]
+mod fixtures;
 mod http;
 mod state;
+mod window;
 
 pub use config::ErpSimConfig;
 pub use state::{

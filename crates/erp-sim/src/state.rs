@@ -6,63 +6,18 @@
 //! are atomic because a slot is given back in `Drop`, also when a client hangs up mid-request.
 
 use crate::answer::{Answer, whole_seconds};
+use crate::concurrency::{InFlight, Slots};
 use crate::config::ErpSimConfig;
+use crate::window::SlidingWindow;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::{DocBody, PostingDoc};
 use retailflow_core::domain::{BusinessDay, Currency, LocationId, Sku, TaxCode, TenderKind};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// Sliding-window log: at most `limit` requests in any `window`.
-#[derive(Debug)]
-pub(crate) struct SlidingWindow {
-    limit: usize,
-    window: Duration,
-    /// Arrival instants of the requests still inside the window, oldest first.
-    log: VecDeque<Instant>,
-    max_seen: usize,
-}
-
-impl SlidingWindow {
-    pub fn new(limit: u32, window: Duration) -> SlidingWindow {
-        SlidingWindow {
-            limit: limit as usize,
-            window,
-            log: VecDeque::new(),
-            max_seen: 0,
-        }
-    }
-
-    /// Records a request arriving at `now`, or refuses it with the whole seconds until the
-    /// oldest request leaves the window. Refused requests are not recorded, so a client that
-    /// waits for the `Retry-After` it was given does get through.
-    pub fn try_admit(&mut self, now: Instant) -> Result<(), u64> {
-        while let Some(&oldest) = self.log.front() {
-            if oldest + self.window <= now {
-                self.log.pop_front();
-            } else {
-                break;
-            }
-        }
-        if self.log.len() >= self.limit {
-            let wait = self.log.front().map_or(Duration::ZERO, |&oldest| {
-                (oldest + self.window).saturating_duration_since(now)
-            });
-            return Err(whole_seconds(wait));
-        }
-        // Callers read the clock before taking the lock, so instants can arrive a hair out of
-        // order; clamping keeps the log sorted, which the pruning above relies on.
-        let at = self.log.back().map_or(now, |&last| last.max(now));
-        self.log.push_back(at);
-        self.max_seen = self.max_seen.max(self.log.len());
-        Ok(())
-    }
-}
 
 /// Failure the simulator is told to play, whatever the requests look like.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,17 +425,6 @@ fn injects_error(key: &str, attempt: u32, permille: u32) -> bool {
     draw(key, ERROR_SALT.wrapping_add(u64::from(attempt))) % 1000 < u64::from(permille)
 }
 
-/// Holds one of the `max_concurrent` slots until dropped.
-pub(crate) struct InFlight<'a> {
-    slots: &'a AtomicUsize,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.slots.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The outcome of screening a parsed document before its latency.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Screened {
@@ -547,8 +491,7 @@ pub(crate) struct SimState {
     config: ErpSimConfig,
     reject_locations: HashSet<String>,
     started: Instant,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    slots: Slots,
     inner: Mutex<Inner>,
 }
 
@@ -557,8 +500,7 @@ impl SimState {
         SimState {
             reject_locations: config.reject_locations.iter().cloned().collect(),
             started,
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            slots: Slots::new(config.max_concurrent),
             inner: Mutex::new(Inner {
                 fault: Fault::default(),
                 window: SlidingWindow::new(config.limit_requests, config.limit_window),
@@ -626,12 +568,8 @@ impl SimState {
             }
         }
 
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        // Built at once so that every refusal below gives the slot back.
-        let slot = InFlight {
-            slots: &self.in_flight,
-        };
-        if before >= self.config.max_concurrent {
+        // Held from here on: a refusal below gives the slot back as `slot` drops.
+        let Some(slot) = self.slots.take() else {
             let answer = Answer::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -642,8 +580,7 @@ impl SimState {
             .retry_after(1);
             inner.counters.throttled_concurrency += 1;
             return Err(inner.throttle(self.started, now, answer));
-        }
-        self.max_in_flight.fetch_max(before + 1, Ordering::AcqRel);
+        };
 
         if let Err(retry) = inner.window.try_admit(now) {
             let answer = Answer::error(
@@ -811,8 +748,8 @@ impl SimState {
             injected_errors: c.injected_errors,
             unauthorized: c.unauthorized,
             duplicate_documents: c.duplicate_documents,
-            max_in_flight: self.max_in_flight.load(Ordering::Acquire),
-            max_in_window: inner.window.max_seen,
+            max_in_flight: self.slots.max_in_flight(),
+            max_in_window: inner.window.max_seen(),
             limit_requests: self.config.limit_requests,
             limit_window_s: self.config.limit_window.as_secs(),
             max_concurrent: self.config.max_concurrent,
@@ -824,45 +761,13 @@ impl SimState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{doc, sale, secs};
     use retailflow_core::aggregate::posting::MovementLine;
-    use retailflow_core::aggregate::posting::{Lineage, SalesLine, TaxSummaryLine, TenderLine};
-
-    fn secs(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
-    }
+    use retailflow_core::aggregate::posting::{SalesLine, TaxSummaryLine, TenderLine};
 
     fn sim(config: ErpSimConfig) -> (SimState, Instant) {
         let t0 = Instant::now();
         (SimState::new(config, t0), t0)
-    }
-
-    fn doc(id: &str, location: &str, body: DocBody) -> PostingDoc {
-        PostingDoc {
-            id: id.into(),
-            endpoint: "erp".into(),
-            location: location.into(),
-            business_day: Some(BusinessDay::parse("2026-11-27").unwrap()),
-            currency: Some(Currency::parse("EUR").unwrap()),
-            barrier_seq: 10,
-            part: 0,
-            page: 1,
-            pages: 1,
-            lineage: Lineage::default(),
-            body,
-        }
-    }
-
-    fn sale(sku: &str, qty: i64, amount: i64) -> SalesLine {
-        SalesLine {
-            sku: sku.into(),
-            tax_code: "VAT20".into(),
-            qty_sold: qty,
-            qty_returned: 0,
-            sales_amount: amount,
-            returns_amount: 0,
-            discount_amount: 0,
-            tax_amount: amount / 5,
-        }
     }
 
     /// Admits, screens and commits one document the way the HTTP handler does.
@@ -878,26 +783,6 @@ mod tests {
             Screened::Done(answer) => answer,
             Screened::Proceed { .. } => s.commit(key, d, now),
         }
-    }
-
-    #[test]
-    fn window_refuses_when_full_and_says_when_the_oldest_leaves() {
-        let t0 = Instant::now();
-        let mut w = SlidingWindow::new(3, Duration::from_secs(10));
-        for s in [0.0, 1.0, 2.0] {
-            assert_eq!(w.try_admit(t0 + secs(s)), Ok(()));
-        }
-        // Oldest arrived at 0 s and leaves at 10 s: 7.5 s rounds up to 8.
-        assert_eq!(w.try_admit(t0 + secs(2.5)), Err(8));
-        // Half a second short still asks for a whole one, never 0.
-        assert_eq!(w.try_admit(t0 + secs(9.5)), Err(1));
-        // Refusals were not recorded: at 10 s exactly one slot is free again.
-        assert_eq!(w.try_admit(t0 + secs(10.0)), Ok(()));
-        assert_eq!(w.try_admit(t0 + secs(10.0)), Err(1));
-        assert_eq!(w.max_seen, 3);
-        assert_eq!(whole_seconds(Duration::ZERO), 1);
-        assert_eq!(whole_seconds(Duration::from_secs(4)), 4);
-        assert_eq!(whole_seconds(secs(4.001)), 5);
     }
 
     #[test]
