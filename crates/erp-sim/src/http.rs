@@ -2,7 +2,8 @@
 //! rule lives there.
 
 use crate::answer::Answer;
-use crate::state::{FaultMode, FaultPlan, Screened, SimState};
+use crate::faults::{FaultMode, FaultPlan};
+use crate::state::{Screened, SimState};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};

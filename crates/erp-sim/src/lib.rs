@@ -50,6 +50,7 @@ mod answer;
 pub mod cli;
 mod concurrency;
 mod config;
+mod faults;
 #[cfg(test)]
 mod fixtures;
 mod http;
@@ -57,9 +58,9 @@ mod state;
 mod window;
 
 pub use config::ErpSimConfig;
+pub use faults::{FaultMode, FaultPlan, FaultStatus};
 pub use state::{
-    FaultMode, FaultPlan, FaultStatus, InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal,
-    TimelinePoint, Totals,
+    InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal, TimelinePoint, Totals,
 };
 
 use state::SimState;

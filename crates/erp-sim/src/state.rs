@@ -5,9 +5,10 @@
 //! behind one std `Mutex` (nothing awaits while holding it) except the in-flight counts, which
 //! are atomic because a slot is given back in `Drop`, also when a client hangs up mid-request.
 
-use crate::answer::{Answer, whole_seconds};
+use crate::answer::Answer;
 use crate::concurrency::{InFlight, Slots};
 use crate::config::ErpSimConfig;
+use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
 use crate::window::SlidingWindow;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::{DocBody, PostingDoc};
@@ -18,72 +19,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// Failure the simulator is told to play, whatever the requests look like.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultMode {
-    #[default]
-    Normal,
-    /// Every postings request answers 503.
-    Outage,
-    /// Every postings request answers 429 (a "429 storm").
-    Throttle,
-    /// Every postings request answers 401, as when the ERP's token has expired.
-    Unauthorized,
-}
-
-/// A fault to play: the mode, and optionally how long, for how many requests and with which
-/// `Retry-After` text. It ends at whichever limit comes first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FaultPlan {
-    pub mode: FaultMode,
-    /// How long the mode lasts; `None`: until changed (or `requests` ran out).
-    pub lasts: Option<Duration>,
-    /// How many postings requests it answers; `None`: any number.
-    pub requests: Option<u64>,
-    /// `Retry-After` sent with every answer of the fault, as given.
-    pub retry_after: Option<String>,
-}
-
-/// The fault mode in force, as `POST /api/v1/admin/fault` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FaultStatus {
-    pub mode: FaultMode,
-    /// Whole seconds until the mode reverts to normal; `None` while it lasts until changed.
-    pub remaining_s: Option<u64>,
-}
-
-#[derive(Debug, Default)]
-struct Fault {
-    mode: FaultMode,
-    until: Option<Instant>,
-    /// Requests the fault still answers.
-    requests_left: Option<u64>,
-    retry_after: Option<String>,
-}
-
-impl Fault {
-    /// The mode at `now` and how long it still lasts; a timed fault that has run out reverts
-    /// to normal here, so no timer task is needed.
-    fn current(&mut self, now: Instant) -> (FaultMode, Option<Duration>) {
-        if self.until.is_some_and(|until| now >= until) || self.requests_left == Some(0) {
-            *self = Fault::default();
-        }
-        (
-            self.mode,
-            self.until.map(|until| until.saturating_duration_since(now)),
-        )
-    }
-
-    fn status(&mut self, now: Instant) -> FaultStatus {
-        let (mode, left) = self.current(now);
-        FaultStatus {
-            mode,
-            remaining_s: left.map(whole_seconds),
-        }
-    }
-}
 
 /// Sales totals of one location, business day, currency, sku and tax code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,42 +465,19 @@ impl SimState {
         inner.counters.requests += 1;
         inner.second(self.started, now).requests += 1;
 
-        let (mode, left) = inner.fault.current(now);
-        if mode != FaultMode::Normal {
-            if let Some(n) = inner.fault.requests_left.as_mut() {
-                *n = n.saturating_sub(1);
-            }
-        }
-        let text = inner.fault.retry_after.clone();
-        match mode {
-            FaultMode::Normal => {}
-            FaultMode::Outage => {
-                inner.counters.injected_errors += 1;
-                return Err(Answer::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable (simulated outage)",
-                )
-                .retry_after_text(text));
-            }
-            FaultMode::Unauthorized => {
-                inner.counters.unauthorized += 1;
-                return Err(Answer::error(
-                    StatusCode::UNAUTHORIZED,
-                    "the access token has expired (simulated)",
-                )
-                .retry_after_text(text));
-            }
-            FaultMode::Throttle => {
-                // An open-ended storm has no end to announce; 1 s keeps the client probing.
-                let retry = left.map_or(1, whole_seconds);
-                let answer = Answer::error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate limit exceeded (simulated throttling)",
-                )
-                .retry_after(retry)
-                .retry_after_text(text);
-                return Err(inner.throttle(self.started, now, answer));
-            }
+        if let Some((mode, answer)) = inner.fault.answer(now) {
+            return Err(match mode {
+                FaultMode::Throttle => inner.throttle(self.started, now, answer),
+                FaultMode::Unauthorized => {
+                    inner.counters.unauthorized += 1;
+                    answer
+                }
+                // Normal mode gives no answer.
+                FaultMode::Outage | FaultMode::Normal => {
+                    inner.counters.injected_errors += 1;
+                    answer
+                }
+            });
         }
 
         // Held from here on: a refusal below gives the slot back as `slot` drops.
@@ -708,16 +620,7 @@ impl SimState {
     /// Plays a fault plan from `now`.
     pub fn play(&self, plan: FaultPlan, now: Instant) -> FaultStatus {
         let mut inner = self.lock();
-        inner.fault = match plan.mode {
-            FaultMode::Normal => Fault::default(),
-            // A length no clock holds is "until changed".
-            mode => Fault {
-                mode,
-                until: plan.lasts.and_then(|d| now.checked_add(d)),
-                requests_left: plan.requests,
-                retry_after: plan.retry_after,
-            },
-        };
+        inner.fault = Fault::start(plan, now);
         inner.fault.status(now)
     }
 
