@@ -47,6 +47,7 @@
 //! ```
 
 mod answer;
+mod books;
 pub mod cli;
 mod concurrency;
 mod config;
@@ -57,11 +58,10 @@ mod http;
 mod state;
 mod window;
 
+pub use books::{InventoryTotal, SalesTotal, TaxTotal, TenderTotal, Totals};
 pub use config::ErpSimConfig;
 pub use faults::{FaultMode, FaultPlan, FaultStatus};
-pub use state::{
-    InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal, TimelinePoint, Totals,
-};
+pub use state::{Stats, TimelinePoint};
 
 use state::SimState;
 use std::net::SocketAddr;

@@ -6,79 +6,17 @@
 //! are atomic because a slot is given back in `Drop`, also when a client hangs up mid-request.
 
 use crate::answer::Answer;
+use crate::books::{Books, Totals};
 use crate::concurrency::{InFlight, Slots};
 use crate::config::ErpSimConfig;
 use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
 use crate::window::SlidingWindow;
 use axum::http::StatusCode;
-use retailflow_core::aggregate::posting::{DocBody, PostingDoc};
-use retailflow_core::domain::{BusinessDay, Currency, LocationId, Sku, TaxCode, TenderKind};
-use rustc_hash::FxHashMap;
+use retailflow_core::aggregate::posting::PostingDoc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// Sales totals of one location, business day, currency, sku and tax code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SalesTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub sku: Sku,
-    pub tax_code: TaxCode,
-    pub qty_sold: i64,
-    pub qty_returned: i64,
-    pub sales_amount: i64,
-    pub returns_amount: i64,
-    pub discount_amount: i64,
-    pub tax_amount: i64,
-}
-
-/// Tender totals of one location, business day, currency and tender kind.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenderTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub tender: TenderKind,
-    pub paid: i64,
-    pub refunded: i64,
-    pub transactions: u64,
-}
-
-/// Tax totals of one location, business day, currency and tax component code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaxTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub code: TaxCode,
-    pub taxable_amount: i64,
-    pub tax_amount: i64,
-}
-
-/// Net inventory movement of one location, sku and reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InventoryTotal {
-    pub location: LocationId,
-    pub sku: Sku,
-    pub reason: String,
-    pub qty: i64,
-}
-
-/// What the simulated ERP has booked: the sums of every accepted document, each list sorted
-/// by its key. Amounts are minor units.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub sales: Vec<SalesTotal>,
-    pub tenders: Vec<TenderTotal>,
-    pub tax: Vec<TaxTotal>,
-    pub inventory: Vec<InventoryTotal>,
-    /// Documents accepted, double bookings included.
-    pub documents: u64,
-}
 
 /// Counts of one wall-clock second, numbered from the simulator's start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,198 +74,6 @@ struct Counters {
     duplicate_documents: u64,
 }
 
-/// A document would push a total past `i64`; the ERP refuses it rather than book garbage.
-#[derive(Debug)]
-struct Overflow;
-
-/// Per-key sums that can be added without overflowing.
-trait Sums: Copy {
-    const ZERO: Self;
-    fn checked_add(self, other: Self) -> Option<Self>;
-}
-
-impl<const N: usize> Sums for [i64; N] {
-    const ZERO: Self = [0; N];
-    fn checked_add(self, other: Self) -> Option<Self> {
-        let mut out = self;
-        for (o, d) in out.iter_mut().zip(other) {
-            *o = o.checked_add(d)?;
-        }
-        Some(out)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct TenderSums {
-    paid: i64,
-    refunded: i64,
-    transactions: u64,
-}
-
-impl Sums for TenderSums {
-    const ZERO: Self = TenderSums {
-        paid: 0,
-        refunded: 0,
-        transactions: 0,
-    };
-    fn checked_add(self, other: Self) -> Option<Self> {
-        Some(TenderSums {
-            paid: self.paid.checked_add(other.paid)?,
-            refunded: self.refunded.checked_add(other.refunded)?,
-            transactions: self.transactions.checked_add(other.transactions)?,
-        })
-    }
-}
-
-/// Adds `deltas` to `map`, all or nothing.
-fn merge<K: Hash + Eq, V: Sums>(
-    map: &mut FxHashMap<K, V>,
-    deltas: impl IntoIterator<Item = (K, V)>,
-) -> Result<(), Overflow> {
-    // Staged apart so that an overflow on the last line leaves the earlier ones unbooked.
-    let mut staged: FxHashMap<K, V> = FxHashMap::default();
-    for (key, delta) in deltas {
-        let current = match staged.get(&key) {
-            Some(v) => *v,
-            None => map.get(&key).copied().unwrap_or(V::ZERO),
-        };
-        let next = current.checked_add(delta).ok_or(Overflow)?;
-        staged.insert(key, next);
-    }
-    map.extend(staged);
-    Ok(())
-}
-
-type DayKey = (LocationId, Option<BusinessDay>, Option<Currency>);
-
-/// The books: sums of accepted documents by key. Hash maps, because folding a document is
-/// the simulator's hot path (hundreds of thousands of keys at peak, every line a lookup);
-/// [`Ledger::totals`] sorts when someone reads them.
-#[derive(Debug, Default)]
-struct Ledger {
-    /// qty_sold, qty_returned, sales, returns, discount, tax.
-    sales: FxHashMap<(DayKey, Sku, TaxCode), [i64; 6]>,
-    tenders: FxHashMap<(DayKey, TenderKind), TenderSums>,
-    /// taxable, tax.
-    tax: FxHashMap<(DayKey, TaxCode), [i64; 2]>,
-    inventory: FxHashMap<(LocationId, Sku, String), [i64; 1]>,
-    documents: u64,
-}
-
-/// A map's entries in key order.
-fn sorted<K: Ord, V>(map: &FxHashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut entries: Vec<(&K, &V)> = map.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    entries
-}
-
-impl Ledger {
-    fn fold(&mut self, doc: &PostingDoc) -> Result<(), Overflow> {
-        let day: DayKey = (doc.location.clone(), doc.business_day, doc.currency);
-        match &doc.body {
-            DocBody::SalesSummary(lines) => merge(
-                &mut self.sales,
-                lines.iter().map(|l| {
-                    let key = (day.clone(), l.sku.clone(), l.tax_code.clone());
-                    let sums = [
-                        l.qty_sold,
-                        l.qty_returned,
-                        l.sales_amount,
-                        l.returns_amount,
-                        l.discount_amount,
-                        l.tax_amount,
-                    ];
-                    (key, sums)
-                }),
-            )?,
-            DocBody::TenderSummary(lines) => merge(
-                &mut self.tenders,
-                lines.iter().map(|l| {
-                    let sums = TenderSums {
-                        paid: l.paid,
-                        refunded: l.refunded,
-                        transactions: l.transactions,
-                    };
-                    ((day.clone(), l.tender.clone()), sums)
-                }),
-            )?,
-            DocBody::TaxSummary(lines) => merge(
-                &mut self.tax,
-                lines.iter().map(|l| {
-                    let key = (day.clone(), l.code.clone());
-                    (key, [l.taxable_amount, l.tax_amount])
-                }),
-            )?,
-            // Movement lines carry their own location; it is the one the stock moved at.
-            DocBody::InventoryMovements(lines) => merge(
-                &mut self.inventory,
-                lines.iter().map(|l| {
-                    let key = (l.location.clone(), l.sku.clone(), l.reason.to_string());
-                    (key, [l.qty])
-                }),
-            )?,
-        }
-        self.documents += 1;
-        Ok(())
-    }
-
-    fn totals(&self) -> Totals {
-        Totals {
-            sales: sorted(&self.sales)
-                .into_iter()
-                .map(
-                    |(((location, day, currency), sku, tax_code), s)| SalesTotal {
-                        location: location.clone(),
-                        business_day: *day,
-                        currency: *currency,
-                        sku: sku.clone(),
-                        tax_code: tax_code.clone(),
-                        qty_sold: s[0],
-                        qty_returned: s[1],
-                        sales_amount: s[2],
-                        returns_amount: s[3],
-                        discount_amount: s[4],
-                        tax_amount: s[5],
-                    },
-                )
-                .collect(),
-            tenders: sorted(&self.tenders)
-                .into_iter()
-                .map(|(((location, day, currency), tender), s)| TenderTotal {
-                    location: location.clone(),
-                    business_day: *day,
-                    currency: *currency,
-                    tender: tender.clone(),
-                    paid: s.paid,
-                    refunded: s.refunded,
-                    transactions: s.transactions,
-                })
-                .collect(),
-            tax: sorted(&self.tax)
-                .into_iter()
-                .map(|(((location, day, currency), code), s)| TaxTotal {
-                    location: location.clone(),
-                    business_day: *day,
-                    currency: *currency,
-                    code: code.clone(),
-                    taxable_amount: s[0],
-                    tax_amount: s[1],
-                })
-                .collect(),
-            inventory: sorted(&self.inventory)
-                .into_iter()
-                .map(|((location, sku, reason), [qty])| InventoryTotal {
-                    location: location.clone(),
-                    sku: sku.clone(),
-                    reason: reason.clone(),
-                    qty: *qty,
-                })
-                .collect(),
-            documents: self.documents,
-        }
-    }
-}
-
 /// FNV-1a: stable across Rust releases and platforms, unlike `DefaultHasher`, so a run with
 /// the same keys injects the same errors and latencies every time.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -379,7 +125,7 @@ struct Inner {
     attempts: HashMap<String, u32>,
     /// Ids of accepted documents: accepting one again is a double booking.
     accepted_ids: HashSet<String>,
-    ledger: Ledger,
+    books: Books,
     counters: Counters,
     /// Sparse: an idle hour costs nothing.
     timeline: BTreeMap<u64, TimelinePoint>,
@@ -443,7 +189,7 @@ impl SimState {
                 attempts: HashMap::new(),
                 accepted_ids: HashSet::new(),
                 acceptances: Vec::new(),
-                ledger: Ledger::default(),
+                books: Books::default(),
                 counters: Counters::default(),
                 timeline: BTreeMap::new(),
                 erp_refs: 0,
@@ -575,7 +321,7 @@ impl SimState {
         if let Some(answer) = inner.replay(key) {
             return answer;
         }
-        if inner.ledger.fold(doc).is_err() {
+        if inner.books.fold(doc).is_err() {
             inner.counters.rejected += 1;
             let answer = Answer::error(
                 StatusCode::BAD_REQUEST,
@@ -629,7 +375,7 @@ impl SimState {
     }
 
     pub fn totals(&self) -> Totals {
-        self.lock().ledger.totals()
+        self.lock().books.totals()
     }
 
     /// Every acceptance so far: (last stream sequence the document covers, when accepted).
@@ -665,8 +411,7 @@ impl SimState {
 mod tests {
     use super::*;
     use crate::fixtures::{doc, sale, secs};
-    use retailflow_core::aggregate::posting::MovementLine;
-    use retailflow_core::aggregate::posting::{SalesLine, TaxSummaryLine, TenderLine};
+    use retailflow_core::aggregate::posting::DocBody;
 
     fn sim(config: ErpSimConfig) -> (SimState, Instant) {
         let t0 = Instant::now();
@@ -780,133 +525,6 @@ mod tests {
         assert_eq!(first.body, second.body);
         assert_eq!(s.totals().documents, 1);
         assert_eq!(s.stats().duplicate_documents, 0);
-    }
-
-    #[test]
-    fn each_document_kind_is_folded_into_its_totals() {
-        let (s, t0) = sim(ErpSimConfig::default());
-        let sales = doc(
-            "sales",
-            "S1",
-            DocBody::SalesSummary(vec![
-                sale("B", 1, 300),
-                sale("A", 2, 1000),
-                SalesLine {
-                    qty_returned: 1,
-                    returns_amount: 250,
-                    discount_amount: 40,
-                    tax_amount: -50,
-                    ..sale("A", 0, 0)
-                },
-            ]),
-        );
-        let tenders = doc(
-            "tenders",
-            "S1",
-            DocBody::TenderSummary(vec![
-                TenderLine {
-                    tender: "card".into(),
-                    paid: 1300,
-                    refunded: 0,
-                    transactions: 2,
-                },
-                TenderLine {
-                    tender: "card".into(),
-                    paid: 0,
-                    refunded: 250,
-                    transactions: 1,
-                },
-            ]),
-        );
-        let tax = doc(
-            "tax",
-            "S1",
-            DocBody::TaxSummary(vec![TaxSummaryLine {
-                code: "VAT20".into(),
-                taxable_amount: 1050,
-                tax_amount: 210,
-            }]),
-        );
-        let mut moves = doc(
-            "moves",
-            "S1",
-            DocBody::InventoryMovements(vec![
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "sale".into(),
-                    qty: -2,
-                },
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "sale".into(),
-                    qty: -1,
-                },
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "return".into(),
-                    qty: 1,
-                },
-            ]),
-        );
-        moves.business_day = None;
-        moves.currency = None;
-        for (i, d) in [&sales, &tenders, &tax, &moves].into_iter().enumerate() {
-            let answer = post(&s, &format!("k{i}"), d, t0);
-            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-        }
-        // A second sales document at another barrier adds to the same key.
-        let later = doc(
-            "sales-2",
-            "S1",
-            DocBody::SalesSummary(vec![sale("A", 1, 500)]),
-        );
-        post(&s, "k9", &later, t0);
-
-        let t = s.totals();
-        assert_eq!(t.documents, 5);
-        let sales: Vec<(&str, [i64; 6])> = t
-            .sales
-            .iter()
-            .map(|r| {
-                (
-                    r.sku.as_str(),
-                    [
-                        r.qty_sold,
-                        r.qty_returned,
-                        r.sales_amount,
-                        r.returns_amount,
-                        r.discount_amount,
-                        r.tax_amount,
-                    ],
-                )
-            })
-            .collect();
-        // Sorted by sku; A = 2 + 0 + 1 sold, one returned; tax 200 - 50 + 100.
-        assert_eq!(
-            sales,
-            [
-                ("A", [3, 1, 1500, 250, 40, 250]),
-                ("B", [1, 0, 300, 0, 0, 60])
-            ]
-        );
-        assert_eq!(t.sales[0].business_day.unwrap().to_string(), "2026-11-27");
-        assert_eq!(t.tenders.len(), 1);
-        let card = &t.tenders[0];
-        assert_eq!(
-            (card.paid, card.refunded, card.transactions),
-            (1300, 250, 3)
-        );
-        assert_eq!(t.tax.len(), 1);
-        assert_eq!((t.tax[0].taxable_amount, t.tax[0].tax_amount), (1050, 210));
-        let inv: Vec<(&str, i64)> = t
-            .inventory
-            .iter()
-            .map(|r| (r.reason.as_str(), r.qty))
-            .collect();
-        assert_eq!(inv, [("return", 1), ("sale", -3)]);
     }
 
     #[test]
