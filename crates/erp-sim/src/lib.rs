@@ -55,6 +55,7 @@ mod faults;
 #[cfg(test)]
 mod fixtures;
 mod http;
+mod idempotency;
 mod state;
 mod window;
 

@@ -10,11 +10,12 @@ use crate::books::{Books, Totals};
 use crate::concurrency::{InFlight, Slots};
 use crate::config::ErpSimConfig;
 use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
+use crate::idempotency::Idempotency;
 use crate::window::SlidingWindow;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::PostingDoc;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -119,12 +120,7 @@ pub(crate) enum Screened {
 struct Inner {
     fault: Fault,
     window: SlidingWindow,
-    /// Answers per idempotency key; only 201 and 400, because 429 and 503 invite a retry.
-    answers: HashMap<String, Answer>,
-    /// Error-injection draws per key not answered yet.
-    attempts: HashMap<String, u32>,
-    /// Ids of accepted documents: accepting one again is a double booking.
-    accepted_ids: HashSet<String>,
+    idempotency: Idempotency,
     books: Books,
     counters: Counters,
     /// Sparse: an idle hour costs nothing.
@@ -152,17 +148,11 @@ impl Inner {
         answer
     }
 
+    /// The answer remembered under `key`, marked as a replay and counted.
     fn replay(&mut self, key: &str) -> Option<Answer> {
-        let mut answer = self.answers.get(key)?.clone();
-        answer.replayed = true;
+        let answer = self.idempotency.replay(key)?;
         self.counters.replays += 1;
         Some(answer)
-    }
-
-    fn remember(&mut self, key: &str, answer: Answer) -> Answer {
-        self.attempts.remove(key);
-        self.answers.insert(key.to_string(), answer.clone());
-        answer
     }
 }
 
@@ -185,9 +175,7 @@ impl SimState {
             inner: Mutex::new(Inner {
                 fault: Fault::default(),
                 window: SlidingWindow::new(config.limit_requests, config.limit_window),
-                answers: HashMap::new(),
-                attempts: HashMap::new(),
-                accepted_ids: HashSet::new(),
+                idempotency: Idempotency::default(),
                 acceptances: Vec::new(),
                 books: Books::default(),
                 counters: Counters::default(),
@@ -284,13 +272,9 @@ impl SimState {
                     doc.location
                 ),
             );
-            return Screened::Done(inner.remember(key, answer));
+            return Screened::Done(inner.idempotency.remember(key, answer));
         }
-        let attempt = {
-            let n = inner.attempts.entry(key.to_string()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        };
+        let attempt = inner.idempotency.attempt(key);
         if injects_error(key, attempt, self.config.error_rate_permille) {
             inner.counters.injected_errors += 1;
             return Screened::Done(Answer::error(
@@ -330,9 +314,9 @@ impl SimState {
                     doc.id
                 ),
             );
-            return inner.remember(key, answer);
+            return inner.idempotency.remember(key, answer);
         }
-        if !inner.accepted_ids.insert(doc.id.clone()) {
+        if !inner.idempotency.first_acceptance(&doc.id) {
             inner.counters.duplicate_documents += 1;
             tracing::warn!(document = %doc.id, key, "ERP simulator booked a document twice");
         }
@@ -348,7 +332,7 @@ impl SimState {
                 "erp_ref": format!("ERP-{}", inner.erp_refs),
             }),
         );
-        inner.remember(key, answer)
+        inner.idempotency.remember(key, answer)
     }
 
     /// Switches the fault mode, for `for_` or until switched again.
