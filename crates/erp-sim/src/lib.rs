@@ -56,6 +56,7 @@ mod faults;
 mod fixtures;
 mod http;
 mod idempotency;
+mod injection;
 mod state;
 mod window;
 

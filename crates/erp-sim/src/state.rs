@@ -11,6 +11,7 @@ use crate::concurrency::{InFlight, Slots};
 use crate::config::ErpSimConfig;
 use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
 use crate::idempotency::Idempotency;
+use crate::injection::{injects_error, latency};
 use crate::window::SlidingWindow;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::PostingDoc;
@@ -73,38 +74,6 @@ struct Counters {
     injected_errors: u64,
     unauthorized: u64,
     duplicate_documents: u64,
-}
-
-/// FNV-1a: stable across Rust releases and platforms, unlike `DefaultHasher`, so a run with
-/// the same keys injects the same errors and latencies every time.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64 finaliser: spreads FNV's weak low bits before they are reduced modulo.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A pseudo-random number fixed by the key and a salt.
-fn draw(key: &str, salt: u64) -> u64 {
-    mix(fnv1a(key.as_bytes()) ^ mix(salt))
-}
-
-const LATENCY_SALT: u64 = 0x4c41_5445_4e43_5900;
-/// Error draws use `ERROR_SALT + attempt`, so each retry of a key is a fresh draw.
-const ERROR_SALT: u64 = 0x4552_524f_5200_0000;
-
-/// Whether attempt number `attempt` (from 1) under `key` fails with an injected 503.
-fn injects_error(key: &str, attempt: u32, permille: u32) -> bool {
-    draw(key, ERROR_SALT.wrapping_add(u64::from(attempt))) % 1000 < u64::from(permille)
 }
 
 /// The outcome of screening a parsed document before its latency.
@@ -289,12 +258,7 @@ impl SimState {
 
     /// Where in `latency_min..=latency_max` the answer to `key` lands.
     pub fn latency_for(&self, key: &str) -> Duration {
-        let (min, max) = (self.config.latency_min, self.config.latency_max);
-        let span = u64::try_from(max.saturating_sub(min).as_micros()).unwrap_or(u64::MAX);
-        if span == 0 {
-            return min;
-        }
-        min + Duration::from_micros(draw(key, LATENCY_SALT) % span.saturating_add(1))
+        latency(key, self.config.latency_min, self.config.latency_max)
     }
 
     /// Books the document and answers 201, unless a request under the same key was answered
