@@ -58,12 +58,13 @@ mod http;
 mod idempotency;
 mod injection;
 mod state;
+mod stats;
 mod window;
 
 pub use books::{InventoryTotal, SalesTotal, TaxTotal, TenderTotal, Totals};
 pub use config::ErpSimConfig;
 pub use faults::{FaultMode, FaultPlan, FaultStatus};
-pub use state::{Stats, TimelinePoint};
+pub use stats::{Stats, TimelinePoint};
 
 use state::SimState;
 use std::net::SocketAddr;

@@ -12,69 +12,13 @@ use crate::config::ErpSimConfig;
 use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
 use crate::idempotency::Idempotency;
 use crate::injection::{injects_error, latency};
+use crate::stats::{Counters, Stats, Timeline};
 use crate::window::SlidingWindow;
 use axum::http::StatusCode;
 use retailflow_core::aggregate::posting::PostingDoc;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// Counts of one wall-clock second, numbered from the simulator's start.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelinePoint {
-    pub second: u64,
-    pub requests: u64,
-    pub accepted: u64,
-    pub throttled: u64,
-}
-
-/// How the simulator has been used. Each answered postings request lands in exactly one of
-/// `accepted`, `replays`, `rejected` (400), `throttled` (429), `injected_errors` (503) and
-/// `unauthorized` (401); a
-/// request whose client hangs up during its latency is in `requests` only.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    pub requests: u64,
-    pub accepted: u64,
-    pub replays: u64,
-    pub rejected: u64,
-    pub throttled: u64,
-    /// 503s from `error_rate_permille` and from outage mode.
-    pub injected_errors: u64,
-    /// 401s from unauthorized mode.
-    #[serde(default)]
-    pub unauthorized: u64,
-    /// Documents accepted again under a different idempotency key: double bookings.
-    pub duplicate_documents: u64,
-    /// 429s because the sliding window was full (a client that respects the limit causes none).
-    #[serde(default)]
-    pub throttled_window: u64,
-    /// 429s because too many requests were in flight.
-    #[serde(default)]
-    pub throttled_concurrency: u64,
-    pub max_in_flight: usize,
-    pub max_in_window: usize,
-    pub limit_requests: u32,
-    pub limit_window_s: u64,
-    pub max_concurrent: usize,
-    /// Only seconds in which something happened, in order.
-    pub timeline: Vec<TimelinePoint>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    throttled_window: u64,
-    throttled_concurrency: u64,
-    requests: u64,
-    accepted: u64,
-    replays: u64,
-    rejected: u64,
-    throttled: u64,
-    injected_errors: u64,
-    unauthorized: u64,
-    duplicate_documents: u64,
-}
 
 /// The outcome of screening a parsed document before its latency.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,8 +36,7 @@ struct Inner {
     idempotency: Idempotency,
     books: Books,
     counters: Counters,
-    /// Sparse: an idle hour costs nothing.
-    timeline: BTreeMap<u64, TimelinePoint>,
+    timeline: Timeline,
     erp_refs: u64,
     /// (last source sequence in the document's lineage, instant accepted), for measuring how
     /// long events take to reach the ERP.
@@ -101,19 +44,9 @@ struct Inner {
 }
 
 impl Inner {
-    fn second(&mut self, started: Instant, now: Instant) -> &mut TimelinePoint {
-        let second = now.saturating_duration_since(started).as_secs();
-        self.timeline
-            .entry(second)
-            .or_insert_with(|| TimelinePoint {
-                second,
-                ..TimelinePoint::default()
-            })
-    }
-
-    fn throttle(&mut self, started: Instant, now: Instant, answer: Answer) -> Answer {
+    fn throttle(&mut self, now: Instant, answer: Answer) -> Answer {
         self.counters.throttled += 1;
-        self.second(started, now).throttled += 1;
+        self.timeline.at(now).throttled += 1;
         answer
     }
 
@@ -130,7 +63,6 @@ impl Inner {
 pub(crate) struct SimState {
     config: ErpSimConfig,
     reject_locations: HashSet<String>,
-    started: Instant,
     slots: Slots,
     inner: Mutex<Inner>,
 }
@@ -139,7 +71,6 @@ impl SimState {
     pub fn new(config: ErpSimConfig, started: Instant) -> SimState {
         SimState {
             reject_locations: config.reject_locations.iter().cloned().collect(),
-            started,
             slots: Slots::new(config.max_concurrent),
             inner: Mutex::new(Inner {
                 fault: Fault::default(),
@@ -148,7 +79,7 @@ impl SimState {
                 acceptances: Vec::new(),
                 books: Books::default(),
                 counters: Counters::default(),
-                timeline: BTreeMap::new(),
+                timeline: Timeline::new(started),
                 erp_refs: 0,
             }),
             config,
@@ -166,11 +97,11 @@ impl SimState {
     pub fn admit(&self, now: Instant) -> Result<InFlight<'_>, Answer> {
         let mut inner = self.lock();
         inner.counters.requests += 1;
-        inner.second(self.started, now).requests += 1;
+        inner.timeline.at(now).requests += 1;
 
         if let Some((mode, answer)) = inner.fault.answer(now) {
             return Err(match mode {
-                FaultMode::Throttle => inner.throttle(self.started, now, answer),
+                FaultMode::Throttle => inner.throttle(now, answer),
                 FaultMode::Unauthorized => {
                     inner.counters.unauthorized += 1;
                     answer
@@ -194,7 +125,7 @@ impl SimState {
             )
             .retry_after(1);
             inner.counters.throttled_concurrency += 1;
-            return Err(inner.throttle(self.started, now, answer));
+            return Err(inner.throttle(now, answer));
         };
 
         if let Err(retry) = inner.window.try_admit(now) {
@@ -208,7 +139,7 @@ impl SimState {
             )
             .retry_after(retry);
             inner.counters.throttled_window += 1;
-            return Err(inner.throttle(self.started, now, answer));
+            return Err(inner.throttle(now, answer));
         }
         Ok(slot)
     }
@@ -286,7 +217,7 @@ impl SimState {
         }
         inner.counters.accepted += 1;
         inner.acceptances.push((doc.lineage.last_seq, now));
-        inner.second(self.started, now).accepted += 1;
+        inner.timeline.at(now).accepted += 1;
         inner.erp_refs += 1;
         let answer = Answer::new(
             StatusCode::CREATED,
@@ -350,7 +281,7 @@ impl SimState {
             limit_requests: self.config.limit_requests,
             limit_window_s: self.config.limit_window.as_secs(),
             max_concurrent: self.config.max_concurrent,
-            timeline: inner.timeline.values().cloned().collect(),
+            timeline: inner.timeline.points(),
         }
     }
 }
