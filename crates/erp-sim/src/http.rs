@@ -1,5 +1,5 @@
 //! The simulator's HTTP routes. Handlers only translate between HTTP and [`SimState`]; every
-//! rule lives there.
+//! rule lives behind it.
 
 use crate::answer::Answer;
 use crate::faults::{FaultMode, FaultPlan};

@@ -22,7 +22,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 429, 503 |
+//! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 401, 429, 503 |
 //! | `GET /api/v1/totals` | [`Totals`] |
 //! | `GET /api/v1/stats` | [`Stats`] |
 //! | `POST /api/v1/admin/fault` | body `{"mode":"normal"\|"outage"\|"throttle"\|"unauthorized","seconds":30,"requests":1,"retry_after":"120"}` (all but `mode` optional), answers [`FaultStatus`] |
@@ -45,6 +45,12 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Inside, `http` only translates between HTTP and `state`, which takes each request through
+//! the checks; each rule is a module of its own: `faults`, `concurrency`, `window`,
+//! `idempotency`, `injection` (injected errors and latency), `books` (what was booked, summed
+//! per key) and `stats` (what was counted). `config` holds the settings and `cli` runs the
+//! standalone server.
 
 mod answer;
 mod books;

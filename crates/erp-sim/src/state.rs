@@ -1,5 +1,8 @@
-//! The simulator's rules, without HTTP: fault modes, the concurrency cap, the sliding window,
-//! idempotent replay, refusals, injected errors and the totals of accepted documents.
+//! The request flow, without HTTP: [`SimState`] holds every rule's state and takes a postings
+//! request through the rules in order (fault mode, concurrency cap, sliding window, replay,
+//! refused location, injected error, latency, booking), counting each answer. The rules
+//! themselves live in their own modules: `faults`, `concurrency`, `window`, `idempotency`,
+//! `injection`, `books`, `stats`.
 //!
 //! Time is passed in, so every rule is tested with made-up instants. Everything mutable sits
 //! behind one std `Mutex` (nothing awaits while holding it) except the in-flight counts, which
@@ -29,6 +32,7 @@ pub(crate) enum Screened {
     Proceed { latency: Duration },
 }
 
+/// What the lock guards.
 #[derive(Debug)]
 struct Inner {
     fault: Fault,
