@@ -1,7 +1,9 @@
 //! The simulator's HTTP routes. Handlers only translate between HTTP and [`SimState`]; every
-//! rule lives there.
+//! rule lives behind it.
 
-use super::state::{Answer, FaultMode, FaultPlan, Screened, SimState};
+use crate::answer::Answer;
+use crate::faults::{FaultMode, FaultPlan};
+use crate::state::{Screened, SimState};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};

@@ -22,7 +22,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 429, 503 |
+//! | `POST /api/v1/postings` | 201 `{"status":"accepted","document":<id>,"erp_ref":"ERP-<n>"}`, 400, 401, 429, 503 |
 //! | `GET /api/v1/totals` | [`Totals`] |
 //! | `GET /api/v1/stats` | [`Stats`] |
 //! | `POST /api/v1/admin/fault` | body `{"mode":"normal"\|"outage"\|"throttle"\|"unauthorized","seconds":30,"requests":1,"retry_after":"120"}` (all but `mode` optional), answers [`FaultStatus`] |
@@ -45,17 +45,32 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Inside, `http` only translates between HTTP and `state`, which takes each request through
+//! the checks; each rule is a module of its own: `faults`, `concurrency`, `window`,
+//! `idempotency`, `injection` (injected errors and latency), `books` (what was booked, summed
+//! per key) and `stats` (what was counted). `config` holds the settings and `cli` runs the
+//! standalone server.
 
+mod answer;
+mod books;
 pub mod cli;
+mod concurrency;
 mod config;
+mod faults;
+#[cfg(test)]
+mod fixtures;
 mod http;
+mod idempotency;
+mod injection;
 mod state;
+mod stats;
+mod window;
 
+pub use books::{InventoryTotal, SalesTotal, TaxTotal, TenderTotal, Totals};
 pub use config::ErpSimConfig;
-pub use state::{
-    FaultMode, FaultPlan, FaultStatus, InventoryTotal, SalesTotal, Stats, TaxTotal, TenderTotal,
-    TimelinePoint, Totals,
-};
+pub use faults::{FaultMode, FaultPlan, FaultStatus};
+pub use stats::{Stats, TimelinePoint};
 
 use state::SimState;
 use std::net::SocketAddr;

@@ -1,531 +1,27 @@
-//! The simulator's rules, without HTTP: fault modes, the concurrency cap, the sliding window,
-//! idempotent replay, refusals, injected errors and the totals of accepted documents.
+//! The request flow, without HTTP: [`SimState`] holds every rule's state and takes a postings
+//! request through the rules in order (fault mode, concurrency cap, sliding window, replay,
+//! refused location, injected error, latency, booking), counting each answer. The rules
+//! themselves live in their own modules: `faults`, `concurrency`, `window`, `idempotency`,
+//! `injection`, `books`, `stats`.
 //!
 //! Time is passed in, so every rule is tested with made-up instants. Everything mutable sits
 //! behind one std `Mutex` (nothing awaits while holding it) except the in-flight counts, which
 //! are atomic because a slot is given back in `Drop`, also when a client hangs up mid-request.
 
-use super::config::ErpSimConfig;
+use crate::answer::Answer;
+use crate::books::{Books, Totals};
+use crate::concurrency::{InFlight, Slots};
+use crate::config::ErpSimConfig;
+use crate::faults::{Fault, FaultMode, FaultPlan, FaultStatus};
+use crate::idempotency::Idempotency;
+use crate::injection::{injects_error, latency};
+use crate::stats::{Counters, Stats, Timeline};
+use crate::window::SlidingWindow;
 use axum::http::StatusCode;
-use retailflow_core::aggregate::posting::{DocBody, PostingDoc};
-use retailflow_core::domain::{BusinessDay, Currency, LocationId, Sku, TaxCode, TenderKind};
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use retailflow_core::aggregate::posting::PostingDoc;
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// What the simulator answers to one postings request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Answer {
-    pub status: StatusCode,
-    /// JSON text, kept as first sent so that a replay repeats it byte for byte.
-    pub body: String,
-    /// Whole seconds for the `Retry-After` header.
-    pub retry_after: Option<u64>,
-    /// A `Retry-After` value sent as given, instead of `retry_after` (a fault plan's; it may be
-    /// an HTTP-date or a number no clock holds, as a broken ERP sends).
-    pub retry_after_text: Option<String>,
-    /// Whether this repeats an earlier answer (`Idempotent-Replayed: true`).
-    pub replayed: bool,
-}
-
-impl Answer {
-    fn new(status: StatusCode, body: serde_json::Value) -> Answer {
-        Answer {
-            status,
-            body: body.to_string(),
-            retry_after: None,
-            retry_after_text: None,
-            replayed: false,
-        }
-    }
-
-    fn error(status: StatusCode, message: impl Into<String>) -> Answer {
-        Answer::new(status, serde_json::json!({ "error": message.into() }))
-    }
-
-    fn retry_after(mut self, seconds: u64) -> Answer {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    fn retry_after_text(mut self, text: Option<String>) -> Answer {
-        self.retry_after_text = text;
-        self
-    }
-}
-
-/// Rounds a wait up to the whole seconds a `Retry-After` header can carry; never 0, because
-/// "retry after 0 s" invites the client to hammer.
-pub(crate) fn whole_seconds(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
-
-/// Sliding-window log: at most `limit` requests in any `window`.
-#[derive(Debug)]
-pub(crate) struct SlidingWindow {
-    limit: usize,
-    window: Duration,
-    /// Arrival instants of the requests still inside the window, oldest first.
-    log: VecDeque<Instant>,
-    max_seen: usize,
-}
-
-impl SlidingWindow {
-    pub fn new(limit: u32, window: Duration) -> SlidingWindow {
-        SlidingWindow {
-            limit: limit as usize,
-            window,
-            log: VecDeque::new(),
-            max_seen: 0,
-        }
-    }
-
-    /// Records a request arriving at `now`, or refuses it with the whole seconds until the
-    /// oldest request leaves the window. Refused requests are not recorded, so a client that
-    /// waits for the `Retry-After` it was given does get through.
-    pub fn try_admit(&mut self, now: Instant) -> Result<(), u64> {
-        while let Some(&oldest) = self.log.front() {
-            if oldest + self.window <= now {
-                self.log.pop_front();
-            } else {
-                break;
-            }
-        }
-        if self.log.len() >= self.limit {
-            let wait = self.log.front().map_or(Duration::ZERO, |&oldest| {
-                (oldest + self.window).saturating_duration_since(now)
-            });
-            return Err(whole_seconds(wait));
-        }
-        // Callers read the clock before taking the lock, so instants can arrive a hair out of
-        // order; clamping keeps the log sorted, which the pruning above relies on.
-        let at = self.log.back().map_or(now, |&last| last.max(now));
-        self.log.push_back(at);
-        self.max_seen = self.max_seen.max(self.log.len());
-        Ok(())
-    }
-}
-
-/// Failure the simulator is told to play, whatever the requests look like.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultMode {
-    #[default]
-    Normal,
-    /// Every postings request answers 503.
-    Outage,
-    /// Every postings request answers 429 (a "429 storm").
-    Throttle,
-    /// Every postings request answers 401, as when the ERP's token has expired.
-    Unauthorized,
-}
-
-/// A fault to play: the mode, and optionally how long, for how many requests and with which
-/// `Retry-After` text. It ends at whichever limit comes first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FaultPlan {
-    pub mode: FaultMode,
-    /// How long the mode lasts; `None`: until changed (or `requests` ran out).
-    pub lasts: Option<Duration>,
-    /// How many postings requests it answers; `None`: any number.
-    pub requests: Option<u64>,
-    /// `Retry-After` sent with every answer of the fault, as given.
-    pub retry_after: Option<String>,
-}
-
-/// The fault mode in force, as `POST /api/v1/admin/fault` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FaultStatus {
-    pub mode: FaultMode,
-    /// Whole seconds until the mode reverts to normal; `None` while it lasts until changed.
-    pub remaining_s: Option<u64>,
-}
-
-#[derive(Debug, Default)]
-struct Fault {
-    mode: FaultMode,
-    until: Option<Instant>,
-    /// Requests the fault still answers.
-    requests_left: Option<u64>,
-    retry_after: Option<String>,
-}
-
-impl Fault {
-    /// The mode at `now` and how long it still lasts; a timed fault that has run out reverts
-    /// to normal here, so no timer task is needed.
-    fn current(&mut self, now: Instant) -> (FaultMode, Option<Duration>) {
-        if self.until.is_some_and(|until| now >= until) || self.requests_left == Some(0) {
-            *self = Fault::default();
-        }
-        (
-            self.mode,
-            self.until.map(|until| until.saturating_duration_since(now)),
-        )
-    }
-
-    fn status(&mut self, now: Instant) -> FaultStatus {
-        let (mode, left) = self.current(now);
-        FaultStatus {
-            mode,
-            remaining_s: left.map(whole_seconds),
-        }
-    }
-}
-
-/// Sales totals of one location, business day, currency, sku and tax code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SalesTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub sku: Sku,
-    pub tax_code: TaxCode,
-    pub qty_sold: i64,
-    pub qty_returned: i64,
-    pub sales_amount: i64,
-    pub returns_amount: i64,
-    pub discount_amount: i64,
-    pub tax_amount: i64,
-}
-
-/// Tender totals of one location, business day, currency and tender kind.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenderTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub tender: TenderKind,
-    pub paid: i64,
-    pub refunded: i64,
-    pub transactions: u64,
-}
-
-/// Tax totals of one location, business day, currency and tax component code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaxTotal {
-    pub location: LocationId,
-    pub business_day: Option<BusinessDay>,
-    pub currency: Option<Currency>,
-    pub code: TaxCode,
-    pub taxable_amount: i64,
-    pub tax_amount: i64,
-}
-
-/// Net inventory movement of one location, sku and reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InventoryTotal {
-    pub location: LocationId,
-    pub sku: Sku,
-    pub reason: String,
-    pub qty: i64,
-}
-
-/// What the simulated ERP has booked: the sums of every accepted document, each list sorted
-/// by its key. Amounts are minor units.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub sales: Vec<SalesTotal>,
-    pub tenders: Vec<TenderTotal>,
-    pub tax: Vec<TaxTotal>,
-    pub inventory: Vec<InventoryTotal>,
-    /// Documents accepted, double bookings included.
-    pub documents: u64,
-}
-
-/// Counts of one wall-clock second, numbered from the simulator's start.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelinePoint {
-    pub second: u64,
-    pub requests: u64,
-    pub accepted: u64,
-    pub throttled: u64,
-}
-
-/// How the simulator has been used. Each answered postings request lands in exactly one of
-/// `accepted`, `replays`, `rejected` (400), `throttled` (429), `injected_errors` (503) and
-/// `unauthorized` (401); a
-/// request whose client hangs up during its latency is in `requests` only.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    pub requests: u64,
-    pub accepted: u64,
-    pub replays: u64,
-    pub rejected: u64,
-    pub throttled: u64,
-    /// 503s from `error_rate_permille` and from outage mode.
-    pub injected_errors: u64,
-    /// 401s from unauthorized mode.
-    #[serde(default)]
-    pub unauthorized: u64,
-    /// Documents accepted again under a different idempotency key: double bookings.
-    pub duplicate_documents: u64,
-    /// 429s because the sliding window was full (a client that respects the limit causes none).
-    #[serde(default)]
-    pub throttled_window: u64,
-    /// 429s because too many requests were in flight.
-    #[serde(default)]
-    pub throttled_concurrency: u64,
-    pub max_in_flight: usize,
-    pub max_in_window: usize,
-    pub limit_requests: u32,
-    pub limit_window_s: u64,
-    pub max_concurrent: usize,
-    /// Only seconds in which something happened, in order.
-    pub timeline: Vec<TimelinePoint>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    throttled_window: u64,
-    throttled_concurrency: u64,
-    requests: u64,
-    accepted: u64,
-    replays: u64,
-    rejected: u64,
-    throttled: u64,
-    injected_errors: u64,
-    unauthorized: u64,
-    duplicate_documents: u64,
-}
-
-/// A document would push a total past `i64`; the ERP refuses it rather than book garbage.
-#[derive(Debug)]
-struct Overflow;
-
-/// Per-key sums that can be added without overflowing.
-trait Sums: Copy {
-    const ZERO: Self;
-    fn checked_add(self, other: Self) -> Option<Self>;
-}
-
-impl<const N: usize> Sums for [i64; N] {
-    const ZERO: Self = [0; N];
-    fn checked_add(self, other: Self) -> Option<Self> {
-        let mut out = self;
-        for (o, d) in out.iter_mut().zip(other) {
-            *o = o.checked_add(d)?;
-        }
-        Some(out)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct TenderSums {
-    paid: i64,
-    refunded: i64,
-    transactions: u64,
-}
-
-impl Sums for TenderSums {
-    const ZERO: Self = TenderSums {
-        paid: 0,
-        refunded: 0,
-        transactions: 0,
-    };
-    fn checked_add(self, other: Self) -> Option<Self> {
-        Some(TenderSums {
-            paid: self.paid.checked_add(other.paid)?,
-            refunded: self.refunded.checked_add(other.refunded)?,
-            transactions: self.transactions.checked_add(other.transactions)?,
-        })
-    }
-}
-
-/// Adds `deltas` to `map`, all or nothing.
-fn merge<K: Hash + Eq, V: Sums>(
-    map: &mut FxHashMap<K, V>,
-    deltas: impl IntoIterator<Item = (K, V)>,
-) -> Result<(), Overflow> {
-    // Staged apart so that an overflow on the last line leaves the earlier ones unbooked.
-    let mut staged: FxHashMap<K, V> = FxHashMap::default();
-    for (key, delta) in deltas {
-        let current = match staged.get(&key) {
-            Some(v) => *v,
-            None => map.get(&key).copied().unwrap_or(V::ZERO),
-        };
-        let next = current.checked_add(delta).ok_or(Overflow)?;
-        staged.insert(key, next);
-    }
-    map.extend(staged);
-    Ok(())
-}
-
-type DayKey = (LocationId, Option<BusinessDay>, Option<Currency>);
-
-/// The books: sums of accepted documents by key. Hash maps, because folding a document is
-/// the simulator's hot path (hundreds of thousands of keys at peak, every line a lookup);
-/// [`Ledger::totals`] sorts when someone reads them.
-#[derive(Debug, Default)]
-struct Ledger {
-    /// qty_sold, qty_returned, sales, returns, discount, tax.
-    sales: FxHashMap<(DayKey, Sku, TaxCode), [i64; 6]>,
-    tenders: FxHashMap<(DayKey, TenderKind), TenderSums>,
-    /// taxable, tax.
-    tax: FxHashMap<(DayKey, TaxCode), [i64; 2]>,
-    inventory: FxHashMap<(LocationId, Sku, String), [i64; 1]>,
-    documents: u64,
-}
-
-/// A map's entries in key order.
-fn sorted<K: Ord, V>(map: &FxHashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut entries: Vec<(&K, &V)> = map.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    entries
-}
-
-impl Ledger {
-    fn fold(&mut self, doc: &PostingDoc) -> Result<(), Overflow> {
-        let day: DayKey = (doc.location.clone(), doc.business_day, doc.currency);
-        match &doc.body {
-            DocBody::SalesSummary(lines) => merge(
-                &mut self.sales,
-                lines.iter().map(|l| {
-                    let key = (day.clone(), l.sku.clone(), l.tax_code.clone());
-                    let sums = [
-                        l.qty_sold,
-                        l.qty_returned,
-                        l.sales_amount,
-                        l.returns_amount,
-                        l.discount_amount,
-                        l.tax_amount,
-                    ];
-                    (key, sums)
-                }),
-            )?,
-            DocBody::TenderSummary(lines) => merge(
-                &mut self.tenders,
-                lines.iter().map(|l| {
-                    let sums = TenderSums {
-                        paid: l.paid,
-                        refunded: l.refunded,
-                        transactions: l.transactions,
-                    };
-                    ((day.clone(), l.tender.clone()), sums)
-                }),
-            )?,
-            DocBody::TaxSummary(lines) => merge(
-                &mut self.tax,
-                lines.iter().map(|l| {
-                    let key = (day.clone(), l.code.clone());
-                    (key, [l.taxable_amount, l.tax_amount])
-                }),
-            )?,
-            // Movement lines carry their own location; it is the one the stock moved at.
-            DocBody::InventoryMovements(lines) => merge(
-                &mut self.inventory,
-                lines.iter().map(|l| {
-                    let key = (l.location.clone(), l.sku.clone(), l.reason.to_string());
-                    (key, [l.qty])
-                }),
-            )?,
-        }
-        self.documents += 1;
-        Ok(())
-    }
-
-    fn totals(&self) -> Totals {
-        Totals {
-            sales: sorted(&self.sales)
-                .into_iter()
-                .map(
-                    |(((location, day, currency), sku, tax_code), s)| SalesTotal {
-                        location: location.clone(),
-                        business_day: *day,
-                        currency: *currency,
-                        sku: sku.clone(),
-                        tax_code: tax_code.clone(),
-                        qty_sold: s[0],
-                        qty_returned: s[1],
-                        sales_amount: s[2],
-                        returns_amount: s[3],
-                        discount_amount: s[4],
-                        tax_amount: s[5],
-                    },
-                )
-                .collect(),
-            tenders: sorted(&self.tenders)
-                .into_iter()
-                .map(|(((location, day, currency), tender), s)| TenderTotal {
-                    location: location.clone(),
-                    business_day: *day,
-                    currency: *currency,
-                    tender: tender.clone(),
-                    paid: s.paid,
-                    refunded: s.refunded,
-                    transactions: s.transactions,
-                })
-                .collect(),
-            tax: sorted(&self.tax)
-                .into_iter()
-                .map(|(((location, day, currency), code), s)| TaxTotal {
-                    location: location.clone(),
-                    business_day: *day,
-                    currency: *currency,
-                    code: code.clone(),
-                    taxable_amount: s[0],
-                    tax_amount: s[1],
-                })
-                .collect(),
-            inventory: sorted(&self.inventory)
-                .into_iter()
-                .map(|((location, sku, reason), [qty])| InventoryTotal {
-                    location: location.clone(),
-                    sku: sku.clone(),
-                    reason: reason.clone(),
-                    qty: *qty,
-                })
-                .collect(),
-            documents: self.documents,
-        }
-    }
-}
-
-/// FNV-1a: stable across Rust releases and platforms, unlike `DefaultHasher`, so a run with
-/// the same keys injects the same errors and latencies every time.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64 finaliser: spreads FNV's weak low bits before they are reduced modulo.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A pseudo-random number fixed by the key and a salt.
-fn draw(key: &str, salt: u64) -> u64 {
-    mix(fnv1a(key.as_bytes()) ^ mix(salt))
-}
-
-const LATENCY_SALT: u64 = 0x4c41_5445_4e43_5900;
-/// Error draws use `ERROR_SALT + attempt`, so each retry of a key is a fresh draw.
-const ERROR_SALT: u64 = 0x4552_524f_5200_0000;
-
-/// Whether attempt number `attempt` (from 1) under `key` fails with an injected 503.
-fn injects_error(key: &str, attempt: u32, permille: u32) -> bool {
-    draw(key, ERROR_SALT.wrapping_add(u64::from(attempt))) % 1000 < u64::from(permille)
-}
-
-/// Holds one of the `max_concurrent` slots until dropped.
-pub(crate) struct InFlight<'a> {
-    slots: &'a AtomicUsize,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.slots.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The outcome of screening a parsed document before its latency.
 #[derive(Debug, PartialEq, Eq)]
@@ -536,20 +32,15 @@ pub(crate) enum Screened {
     Proceed { latency: Duration },
 }
 
+/// What the lock guards.
 #[derive(Debug)]
 struct Inner {
     fault: Fault,
     window: SlidingWindow,
-    /// Answers per idempotency key; only 201 and 400, because 429 and 503 invite a retry.
-    answers: HashMap<String, Answer>,
-    /// Error-injection draws per key not answered yet.
-    attempts: HashMap<String, u32>,
-    /// Ids of accepted documents: accepting one again is a double booking.
-    accepted_ids: HashSet<String>,
-    ledger: Ledger,
+    idempotency: Idempotency,
+    books: Books,
     counters: Counters,
-    /// Sparse: an idle hour costs nothing.
-    timeline: BTreeMap<u64, TimelinePoint>,
+    timeline: Timeline,
     erp_refs: u64,
     /// (last source sequence in the document's lineage, instant accepted), for measuring how
     /// long events take to reach the ERP.
@@ -557,33 +48,17 @@ struct Inner {
 }
 
 impl Inner {
-    fn second(&mut self, started: Instant, now: Instant) -> &mut TimelinePoint {
-        let second = now.saturating_duration_since(started).as_secs();
-        self.timeline
-            .entry(second)
-            .or_insert_with(|| TimelinePoint {
-                second,
-                ..TimelinePoint::default()
-            })
-    }
-
-    fn throttle(&mut self, started: Instant, now: Instant, answer: Answer) -> Answer {
+    fn throttle(&mut self, now: Instant, answer: Answer) -> Answer {
         self.counters.throttled += 1;
-        self.second(started, now).throttled += 1;
+        self.timeline.at(now).throttled += 1;
         answer
     }
 
+    /// The answer remembered under `key`, marked as a replay and counted.
     fn replay(&mut self, key: &str) -> Option<Answer> {
-        let mut answer = self.answers.get(key)?.clone();
-        answer.replayed = true;
+        let answer = self.idempotency.replay(key)?;
         self.counters.replays += 1;
         Some(answer)
-    }
-
-    fn remember(&mut self, key: &str, answer: Answer) -> Answer {
-        self.attempts.remove(key);
-        self.answers.insert(key.to_string(), answer.clone());
-        answer
     }
 }
 
@@ -592,9 +67,7 @@ impl Inner {
 pub(crate) struct SimState {
     config: ErpSimConfig,
     reject_locations: HashSet<String>,
-    started: Instant,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    slots: Slots,
     inner: Mutex<Inner>,
 }
 
@@ -602,19 +75,15 @@ impl SimState {
     pub fn new(config: ErpSimConfig, started: Instant) -> SimState {
         SimState {
             reject_locations: config.reject_locations.iter().cloned().collect(),
-            started,
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            slots: Slots::new(config.max_concurrent),
             inner: Mutex::new(Inner {
                 fault: Fault::default(),
                 window: SlidingWindow::new(config.limit_requests, config.limit_window),
-                answers: HashMap::new(),
-                attempts: HashMap::new(),
-                accepted_ids: HashSet::new(),
+                idempotency: Idempotency::default(),
                 acceptances: Vec::new(),
-                ledger: Ledger::default(),
+                books: Books::default(),
                 counters: Counters::default(),
-                timeline: BTreeMap::new(),
+                timeline: Timeline::new(started),
                 erp_refs: 0,
             }),
             config,
@@ -632,52 +101,25 @@ impl SimState {
     pub fn admit(&self, now: Instant) -> Result<InFlight<'_>, Answer> {
         let mut inner = self.lock();
         inner.counters.requests += 1;
-        inner.second(self.started, now).requests += 1;
+        inner.timeline.at(now).requests += 1;
 
-        let (mode, left) = inner.fault.current(now);
-        if mode != FaultMode::Normal {
-            if let Some(n) = inner.fault.requests_left.as_mut() {
-                *n = n.saturating_sub(1);
-            }
-        }
-        let text = inner.fault.retry_after.clone();
-        match mode {
-            FaultMode::Normal => {}
-            FaultMode::Outage => {
-                inner.counters.injected_errors += 1;
-                return Err(Answer::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service unavailable (simulated outage)",
-                )
-                .retry_after_text(text));
-            }
-            FaultMode::Unauthorized => {
-                inner.counters.unauthorized += 1;
-                return Err(Answer::error(
-                    StatusCode::UNAUTHORIZED,
-                    "the access token has expired (simulated)",
-                )
-                .retry_after_text(text));
-            }
-            FaultMode::Throttle => {
-                // An open-ended storm has no end to announce; 1 s keeps the client probing.
-                let retry = left.map_or(1, whole_seconds);
-                let answer = Answer::error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate limit exceeded (simulated throttling)",
-                )
-                .retry_after(retry)
-                .retry_after_text(text);
-                return Err(inner.throttle(self.started, now, answer));
-            }
+        if let Some((mode, answer)) = inner.fault.answer(now) {
+            return Err(match mode {
+                FaultMode::Throttle => inner.throttle(now, answer),
+                FaultMode::Unauthorized => {
+                    inner.counters.unauthorized += 1;
+                    answer
+                }
+                // Normal mode gives no answer.
+                FaultMode::Outage | FaultMode::Normal => {
+                    inner.counters.injected_errors += 1;
+                    answer
+                }
+            });
         }
 
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        // Built at once so that every refusal below gives the slot back.
-        let slot = InFlight {
-            slots: &self.in_flight,
-        };
-        if before >= self.config.max_concurrent {
+        // Held from here on: a refusal below gives the slot back as `slot` drops.
+        let Some(slot) = self.slots.take() else {
             let answer = Answer::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -687,9 +129,8 @@ impl SimState {
             )
             .retry_after(1);
             inner.counters.throttled_concurrency += 1;
-            return Err(inner.throttle(self.started, now, answer));
-        }
-        self.max_in_flight.fetch_max(before + 1, Ordering::AcqRel);
+            return Err(inner.throttle(now, answer));
+        };
 
         if let Err(retry) = inner.window.try_admit(now) {
             let answer = Answer::error(
@@ -702,7 +143,7 @@ impl SimState {
             )
             .retry_after(retry);
             inner.counters.throttled_window += 1;
-            return Err(inner.throttle(self.started, now, answer));
+            return Err(inner.throttle(now, answer));
         }
         Ok(slot)
     }
@@ -735,13 +176,9 @@ impl SimState {
                     doc.location
                 ),
             );
-            return Screened::Done(inner.remember(key, answer));
+            return Screened::Done(inner.idempotency.remember(key, answer));
         }
-        let attempt = {
-            let n = inner.attempts.entry(key.to_string()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        };
+        let attempt = inner.idempotency.attempt(key);
         if injects_error(key, attempt, self.config.error_rate_permille) {
             inner.counters.injected_errors += 1;
             return Screened::Done(Answer::error(
@@ -756,12 +193,7 @@ impl SimState {
 
     /// Where in `latency_min..=latency_max` the answer to `key` lands.
     pub fn latency_for(&self, key: &str) -> Duration {
-        let (min, max) = (self.config.latency_min, self.config.latency_max);
-        let span = u64::try_from(max.saturating_sub(min).as_micros()).unwrap_or(u64::MAX);
-        if span == 0 {
-            return min;
-        }
-        min + Duration::from_micros(draw(key, LATENCY_SALT) % span.saturating_add(1))
+        latency(key, self.config.latency_min, self.config.latency_max)
     }
 
     /// Books the document and answers 201, unless a request under the same key was answered
@@ -772,7 +204,7 @@ impl SimState {
         if let Some(answer) = inner.replay(key) {
             return answer;
         }
-        if inner.ledger.fold(doc).is_err() {
+        if inner.books.fold(doc).is_err() {
             inner.counters.rejected += 1;
             let answer = Answer::error(
                 StatusCode::BAD_REQUEST,
@@ -781,15 +213,15 @@ impl SimState {
                     doc.id
                 ),
             );
-            return inner.remember(key, answer);
+            return inner.idempotency.remember(key, answer);
         }
-        if !inner.accepted_ids.insert(doc.id.clone()) {
+        if !inner.idempotency.first_acceptance(&doc.id) {
             inner.counters.duplicate_documents += 1;
             tracing::warn!(document = %doc.id, key, "ERP simulator booked a document twice");
         }
         inner.counters.accepted += 1;
         inner.acceptances.push((doc.lineage.last_seq, now));
-        inner.second(self.started, now).accepted += 1;
+        inner.timeline.at(now).accepted += 1;
         inner.erp_refs += 1;
         let answer = Answer::new(
             StatusCode::CREATED,
@@ -799,7 +231,7 @@ impl SimState {
                 "erp_ref": format!("ERP-{}", inner.erp_refs),
             }),
         );
-        inner.remember(key, answer)
+        inner.idempotency.remember(key, answer)
     }
 
     /// Switches the fault mode, for `for_` or until switched again.
@@ -817,16 +249,7 @@ impl SimState {
     /// Plays a fault plan from `now`.
     pub fn play(&self, plan: FaultPlan, now: Instant) -> FaultStatus {
         let mut inner = self.lock();
-        inner.fault = match plan.mode {
-            FaultMode::Normal => Fault::default(),
-            // A length no clock holds is "until changed".
-            mode => Fault {
-                mode,
-                until: plan.lasts.and_then(|d| now.checked_add(d)),
-                requests_left: plan.requests,
-                retry_after: plan.retry_after,
-            },
-        };
+        inner.fault = Fault::start(plan, now);
         inner.fault.status(now)
     }
 
@@ -835,7 +258,7 @@ impl SimState {
     }
 
     pub fn totals(&self) -> Totals {
-        self.lock().ledger.totals()
+        self.lock().books.totals()
     }
 
     /// Every acceptance so far: (last stream sequence the document covers, when accepted).
@@ -857,12 +280,12 @@ impl SimState {
             injected_errors: c.injected_errors,
             unauthorized: c.unauthorized,
             duplicate_documents: c.duplicate_documents,
-            max_in_flight: self.max_in_flight.load(Ordering::Acquire),
-            max_in_window: inner.window.max_seen,
+            max_in_flight: self.slots.max_in_flight(),
+            max_in_window: inner.window.max_seen(),
             limit_requests: self.config.limit_requests,
             limit_window_s: self.config.limit_window.as_secs(),
             max_concurrent: self.config.max_concurrent,
-            timeline: inner.timeline.values().cloned().collect(),
+            timeline: inner.timeline.points(),
         }
     }
 }
@@ -870,45 +293,12 @@ impl SimState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use retailflow_core::aggregate::posting::MovementLine;
-    use retailflow_core::aggregate::posting::{Lineage, SalesLine, TaxSummaryLine, TenderLine};
-
-    fn secs(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
-    }
+    use crate::fixtures::{doc, sale, secs};
+    use retailflow_core::aggregate::posting::DocBody;
 
     fn sim(config: ErpSimConfig) -> (SimState, Instant) {
         let t0 = Instant::now();
         (SimState::new(config, t0), t0)
-    }
-
-    fn doc(id: &str, location: &str, body: DocBody) -> PostingDoc {
-        PostingDoc {
-            id: id.into(),
-            endpoint: "erp".into(),
-            location: location.into(),
-            business_day: Some(BusinessDay::parse("2026-11-27").unwrap()),
-            currency: Some(Currency::parse("EUR").unwrap()),
-            barrier_seq: 10,
-            part: 0,
-            page: 1,
-            pages: 1,
-            lineage: Lineage::default(),
-            body,
-        }
-    }
-
-    fn sale(sku: &str, qty: i64, amount: i64) -> SalesLine {
-        SalesLine {
-            sku: sku.into(),
-            tax_code: "VAT20".into(),
-            qty_sold: qty,
-            qty_returned: 0,
-            sales_amount: amount,
-            returns_amount: 0,
-            discount_amount: 0,
-            tax_amount: amount / 5,
-        }
     }
 
     /// Admits, screens and commits one document the way the HTTP handler does.
@@ -924,26 +314,6 @@ mod tests {
             Screened::Done(answer) => answer,
             Screened::Proceed { .. } => s.commit(key, d, now),
         }
-    }
-
-    #[test]
-    fn window_refuses_when_full_and_says_when_the_oldest_leaves() {
-        let t0 = Instant::now();
-        let mut w = SlidingWindow::new(3, Duration::from_secs(10));
-        for s in [0.0, 1.0, 2.0] {
-            assert_eq!(w.try_admit(t0 + secs(s)), Ok(()));
-        }
-        // Oldest arrived at 0 s and leaves at 10 s: 7.5 s rounds up to 8.
-        assert_eq!(w.try_admit(t0 + secs(2.5)), Err(8));
-        // Half a second short still asks for a whole one, never 0.
-        assert_eq!(w.try_admit(t0 + secs(9.5)), Err(1));
-        // Refusals were not recorded: at 10 s exactly one slot is free again.
-        assert_eq!(w.try_admit(t0 + secs(10.0)), Ok(()));
-        assert_eq!(w.try_admit(t0 + secs(10.0)), Err(1));
-        assert_eq!(w.max_seen, 3);
-        assert_eq!(whole_seconds(Duration::ZERO), 1);
-        assert_eq!(whole_seconds(Duration::from_secs(4)), 4);
-        assert_eq!(whole_seconds(secs(4.001)), 5);
     }
 
     #[test]
@@ -1038,133 +408,6 @@ mod tests {
         assert_eq!(first.body, second.body);
         assert_eq!(s.totals().documents, 1);
         assert_eq!(s.stats().duplicate_documents, 0);
-    }
-
-    #[test]
-    fn each_document_kind_is_folded_into_its_totals() {
-        let (s, t0) = sim(ErpSimConfig::default());
-        let sales = doc(
-            "sales",
-            "S1",
-            DocBody::SalesSummary(vec![
-                sale("B", 1, 300),
-                sale("A", 2, 1000),
-                SalesLine {
-                    qty_returned: 1,
-                    returns_amount: 250,
-                    discount_amount: 40,
-                    tax_amount: -50,
-                    ..sale("A", 0, 0)
-                },
-            ]),
-        );
-        let tenders = doc(
-            "tenders",
-            "S1",
-            DocBody::TenderSummary(vec![
-                TenderLine {
-                    tender: "card".into(),
-                    paid: 1300,
-                    refunded: 0,
-                    transactions: 2,
-                },
-                TenderLine {
-                    tender: "card".into(),
-                    paid: 0,
-                    refunded: 250,
-                    transactions: 1,
-                },
-            ]),
-        );
-        let tax = doc(
-            "tax",
-            "S1",
-            DocBody::TaxSummary(vec![TaxSummaryLine {
-                code: "VAT20".into(),
-                taxable_amount: 1050,
-                tax_amount: 210,
-            }]),
-        );
-        let mut moves = doc(
-            "moves",
-            "S1",
-            DocBody::InventoryMovements(vec![
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "sale".into(),
-                    qty: -2,
-                },
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "sale".into(),
-                    qty: -1,
-                },
-                MovementLine {
-                    location: "S1".into(),
-                    sku: "A".into(),
-                    reason: "return".into(),
-                    qty: 1,
-                },
-            ]),
-        );
-        moves.business_day = None;
-        moves.currency = None;
-        for (i, d) in [&sales, &tenders, &tax, &moves].into_iter().enumerate() {
-            let answer = post(&s, &format!("k{i}"), d, t0);
-            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-        }
-        // A second sales document at another barrier adds to the same key.
-        let later = doc(
-            "sales-2",
-            "S1",
-            DocBody::SalesSummary(vec![sale("A", 1, 500)]),
-        );
-        post(&s, "k9", &later, t0);
-
-        let t = s.totals();
-        assert_eq!(t.documents, 5);
-        let sales: Vec<(&str, [i64; 6])> = t
-            .sales
-            .iter()
-            .map(|r| {
-                (
-                    r.sku.as_str(),
-                    [
-                        r.qty_sold,
-                        r.qty_returned,
-                        r.sales_amount,
-                        r.returns_amount,
-                        r.discount_amount,
-                        r.tax_amount,
-                    ],
-                )
-            })
-            .collect();
-        // Sorted by sku; A = 2 + 0 + 1 sold, one returned; tax 200 - 50 + 100.
-        assert_eq!(
-            sales,
-            [
-                ("A", [3, 1, 1500, 250, 40, 250]),
-                ("B", [1, 0, 300, 0, 0, 60])
-            ]
-        );
-        assert_eq!(t.sales[0].business_day.unwrap().to_string(), "2026-11-27");
-        assert_eq!(t.tenders.len(), 1);
-        let card = &t.tenders[0];
-        assert_eq!(
-            (card.paid, card.refunded, card.transactions),
-            (1300, 250, 3)
-        );
-        assert_eq!(t.tax.len(), 1);
-        assert_eq!((t.tax[0].taxable_amount, t.tax[0].tax_amount), (1050, 210));
-        let inv: Vec<(&str, i64)> = t
-            .inventory
-            .iter()
-            .map(|r| (r.reason.as_str(), r.qty))
-            .collect();
-        assert_eq!(inv, [("return", 1), ("sale", -3)]);
     }
 
     #[test]
