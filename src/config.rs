@@ -6,6 +6,7 @@ use crate::post::ratelimit::RateLimit;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
+pub mod doc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
