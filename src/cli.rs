@@ -29,7 +29,12 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Print the default configuration as TOML.
-    Config,
+    Config {
+        /// Print the reference instead: a markdown table of every field with its default and
+        /// meaning, generated from the config structs' doc comments (docs/CONFIG.md holds it).
+        #[arg(long)]
+        doc: bool,
+    },
     /// Run the ERP simulator: the `erp-sim` binary beside this one, with these arguments.
     #[command(disable_help_flag = true)]
     ErpSim(Passed),
@@ -149,8 +154,12 @@ pub fn run_main(
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(config).await,
-        Command::Config => {
+        Command::Config { doc: false } => {
             print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { doc: true } => {
+            print!("{}", crate::config::doc::markdown());
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { file, nats, system } => publish(file, nats, system).await,

@@ -5,6 +5,7 @@ use retailflow_core::aggregate::posting::DocKind;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
+pub mod doc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,20 +67,22 @@ pub struct NatsConfig {
     /// Environment variable holding a token (optional).
     pub token_env: String,
     /// Environment variable holding an nkey seed (`SU...`, optional); the server's nonce is
-    /// signed with it.
+    /// signed with it, and the direct reader steps aside to `async-nats`.
     pub nkey_env: String,
-    /// Environment variables holding a user name and its password (optional; both or none).
+    /// Environment variable holding a user name (optional; both or neither with `password_env`).
     pub user_env: String,
+    /// Environment variable holding the user's password (with `user_env`).
     pub password_env: String,
     /// PEM file of the CA(s) that signed the server's certificate (empty: the system's roots).
     /// Setting it, or a client certificate, implies TLS.
     pub tls_ca: String,
-    /// PEM client certificate and its key, for servers that verify clients (both or none).
+    /// PEM client certificate for servers that verify clients (with `tls_key`); implies TLS.
     pub tls_cert: String,
+    /// PEM key of the client certificate (with `tls_cert`).
     pub tls_key: String,
     /// Refuse to talk to the server without TLS (also implied by a `tls://` URL).
     pub tls_required: bool,
-    /// Oldest nats-server accepted. KV and consumer features used here need 2.10.
+    /// Oldest nats-server accepted; older ones are refused (KV and consumer features need 2.10).
     pub min_server_version: String,
 }
 
@@ -123,14 +126,16 @@ pub enum Storage {
 pub struct StreamsConfig {
     /// Stream holding every retail event (the source of truth).
     pub events: String,
-    /// Systems whose subjects `retail.v1.<system>.>` the events stream captures. `api` and
-    /// `ctl` are retailflow's own (reservations, barriers) and are always added.
+    /// Systems whose subjects `retail.v1.<system>.>` the events stream captures; `api` and `ctl`
+    /// (retailflow's own) are always added, and `atp`, `dlq` and `postings` are reserved.
     pub systems: Vec<String>,
     /// Outbox of posting documents.
     pub postings: String,
     /// Dead letters: bad events and rejected postings, with reasons.
     pub dead_letters: String,
+    /// Where the streams keep their messages: `file` or `memory`.
     pub storage: Storage,
+    /// Stream replicas (3 in a cluster).
     pub replicas: usize,
     /// JetStream's `Nats-Msg-Id` duplicate window.
     #[serde(with = "duration")]
@@ -138,10 +143,10 @@ pub struct StreamsConfig {
     /// How long events are kept; recovery needs every event after the latest snapshot.
     #[serde(with = "duration")]
     pub events_max_age: Duration,
-    /// Postings outbox limit; ingest pauses before it is reached.
+    /// Postings outbox limit: new postings are refused beyond it; ingest pauses before that.
     pub postings_max_messages: i64,
-    /// Most bytes the events stream keeps (oldest events go first, as with
-    /// `events_max_age`); recovery needs every event after the latest snapshot.
+    /// Most bytes the events stream keeps (oldest go first; recovery needs every event after the
+    /// latest snapshot). An existing stream holding more than this stops startup.
     pub events_max_bytes: i64,
     /// Most bytes the dead-letter stream keeps (oldest letters go first).
     pub dead_letters_max_bytes: i64,
@@ -190,18 +195,19 @@ pub struct IngestConfig {
     pub batch: usize,
     /// Most ops dispatched to actors but not yet applied; ingest stops pulling above it.
     pub credit: u64,
-    /// Per-source reorder window (sequences).
+    /// Per-source reorder window: how far out of sequence a source's events may arrive.
     pub reorder_window: u64,
-    /// How ingest reads the events stream.
+    /// How ingest reads the events stream: `direct` (a connection of its own, decoding in place;
+    /// with TLS, an nkey or a credentials file it falls back to `async-nats`) or `async-nats`.
     pub reader: ReaderKind,
     /// Most sources the dedupe table remembers. Beyond it the least recently seen eighth is
-    /// forgotten; a forgotten source starts afresh (its re-sends are then recognised only by
-    /// JetStream's duplicate window).
+    /// forgotten (`retailflow_dedupe_sources_evicted_total`) and a forgotten source starts
+    /// afresh, its re-sends then recognised only by JetStream's duplicate window.
     pub dedupe_sources: usize,
     /// Largest step a known source's sequence may take past what was seen; a larger one is
     /// dead-lettered `sequence_jump` and the source's position is kept.
     pub max_sequence_jump: u64,
-    /// `/healthz` reports `stalled` (503) when nothing was applied for this long while the
+    /// `/healthz` answers 503 `stalled` when nothing was applied for this long while the
     /// stream holds more.
     #[serde(with = "duration")]
     pub stall_after: Duration,
@@ -237,7 +243,7 @@ pub enum ReaderKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardsConfig {
-    /// Number of SKU shards (hash(sku) mod count). Changing it needs a fresh snapshot.
+    /// SKU shards (`hash(sku) mod count`, 1 to 256). Changing it needs a fresh start.
     pub count: usize,
 }
 
@@ -250,7 +256,8 @@ impl Default for ShardsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BarrierConfig {
-    /// How often a barrier is published while events flow.
+    /// How often the barrier ticker looks; while its last barrier is still ahead of ingest, the
+    /// next waits until the stream grew `snapshot.every_events` past the last snapshot barrier.
     #[serde(with = "duration")]
     pub interval: Duration,
     /// Least time between two flushing barriers while the ERP keeps up.
@@ -279,20 +286,21 @@ impl Default for BarrierConfig {
 pub struct SnapshotConfig {
     /// Object store bucket for snapshots; the KV bucket `<bucket>-ptr` points at the latest.
     pub bucket: String,
-    /// Take a snapshot at most this often ...
+    /// Snapshot at least this often while events flow.
     #[serde(with = "duration")]
     pub interval: Duration,
-    /// ... or after this many events since the last one, whichever comes first.
+    /// Snapshot also once this many events arrived since the last snapshot.
     pub every_events: u64,
-    /// Complete snapshots kept.
+    /// Complete snapshots kept; when the latest is missing or corrupt, startup replays from the
+    /// newest older one that loads (`retailflow_snapshot_fallbacks_total`), or stops if none does.
     pub keep: usize,
-    /// Whether snapshots are taken at all (off: recovery replays the whole stream).
+    /// Whether snapshots are taken (off: postings leave at once, recovery replays everything).
     pub enabled: bool,
     /// While snapshots fail: posting documents formed but not released above which ingest
     /// pauses, as for an ERP backlog, until the failed snapshot (retried every `interval`, at
-    /// most 5 s apart) is written.
+    /// most 5 s apart) is written (`retailflow_snapshot_pending_postings`).
     pub max_pending_postings: u64,
-    /// `/healthz` answers 503 when snapshots have failed for this long.
+    /// `/healthz` answers 503 `failing` when snapshots have failed for this long.
     #[serde(with = "duration")]
     pub fail_after: Duration,
 }
@@ -321,8 +329,9 @@ pub struct ApiConfig {
     /// Longest `min_as_of` wait a query may ask for (one deadline for the whole query).
     #[serde(with = "duration")]
     pub max_wait: Duration,
-    /// File of API tokens, one a line: `<secret> <scope>[,<scope>...]` with scopes `query`,
-    /// `reserve`, `admin`, `metrics`. Re-read on SIGHUP. Empty: the HTTP API is open.
+    /// File of bearer tokens, one a line: `<secret> <scope>[,<scope>...]`; scopes `query`,
+    /// `reserve`, `metrics`, `admin` (all); `/healthz` stays open. Re-read on SIGHUP (a bad
+    /// file keeps the old tokens). Empty: the HTTP API is open, with a warning.
     pub tokens_file: String,
     /// PEM certificate chain for HTTPS; with `tls_key`. Empty: plain HTTP.
     pub tls_cert: String,
@@ -333,10 +342,11 @@ pub struct ApiConfig {
     /// A connection must send a whole request head (and finish a TLS handshake) within this.
     #[serde(with = "duration")]
     pub header_timeout: Duration,
-    /// A connection with no traffic for this long is closed.
+    /// A connection with no traffic for this long is closed (keep it above `max_wait` and
+    /// `reservations.decision_timeout`).
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
-    /// Largest request body; larger ones get 413.
+    /// Largest request body; larger ones get 413 (a 100 x 100 batch query is about 10 KB).
     pub max_body_bytes: usize,
 }
 
@@ -361,10 +371,10 @@ impl Default for ApiConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedConfig {
-    /// Whether to publish the feed at all.
+    /// Whether to publish the availability change feed.
     pub enabled: bool,
-    /// Coalescing window: a SKU that changed any number of times within it is announced once,
-    /// with its state at the end of the window.
+    /// Coalescing window (at least 10ms): a SKU that changed any number of times within it is
+    /// announced once, with its state at the end of the window.
     #[serde(with = "duration")]
     pub interval: Duration,
     /// Messages per second the feed aims to stay under (0: no aim, every window is
@@ -412,7 +422,7 @@ pub struct ReservationConfig {
     /// How long a finished reservation id is remembered for idempotent retries.
     #[serde(with = "duration")]
     pub remember: Duration,
-    /// How long the API waits for a decision before answering 503.
+    /// How long the API waits for a decision before answering 503 (a retry is safe).
     #[serde(with = "duration")]
     pub decision_timeout: Duration,
     /// How long past its would-be expiry a rejection is remembered for retries (granted
@@ -421,7 +431,7 @@ pub struct ReservationConfig {
     pub remember_rejected: Duration,
     /// Rejections remembered per shard; beyond it the oldest is forgotten (0: no cap).
     pub max_rejected: usize,
-    /// Reservation requests queued for publishing; beyond it the API answers 503.
+    /// Reservation requests queued for publishing; beyond it the API answers 503 (`Retry-After`).
     pub max_queued: usize,
     /// Idempotency keys held at once (each until its reservation expired `remember` ago);
     /// beyond it a request under a new key answers 503 until expiries free some (0: no cap).
@@ -448,6 +458,7 @@ impl Default for ReservationConfig {
 pub struct SupervisionConfig {
     /// Restarts tolerated within `within` before the process exits.
     pub max_restarts: u32,
+    /// The window `max_restarts` counts in.
     #[serde(with = "duration")]
     pub within: Duration,
 }
@@ -470,19 +481,18 @@ impl Default for SupervisionConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads of the data path (0: one per core).
+    /// Worker threads of the data path: ingest, shards, stores, posting (0: one per core).
     pub data_workers: usize,
-    /// Nice value of the data-path threads (0 to 19; 0 disables). Unset: 0 when the API's
-    /// threads get their real-time priority (a query takes a core ahead of ingest whatever
-    /// ingest's nice value), 10 when they do not (their short slices then need ingest to
-    /// yield).
+    /// Nice value of the data-path threads (0 to 19; 0 disables). Unset: 0 when the API's threads
+    /// get their real-time priority (a query takes a core ahead of ingest whatever its nice
+    /// value), 10 when they do not (their short slices then need ingest to yield).
     pub data_nice: Option<i32>,
-    /// Worker threads of the API (0: one per core). One is plenty for thousands of queries a
-    /// second and never wakes a second thread to steal work.
+    /// Worker threads of the HTTP API and the NATS queries (0: one per core). One is plenty
+    /// for thousands of queries a second and never wakes a second thread to steal work.
     pub api_workers: usize,
     /// `SCHED_RR` priority of the API threads (1 to 99; 0: normal policy with short slices).
-    /// Needs root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO`; without them the API falls back to short
-    /// slices and says so once in the log.
+    /// Needs root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO` (systemd: `LimitRTPRIO=1`); without them
+    /// the API falls back to short slices and says so once in the log.
     pub api_realtime_priority: i32,
 }
 
@@ -507,8 +517,10 @@ impl Default for RuntimeConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
+    /// First pause of a failing endpoint (doubled per failed probe), and the floor of `Retry-After`.
     #[serde(with = "duration")]
     pub initial: Duration,
+    /// Longest pause, and the most a `Retry-After` (seconds or HTTP-date) is clamped to.
     #[serde(with = "duration")]
     pub max: Duration,
 }
@@ -536,6 +548,7 @@ pub struct ErpEndpointConfig {
     pub rate: RateLimit,
     /// Requests in flight at most.
     pub max_concurrent: usize,
+    /// Longest wait for one request's answer.
     #[serde(with = "duration")]
     pub timeout: Duration,
     pub retry: RetryConfig,

@@ -3,6 +3,7 @@
 
 mod api;
 mod api_boundary;
+mod config_doc;
 mod dead_letters;
 mod direct_pull;
 mod erp_faults;
