@@ -147,7 +147,7 @@ fn query_error(e: QueryError) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such route; see the README for the API",
+        "no such route; see docs/API.md for the API",
     )
 }
 
