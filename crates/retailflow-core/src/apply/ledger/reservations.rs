@@ -54,7 +54,9 @@ pub fn request_fingerprint(r: &ReservationRequested) -> u64 {
     h.max(1)
 }
 
-/// A decision's state, as the API reports it.
+/// A decision's state, as the API reports it. Hand this on rather than its text: it serialises
+/// as the snake_case name [`DecisionState::as_str`] gives (`"active"`, `"rejected"`, ...), so a
+/// field of this type reads and writes the same JSON as a string field holding that name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionState {
@@ -69,6 +71,17 @@ pub enum DecisionState {
 }
 
 impl DecisionState {
+    /// Every state, in declaration order.
+    pub const ALL: [DecisionState; 6] = [
+        DecisionState::Active,
+        DecisionState::Rejected,
+        DecisionState::Released,
+        DecisionState::Expired,
+        DecisionState::Consumed,
+        DecisionState::Conflict,
+    ];
+
+    /// The wire name (the serde name).
     pub fn as_str(self) -> &'static str {
         match self {
             DecisionState::Active => "active",
@@ -78,6 +91,12 @@ impl DecisionState {
             DecisionState::Consumed => "consumed",
             DecisionState::Conflict => "conflict",
         }
+    }
+}
+
+impl std::fmt::Display for DecisionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -289,6 +308,27 @@ impl Ledger {
             decided_at: r.decided_at,
             state,
             request: r.request,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_states_travel_under_their_names() {
+        for s in DecisionState::ALL {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, serde_json::Value::from(s.as_str()), "{s:?}");
+            assert_eq!(s.to_string(), s.as_str());
+            let back: DecisionState = serde_json::from_value(json).unwrap();
+            assert_eq!(back, s);
+            let packed = rmp_serde::to_vec_named(&s).unwrap();
+            assert_eq!(
+                rmp_serde::from_slice::<String>(&packed).unwrap(),
+                s.as_str()
+            );
         }
     }
 }
