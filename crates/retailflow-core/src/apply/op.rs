@@ -126,73 +126,14 @@ impl Op {
 /// Splits an event into ops. Sales and returns also go to the store aggregator; that part is
 /// routed separately by ingest. Barriers produce no ops.
 pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
+    let push = &mut push;
     match event {
-        Event::Sale(s) => {
-            for l in &s.lines {
-                push(Op::Sale {
-                    loc: s.location.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                });
-            }
-        }
-        Event::Return(r) => {
-            for l in &r.lines {
-                push(Op::Return {
-                    loc: r.location.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                    restock: l.restock.unwrap_or(true),
-                });
-            }
-        }
-        Event::OrderPlaced(o) => {
-            for l in &o.lines {
-                push(Op::OrderPlaced {
-                    order: o.order_id.clone(),
-                    channel: o.channel.clone(),
-                    loc: o.location.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                    reservation: o.reservation_id.clone(),
-                });
-            }
-        }
-        Event::OrderCancelled(o) => match &o.lines {
-            Some(lines) => {
-                for l in lines {
-                    push(Op::OrderCancelled {
-                        order: o.order_id.clone(),
-                        sku: Some(l.sku.clone()),
-                        qty: l.qty,
-                    });
-                }
-            }
-            None => push(Op::OrderCancelled {
-                order: o.order_id.clone(),
-                sku: None,
-                qty: 0,
-            }),
-        },
-        Event::OrderFulfilled(o) => {
-            for l in &o.lines {
-                push(Op::OrderFulfilled {
-                    order: o.order_id.clone(),
-                    loc: o.location.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                });
-            }
-        }
-        Event::Receipt(r) => {
-            for l in &r.lines {
-                push(Op::Receipt {
-                    loc: r.location.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                });
-            }
-        }
+        Event::Sale(s) => sale_ops(s, push),
+        Event::Return(r) => return_ops(r, push),
+        Event::OrderPlaced(o) => order_placed_ops(o, push),
+        Event::OrderCancelled(o) => order_cancelled_ops(o, push),
+        Event::OrderFulfilled(o) => order_fulfilled_ops(o, push),
+        Event::Receipt(r) => receipt_ops(r, push),
         Event::Adjustment(a) => push(Op::Adjust {
             loc: a.location.clone(),
             sku: a.sku.clone(),
@@ -204,28 +145,8 @@ pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
             sku: c.sku.clone(),
             counted: c.counted,
         }),
-        Event::TransferOut(t) => {
-            for l in &t.lines {
-                push(Op::TransferOut {
-                    transfer: t.transfer_id.clone(),
-                    from: t.from.clone(),
-                    to: t.to.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                });
-            }
-        }
-        Event::TransferIn(t) => {
-            for l in &t.lines {
-                push(Op::TransferIn {
-                    transfer: t.transfer_id.clone(),
-                    from: t.from.clone(),
-                    to: t.to.clone(),
-                    sku: l.sku.clone(),
-                    qty: l.qty,
-                });
-            }
-        }
+        Event::TransferOut(t) => transfer_out_ops(t, push),
+        Event::TransferIn(t) => transfer_in_ops(t, push),
         Event::SafetyStockSet(s) => push(Op::SafetyStock {
             loc: s.location.clone(),
             sku: s.sku.clone(),
@@ -248,5 +169,114 @@ pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
             sku: r.sku.clone(),
         }),
         Event::Barrier(_) => {}
+    }
+}
+
+/// One `Sale` op per line.
+#[inline]
+fn sale_ops(s: &Sale, push: &mut impl FnMut(Op)) {
+    for l in &s.lines {
+        push(Op::Sale {
+            loc: s.location.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+        });
+    }
+}
+
+/// One `Return` op per line; a line restocks unless it says otherwise.
+#[inline]
+fn return_ops(r: &Return, push: &mut impl FnMut(Op)) {
+    for l in &r.lines {
+        push(Op::Return {
+            loc: r.location.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+            restock: l.restock.unwrap_or(true),
+        });
+    }
+}
+
+#[inline]
+fn order_placed_ops(o: &OrderPlaced, push: &mut impl FnMut(Op)) {
+    for l in &o.lines {
+        push(Op::OrderPlaced {
+            order: o.order_id.clone(),
+            channel: o.channel.clone(),
+            loc: o.location.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+            reservation: o.reservation_id.clone(),
+        });
+    }
+}
+
+/// One op per cancelled line, or a single whole-order op (`sku: None`) without lines.
+#[inline]
+fn order_cancelled_ops(o: &OrderCancelled, push: &mut impl FnMut(Op)) {
+    match &o.lines {
+        Some(lines) => {
+            for l in lines {
+                push(Op::OrderCancelled {
+                    order: o.order_id.clone(),
+                    sku: Some(l.sku.clone()),
+                    qty: l.qty,
+                });
+            }
+        }
+        None => push(Op::OrderCancelled {
+            order: o.order_id.clone(),
+            sku: None,
+            qty: 0,
+        }),
+    }
+}
+
+#[inline]
+fn order_fulfilled_ops(o: &OrderFulfilled, push: &mut impl FnMut(Op)) {
+    for l in &o.lines {
+        push(Op::OrderFulfilled {
+            order: o.order_id.clone(),
+            loc: o.location.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+        });
+    }
+}
+
+#[inline]
+fn receipt_ops(r: &Receipt, push: &mut impl FnMut(Op)) {
+    for l in &r.lines {
+        push(Op::Receipt {
+            loc: r.location.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+        });
+    }
+}
+
+#[inline]
+fn transfer_out_ops(t: &Transfer, push: &mut impl FnMut(Op)) {
+    for l in &t.lines {
+        push(Op::TransferOut {
+            transfer: t.transfer_id.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+        });
+    }
+}
+
+#[inline]
+fn transfer_in_ops(t: &Transfer, push: &mut impl FnMut(Op)) {
+    for l in &t.lines {
+        push(Op::TransferIn {
+            transfer: t.transfer_id.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            sku: l.sku.clone(),
+            qty: l.qty,
+        });
     }
 }

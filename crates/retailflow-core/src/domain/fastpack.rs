@@ -372,200 +372,226 @@ fn opt_cs(r: &mut Reader) -> R<Option<CompactString>> {
     Ok(if r.nil() { None } else { Some(r.cs()?) })
 }
 
+/// The event map: exactly one entry, its key the kind. Kinds without a fast path decline.
 fn event(r: &mut Reader) -> R<Event> {
     if r.map_len()? != 1 {
         return Err(Decline);
     }
     let kind = r.raw_str()?;
-    Ok(match kind {
-        b"sale" => till(r, false)?,
-        b"return" => till(r, true)?,
-        b"receipt" => {
-            let (mut loc, mut lines, mut reference) = (None, None, None);
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                match r.raw_str()? {
-                    b"location" => {
-                        seen.mark(0)?;
-                        loc = Some(LocationId(r.cs()?));
-                    }
-                    b"lines" => {
-                        seen.mark(1)?;
-                        lines = Some(qty_lines(r)?);
-                    }
-                    b"reference" => {
-                        seen.mark(2)?;
-                        reference = opt_cs(r)?;
-                    }
-                    _ => return Err(Decline),
-                }
-            }
-            Event::Receipt(Receipt {
-                location: need(loc)?,
-                lines: need(lines)?,
-                reference,
-            })
-        }
-        b"order_placed" => {
-            let (mut order, mut channel, mut loc, mut lines, mut resv) =
-                (None, None, None, None, None);
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                match r.raw_str()? {
-                    b"order_id" => {
-                        seen.mark(0)?;
-                        order = Some(OrderId(r.cs()?));
-                    }
-                    b"channel" => {
-                        seen.mark(1)?;
-                        channel = Some(ChannelId(r.cs()?));
-                    }
-                    b"location" => {
-                        seen.mark(2)?;
-                        loc = opt_cs(r)?.map(LocationId);
-                    }
-                    b"lines" => {
-                        seen.mark(3)?;
-                        lines = Some(qty_lines(r)?);
-                    }
-                    b"reservation_id" => {
-                        seen.mark(4)?;
-                        resv = opt_cs(r)?.map(ReservationId);
-                    }
-                    _ => return Err(Decline),
-                }
-            }
-            Event::OrderPlaced(OrderPlaced {
-                order_id: need(order)?,
-                channel: need(channel)?,
-                location: loc,
-                lines: need(lines)?,
-                reservation_id: resv,
-            })
-        }
-        b"order_fulfilled" => {
-            let (mut order, mut loc, mut lines) = (None, None, None);
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                match r.raw_str()? {
-                    b"order_id" => {
-                        seen.mark(0)?;
-                        order = Some(OrderId(r.cs()?));
-                    }
-                    b"location" => {
-                        seen.mark(1)?;
-                        loc = Some(LocationId(r.cs()?));
-                    }
-                    b"lines" => {
-                        seen.mark(2)?;
-                        lines = Some(qty_lines(r)?);
-                    }
-                    _ => return Err(Decline),
-                }
-            }
-            Event::OrderFulfilled(OrderFulfilled {
-                order_id: need(order)?,
-                location: need(loc)?,
-                lines: need(lines)?,
-            })
-        }
-        b"order_cancelled" => {
-            let (mut order, mut lines) = (None, None);
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                match r.raw_str()? {
-                    b"order_id" => {
-                        seen.mark(0)?;
-                        order = Some(OrderId(r.cs()?));
-                    }
-                    b"lines" => {
-                        seen.mark(1)?;
-                        lines = if r.nil() { None } else { Some(qty_lines(r)?) };
-                    }
-                    _ => return Err(Decline),
-                }
-            }
-            Event::OrderCancelled(OrderCancelled {
-                order_id: need(order)?,
-                lines,
-            })
-        }
-        b"transfer_out" | b"transfer_in" => {
-            let (mut id, mut from, mut to, mut lines) = (None, None, None, None);
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                match r.raw_str()? {
-                    b"transfer_id" => {
-                        seen.mark(0)?;
-                        id = Some(TransferId(r.cs()?));
-                    }
-                    b"from" => {
-                        seen.mark(1)?;
-                        from = Some(LocationId(r.cs()?));
-                    }
-                    b"to" => {
-                        seen.mark(2)?;
-                        to = Some(LocationId(r.cs()?));
-                    }
-                    b"lines" => {
-                        seen.mark(3)?;
-                        lines = Some(qty_lines(r)?);
-                    }
-                    _ => return Err(Decline),
-                }
-            }
-            let t = Transfer {
-                transfer_id: need(id)?,
-                from: need(from)?,
-                to: need(to)?,
-                lines: need(lines)?,
-            };
-            if kind == b"transfer_out" {
-                Event::TransferOut(t)
-            } else {
-                Event::TransferIn(t)
-            }
-        }
-        b"adjustment" | b"count" | b"safety_stock_set" => {
-            let (mut loc, mut sku, mut qty, mut reason) = (None, None, None, None);
-            let qty_key: &[u8] = if kind == b"count" { b"counted" } else { b"qty" };
-            let mut seen = Seen(0);
-            for _ in 0..r.map_len()? {
-                let key = r.raw_str()?;
-                if key == b"location" {
-                    seen.mark(0)?;
-                    loc = Some(LocationId(r.cs()?));
-                } else if key == b"sku" {
-                    seen.mark(1)?;
-                    sku = Some(Sku(r.cs()?));
-                } else if key == qty_key {
-                    seen.mark(2)?;
-                    qty = Some(r.i64()?);
-                } else if key == b"reason" && kind == b"adjustment" {
-                    seen.mark(3)?;
-                    reason = Some(ReasonCode(r.cs()?));
-                } else {
-                    return Err(Decline);
-                }
-            }
-            let (location, sku, qty) = (need(loc)?, need(sku)?, need(qty)?);
-            match kind {
-                b"adjustment" => Event::Adjustment(Adjustment {
-                    location,
-                    sku,
-                    qty,
-                    reason: need(reason)?,
-                }),
-                b"count" => Event::Count(Count {
-                    location,
-                    sku,
-                    counted: qty,
-                }),
-                _ => Event::SafetyStockSet(SafetyStockSet { location, sku, qty }),
-            }
-        }
+    match kind {
+        b"sale" => till(r, false),
+        b"return" => till(r, true),
+        b"receipt" => receipt(r),
+        b"order_placed" => order_placed(r),
+        b"order_fulfilled" => order_fulfilled(r),
+        b"order_cancelled" => order_cancelled(r),
+        b"transfer_out" => transfer(r, true),
+        b"transfer_in" => transfer(r, false),
+        b"adjustment" | b"count" | b"safety_stock_set" => stock_fact(r, kind),
         // Master data, reservations and barriers are rare: serde handles them.
-        _ => return Err(Decline),
+        _ => Err(Decline),
+    }
+}
+
+/// `receipt`: location, lines and an optional reference.
+#[inline]
+fn receipt(r: &mut Reader) -> R<Event> {
+    let (mut loc, mut lines, mut reference) = (None, None, None);
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        match r.raw_str()? {
+            b"location" => {
+                seen.mark(0)?;
+                loc = Some(LocationId(r.cs()?));
+            }
+            b"lines" => {
+                seen.mark(1)?;
+                lines = Some(qty_lines(r)?);
+            }
+            b"reference" => {
+                seen.mark(2)?;
+                reference = opt_cs(r)?;
+            }
+            _ => return Err(Decline),
+        }
+    }
+    Ok(Event::Receipt(Receipt {
+        location: need(loc)?,
+        lines: need(lines)?,
+        reference,
+    }))
+}
+
+/// `order_placed`: the order, its channel, an optional location and reservation, lines.
+#[inline]
+fn order_placed(r: &mut Reader) -> R<Event> {
+    let (mut order, mut channel, mut loc, mut lines, mut resv) = (None, None, None, None, None);
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        match r.raw_str()? {
+            b"order_id" => {
+                seen.mark(0)?;
+                order = Some(OrderId(r.cs()?));
+            }
+            b"channel" => {
+                seen.mark(1)?;
+                channel = Some(ChannelId(r.cs()?));
+            }
+            b"location" => {
+                seen.mark(2)?;
+                loc = opt_cs(r)?.map(LocationId);
+            }
+            b"lines" => {
+                seen.mark(3)?;
+                lines = Some(qty_lines(r)?);
+            }
+            b"reservation_id" => {
+                seen.mark(4)?;
+                resv = opt_cs(r)?.map(ReservationId);
+            }
+            _ => return Err(Decline),
+        }
+    }
+    Ok(Event::OrderPlaced(OrderPlaced {
+        order_id: need(order)?,
+        channel: need(channel)?,
+        location: loc,
+        lines: need(lines)?,
+        reservation_id: resv,
+    }))
+}
+
+/// `order_fulfilled`: the order, the shipping location, lines.
+#[inline]
+fn order_fulfilled(r: &mut Reader) -> R<Event> {
+    let (mut order, mut loc, mut lines) = (None, None, None);
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        match r.raw_str()? {
+            b"order_id" => {
+                seen.mark(0)?;
+                order = Some(OrderId(r.cs()?));
+            }
+            b"location" => {
+                seen.mark(1)?;
+                loc = Some(LocationId(r.cs()?));
+            }
+            b"lines" => {
+                seen.mark(2)?;
+                lines = Some(qty_lines(r)?);
+            }
+            _ => return Err(Decline),
+        }
+    }
+    Ok(Event::OrderFulfilled(OrderFulfilled {
+        order_id: need(order)?,
+        location: need(loc)?,
+        lines: need(lines)?,
+    }))
+}
+
+/// `order_cancelled`: the order and its lines (absent or nil: the whole order).
+#[inline]
+fn order_cancelled(r: &mut Reader) -> R<Event> {
+    let (mut order, mut lines) = (None, None);
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        match r.raw_str()? {
+            b"order_id" => {
+                seen.mark(0)?;
+                order = Some(OrderId(r.cs()?));
+            }
+            b"lines" => {
+                seen.mark(1)?;
+                lines = if r.nil() { None } else { Some(qty_lines(r)?) };
+            }
+            _ => return Err(Decline),
+        }
+    }
+    Ok(Event::OrderCancelled(OrderCancelled {
+        order_id: need(order)?,
+        lines,
+    }))
+}
+
+/// `transfer_out` (`out`) or `transfer_in`: the transfer, both locations, lines.
+#[inline]
+fn transfer(r: &mut Reader, out: bool) -> R<Event> {
+    let (mut id, mut from, mut to, mut lines) = (None, None, None, None);
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        match r.raw_str()? {
+            b"transfer_id" => {
+                seen.mark(0)?;
+                id = Some(TransferId(r.cs()?));
+            }
+            b"from" => {
+                seen.mark(1)?;
+                from = Some(LocationId(r.cs()?));
+            }
+            b"to" => {
+                seen.mark(2)?;
+                to = Some(LocationId(r.cs()?));
+            }
+            b"lines" => {
+                seen.mark(3)?;
+                lines = Some(qty_lines(r)?);
+            }
+            _ => return Err(Decline),
+        }
+    }
+    let t = Transfer {
+        transfer_id: need(id)?,
+        from: need(from)?,
+        to: need(to)?,
+        lines: need(lines)?,
+    };
+    Ok(if out {
+        Event::TransferOut(t)
+    } else {
+        Event::TransferIn(t)
+    })
+}
+
+/// `adjustment`, `count` (its quantity is `counted`) or `safety_stock_set`: one sku at one
+/// location.
+#[inline]
+fn stock_fact(r: &mut Reader, kind: &[u8]) -> R<Event> {
+    let (mut loc, mut sku, mut qty, mut reason) = (None, None, None, None);
+    let qty_key: &[u8] = if kind == b"count" { b"counted" } else { b"qty" };
+    let mut seen = Seen(0);
+    for _ in 0..r.map_len()? {
+        let key = r.raw_str()?;
+        if key == b"location" {
+            seen.mark(0)?;
+            loc = Some(LocationId(r.cs()?));
+        } else if key == b"sku" {
+            seen.mark(1)?;
+            sku = Some(Sku(r.cs()?));
+        } else if key == qty_key {
+            seen.mark(2)?;
+            qty = Some(r.i64()?);
+        } else if key == b"reason" && kind == b"adjustment" {
+            seen.mark(3)?;
+            reason = Some(ReasonCode(r.cs()?));
+        } else {
+            return Err(Decline);
+        }
+    }
+    let (location, sku, qty) = (need(loc)?, need(sku)?, need(qty)?);
+    Ok(match kind {
+        b"adjustment" => Event::Adjustment(Adjustment {
+            location,
+            sku,
+            qty,
+            reason: need(reason)?,
+        }),
+        b"count" => Event::Count(Count {
+            location,
+            sku,
+            counted: qty,
+        }),
+        _ => Event::SafetyStockSet(SafetyStockSet { location, sku, qty }),
     })
 }
 

@@ -1,4 +1,5 @@
-//! The retail vocabulary: identifiers, money, the event envelope, wire formats, subjects.
+//! The retail vocabulary: identifiers, money, the event envelope and its validation, wire
+//! formats, subjects.
 
 pub mod codec;
 pub mod event;
@@ -6,6 +7,7 @@ pub mod fastpack;
 pub mod ids;
 pub mod money;
 pub mod subject;
+mod validate;
 
 pub use event::*;
 pub use ids::*;
