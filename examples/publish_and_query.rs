@@ -33,15 +33,7 @@ async fn main() -> Result<()> {
     // an event again under the same id would be dropped as a duplicate.
     let now_ms = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
     let run = now_ms / 1000;
-    let envelope = |source: String, event: Event| Envelope {
-        v: 1,
-        id: format!("{source}#1").as_str().into(),
-        source: source.as_str().into(),
-        seq: 1,
-        occurred_at_ms: now_ms,
-        trace: None,
-        event,
-    };
+    let envelope = |source: String, event: Event| Envelope::new(&source, 1, now_ms, event);
 
     // 40 mugs arrive at the store...
     let receipt = envelope(

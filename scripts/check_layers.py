@@ -2,7 +2,7 @@
 """Module import graph of every crate in the workspace, from the paths its non-test code names.
 
 For each crate (a directory with Cargo.toml and src/), the nodes are the modules directly under
-src/ and, inside each module directory, its submodules. An edge a -> b means code in a names
+src/ and, inside each module directory at any depth, its submodules. An edge a -> b means code in a names
 b: `crate::b` (or `super::b` in a top-level module's own file) at the top level, `crate::m::b`
 or `super::b` between submodules of m. Test code
 (everything after a file's first `#[cfg(test)]`) and comments are left out.
@@ -106,25 +106,30 @@ def graphs(crate):
             if name in top and name != owner:
                 g[owner].setdefault(name, f"{os.path.relpath(path)}:{line}")
     result.append((os.path.relpath(crate), top, g))
-    for m in sorted(top):
-        mdir = os.path.join(src, m)
-        if not os.path.isdir(mdir):
+    # Every module directory, at any depth: the graph between its own submodules.
+    for dp, dn, fn in os.walk(src):
+        dn.sort()
+        if dp == src:
             continue
-        subs = children(mdir)
+        parts = os.path.relpath(dp, src).split(os.sep)
+        subs = children(dp)
+        if len(subs) < 2:
+            continue
+        path_of = "crate::" + "::".join(parts)
         sg = defaultdict(dict)
-        for path in rs_files(mdir):
-            rel = os.path.relpath(path, mdir).split(os.sep)
+        for path in rs_files(dp):
+            rel = os.path.relpath(path, dp).split(os.sep)
             owner = module_name(rel[0])
             if owner not in subs:
                 continue
             text = code_of(path)
-            refs = names_after(text, r"crate::" + m)
-            if len(rel) == 1:
+            refs = names_after(text, path_of.replace("::", r"::"))
+            if len(rel) == 1 or rel[1:] == ["mod.rs"]:
                 refs += names_after(text, "super")
             for name, line in refs:
                 if name in subs and name != owner:
                     sg[owner].setdefault(name, f"{os.path.relpath(path)}:{line}")
-        result.append((f"{os.path.relpath(crate)}::{m}", subs, sg))
+        result.append((f"{os.path.relpath(crate)}::{'::'.join(parts)}", subs, sg))
     return result
 
 

@@ -118,15 +118,7 @@ pub fn receipt(loc: &str, sku: &str, qty: i64) -> Event {
 }
 
 pub fn envelope(source: &str, seq: u64, event: Event) -> Envelope {
-    Envelope {
-        v: 1,
-        id: EventId::from(format!("{source}#{seq}").as_str()),
-        source: SourceId::from(source),
-        seq,
-        occurred_at_ms: 1_795_770_000_000 + seq as i64,
-        trace: None,
-        event,
-    }
+    Envelope::new(source, seq, 1_795_770_000_000 + seq as i64, event)
 }
 
 /// Publishes `(subject, header block, payload)` with `HPUB` on a plain TCP connection: no

@@ -1,6 +1,6 @@
 //! The canonical event model: a versioned envelope around one retail fact or request.
 //!
-//! Wire shape (MessagePack with named fields, or JSON), see the README for full examples:
+//! Wire shape (MessagePack with named fields, or JSON), see docs/EVENTS.md for full examples:
 //!
 //! ```json
 //! {"v":1,"id":"pos-s0042-t03-17","source":"pos/s0042/t03","seq":17,
@@ -134,6 +134,21 @@ impl Event {
 }
 
 impl Envelope {
+    /// The envelope a producer sends for its `seq`-th event: the current schema version, the id
+    /// `<source>#<seq>` (carried as `Nats-Msg-Id`), no trace. The one way the tests, the lab and
+    /// the examples build envelopes.
+    pub fn new(source: &str, seq: u64, occurred_at_ms: i64, event: Event) -> Envelope {
+        Envelope {
+            v: SCHEMA_VERSION,
+            id: EventId::from(format!("{source}#{seq}").as_str()),
+            source: SourceId::from(source),
+            seq,
+            occurred_at_ms,
+            trace: None,
+            event,
+        }
+    }
+
     /// The system part of the subject: the source id up to its first `/` (`pos/s1/t3` -> `pos`).
     pub fn system(&self) -> &str {
         self.source.as_str().split('/').next().unwrap_or("")

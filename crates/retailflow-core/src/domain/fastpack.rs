@@ -1,5 +1,5 @@
 //! A fast path for decoding the envelope from MessagePack with named fields: the shape every
-//! producer that follows the README sends. It reads keys as raw bytes (no UTF-8 check, no
+//! producer that follows docs/EVENTS.md sends. It reads keys as raw bytes (no UTF-8 check, no
 //! identifier visitor) and builds the structs directly.
 //!
 //! It is only a fast path. Anything it does not recognise (another encoding of the same data,
