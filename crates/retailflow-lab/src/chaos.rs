@@ -10,6 +10,7 @@ use super::generate::Generator;
 use super::measure;
 use super::oracle::{Oracle, Stock};
 use super::publish::{self, Until};
+pub use super::report::ChaosStats;
 use super::report::{Counts, Environment, Report};
 use super::run::{
     RunError, erp_summary, pipeline_config, start_sims, verify_dead_letters, verify_erp, version,
@@ -19,7 +20,6 @@ use super::world::{Rng, World};
 use retailflow::bus::server::{NatsServer, free_port};
 use retailflow::post::endpoint::consumer_name;
 use retailflow::query::model::{QueryRequest, QueryResponse};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -60,20 +60,6 @@ impl ChaosOptions {
             graceful_limit: Duration::from_secs(40),
         }
     }
-}
-
-/// What the chaos run did to the pipeline, in the report.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ChaosStats {
-    pub kills: u32,
-    /// Starts that became healthy (answered /healthz with 200) before the next kill.
-    pub healthy_starts: u32,
-    /// Longest time from a start to healthy, in seconds.
-    pub max_time_to_healthy_s: f64,
-    pub nats_restarts: u32,
-    /// Exit code of the SIGTERM'd process (0 = graceful).
-    pub sigterm_exit_code: Option<i32>,
-    pub sigterm_exit_s: f64,
 }
 
 /// The pipeline process and how it is started.

@@ -47,13 +47,33 @@ impl Environment {
             } else {
                 "release".into()
             },
-            git_revision: super::run::git_revision(),
+            git_revision: git_revision(),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
             started_at_unix_ms: retailflow::snapshot::ticker::now_ms(),
         }
+    }
+}
+
+/// The commit the run was built from, `+dirty` with uncommitted changes to tracked files.
+pub fn git_revision() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(rev) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{rev}+dirty") } else { rev }
+        }
+        None => "unknown".into(),
     }
 }
 
@@ -212,6 +232,20 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// What the chaos run did to the pipeline, in the report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChaosStats {
+    pub kills: u32,
+    /// Starts that became healthy (answered /healthz with 200) before the next kill.
+    pub healthy_starts: u32,
+    /// Longest time from a start to healthy, in seconds.
+    pub max_time_to_healthy_s: f64,
+    pub nats_restarts: u32,
+    /// Exit code of the SIGTERM'd process (0 = graceful).
+    pub sigterm_exit_code: Option<i32>,
+    pub sigterm_exit_s: f64,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
@@ -229,7 +263,7 @@ pub struct Report {
     pub passed: bool,
     /// Set by a chaos run (`--chaos-kills`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chaos: Option<super::chaos::ChaosStats>,
+    pub chaos: Option<ChaosStats>,
     pub timeline: Vec<Point>,
 }
 

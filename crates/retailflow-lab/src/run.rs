@@ -102,25 +102,6 @@ fn sim_config(spec: &Scenario, e: &super::spec::ErpSpec) -> ErpSimConfig {
     }
 }
 
-pub fn git_revision() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty { format!("{rev}+dirty") } else { rev }
-        }
-        None => "unknown".into(),
-    }
-}
-
 /// The scenario as run: its smoke version or itself.
 pub(crate) fn version(spec: &Scenario, smoke: bool) -> Scenario {
     if smoke { spec.smoke() } else { spec.clone() }
