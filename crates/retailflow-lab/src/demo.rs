@@ -3,9 +3,9 @@
 //! next to what the tills reported.
 
 use crate::generate::Generator;
+use crate::harness::pipeline_config;
 use crate::oracle::Oracle;
 use crate::publish::{self, Until};
-use crate::run::pipeline_config;
 use crate::spec::Scenario;
 use crate::world::World;
 use anyhow::{Context, Result, bail};
