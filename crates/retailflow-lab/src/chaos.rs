@@ -6,22 +6,20 @@
 //!
 //! Used by `retailflow scenario run FILE --chaos-kills N` and by `tests/chaos.rs`.
 
-use super::generate::Generator;
-use super::measure;
-use super::oracle::{Oracle, Stock};
-use super::publish::{self, Until};
-use super::report::{Counts, Environment, Report};
-use super::run::{
-    RunError, erp_summary, pipeline_config, start_sims, verify_dead_letters, verify_erp, version,
-};
-use super::spec::Scenario;
-use super::world::{Rng, World};
-use retailflow::bus::server::{NatsServer, free_port};
+use crate::harness::{self, RunError, Stage, Trader, setup};
+use crate::measure;
+use crate::oracle::{Oracle, Stock};
+use crate::publish::Published;
+pub use crate::report::ChaosStats;
+use crate::report::{Counts, Report};
+use crate::spec::Scenario;
+use crate::world::Rng;
+use retailflow::bus::server::free_port;
+use retailflow::config::Config;
 use retailflow::post::endpoint::consumer_name;
 use retailflow::query::model::{QueryRequest, QueryResponse};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,20 +58,6 @@ impl ChaosOptions {
             graceful_limit: Duration::from_secs(40),
         }
     }
-}
-
-/// What the chaos run did to the pipeline, in the report.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ChaosStats {
-    pub kills: u32,
-    /// Starts that became healthy (answered /healthz with 200) before the next kill.
-    pub healthy_starts: u32,
-    /// Longest time from a start to healthy, in seconds.
-    pub max_time_to_healthy_s: f64,
-    pub nats_restarts: u32,
-    /// Exit code of the SIGTERM'd process (0 = graceful).
-    pub sigterm_exit_code: Option<i32>,
-    pub sigterm_exit_s: f64,
 }
 
 /// The pipeline process and how it is started.
@@ -173,10 +157,7 @@ async fn wait_applied(
 }
 
 /// Postings not yet answered by the ERP, read from the outbox consumers.
-async fn outbox_backlog(
-    js: &async_nats::jetstream::Context,
-    cfg: &retailflow::config::Config,
-) -> Result<u64, String> {
+async fn outbox_backlog(js: &async_nats::jetstream::Context, cfg: &Config) -> Result<u64, String> {
     let stream = js
         .get_stream(&cfg.streams.postings)
         .await
@@ -292,113 +273,103 @@ async fn killer(
     Ok(())
 }
 
-/// Runs `spec` against a separately started pipeline process under chaos.
-pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunError> {
-    let spec = version(spec, opts.smoke);
-    let world = Arc::new(World::build(&spec).map_err(RunError::Setup)?);
-    let mut nats = tokio::task::spawn_blocking(NatsServer::start)
-        .await
-        .map_err(|e| RunError::Setup(format!("starting nats-server: {e}")))?
-        .map_err(|e| RunError::Setup(format!("starting nats-server: {e}")))?;
-    let sims = start_sims(&spec).await?;
-    let urls: Vec<String> = sims.iter().map(|s| s.postings_url()).collect();
-    let mut cfg = pipeline_config(&spec, &nats.url(), &urls);
+/// The pipeline process's configuration: the scenario's, with an HTTP port of its own and a
+/// snapshot every second, written to `out/pipeline.toml` (logs go to `out/logs`). Returns the
+/// configuration, its file and the HTTP API's base URL.
+fn configure(stage: &Stage, out: &Path) -> Result<(Config, PathBuf, String), RunError> {
+    let mut cfg = stage.pipeline_config();
     let port = free_port();
     cfg.api.http = format!("127.0.0.1:{port}");
     cfg.snapshot.enabled = true;
     cfg.snapshot.interval = Duration::from_secs(1);
     let base = format!("http://127.0.0.1:{port}");
-    std::fs::create_dir_all(opts.out.join("logs"))
-        .map_err(|e| RunError::Setup(format!("creating {}: {e}", opts.out.display())))?;
-    let cfg_path = opts.out.join("pipeline.toml");
+    std::fs::create_dir_all(out.join("logs"))
+        .map_err(|e| RunError::Setup(format!("creating {}: {e}", out.display())))?;
+    let cfg_path = out.join("pipeline.toml");
     let text = toml::to_string_pretty(&cfg)
         .map_err(|e| RunError::Setup(format!("writing the pipeline config: {e}")))?;
     std::fs::write(&cfg_path, text)
         .map_err(|e| RunError::Setup(format!("writing {}: {e}", cfg_path.display())))?;
+    Ok((cfg, cfg_path, base))
+}
 
-    let proc = Arc::new(Mutex::new(Proc {
-        binary: opts.binary.clone(),
-        config: cfg_path,
-        logs: opts.out.join("logs"),
-        starts: 0,
-        child: None,
-    }));
-    proc.lock().await.start()?;
-    let http = reqwest::Client::new();
+/// Waits (up to 60 s) for the first start of the pipeline process to answer /healthz.
+async fn first_healthy(http: &reqwest::Client, base: &str, out: &Path) -> Result<(), RunError> {
     let start = Instant::now();
-    while healthy(&http, &base).await.is_none() {
+    while healthy(http, base).await.is_none() {
         if start.elapsed() > Duration::from_secs(60) {
             return Err(RunError::Setup(format!(
                 "the pipeline process did not become healthy within 60 s; see {}",
-                opts.out.join("logs").display()
+                out.join("logs").display()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
 
-    let client = async_nats::connect(nats.url())
-        .await
-        .map_err(|e| RunError::Setup(format!("NATS: {e}")))?;
-    let nats_version = client.server_info().version;
-    let in_flight = spec.load.in_flight.max(1);
-    let js = publish::load_context(client.clone(), in_flight);
-    let mut generator = Generator::new(&spec, world.clone());
-    let mut oracle = Oracle::default();
-    let setup_pub = publish::setup(&js, &mut generator, &mut oracle, in_flight)
-        .await
-        .map_err(RunError::Run)?;
-
-    // Spread the trading load over the time the kills take, so kills land mid-stream.
-    let stats = Arc::new(Mutex::new(ChaosStats::default()));
+/// Publishes the trading load while the killer SIGKILLs and restarts the pipeline process,
+/// spread over the time the kills take so that they land mid-stream.
+async fn trade_under_kills(
+    stage: &Stage,
+    trader: &mut Trader,
+    proc: &Arc<Mutex<Proc>>,
+    opts: &ChaosOptions,
+    base: &str,
+    stats: &Arc<Mutex<ChaosStats>>,
+) -> Result<Published, RunError> {
     let killing = tokio::spawn(killer(
         proc.clone(),
         opts.clone(),
-        spec.seed,
-        base.clone(),
+        stage.spec.seed,
+        base.to_string(),
         stats.clone(),
     ));
     let mean_gap = (opts.kill_gap.0 + opts.kill_gap.1) / 2;
     let span = (mean_gap * opts.kills).max(Duration::from_secs(1));
-    let rate = (generator.trading_total() as f64 / span.as_secs_f64()).max(100.0);
+    let rate = (trader.generator.trading_total() as f64 / span.as_secs_f64()).max(100.0);
     let published = Arc::new(AtomicU64::new(0));
     let counter = published.clone();
     let mut count = move |_: u64, _: Instant| {
         counter.fetch_add(1, Ordering::Relaxed);
     };
-    let trading = publish::publish(
-        &js,
-        &mut generator,
-        &mut oracle,
-        Until::End,
-        in_flight,
-        &|_| Some(rate),
-        &mut count,
-        false,
-    )
-    .await
-    .map_err(RunError::Run)?;
-    let last_seq = trading.last_seq.max(setup_pub.last_seq);
+    let trading = trader.trade(&|_| Some(rate), &mut count, false).await?;
     killing
         .await
         .map_err(|e| RunError::Run(format!("chaos killer: {e}")))??;
+    Ok(trading)
+}
 
-    let mut report = Report::new(&spec, opts.smoke);
-    report.environment = Environment::here(&nats_version, Some(&nats));
-    report.counts = Counts::of(&setup_pub, &trading);
-
-    // nats-server dies mid-drain; the pipeline must reconnect and carry on.
+/// Kills nats-server mid-drain `opts.nats_restarts` times and starts it again on the same
+/// store; the pipeline must reconnect and carry on.
+async fn restart_nats(
+    stage: &mut Stage,
+    opts: &ChaosOptions,
+    stats: &Mutex<ChaosStats>,
+) -> Result<(), RunError> {
     for _ in 0..opts.nats_restarts {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tracing::info!("chaos: SIGKILL nats-server, restarting it on the same store");
-        let restarted = tokio::task::block_in_place(|| nats.restart());
+        let restarted = tokio::task::block_in_place(|| stage.bus.restart());
         restarted.map_err(|e| RunError::Run(format!("restarting nats-server: {e}")))?;
         stats.lock().await.nats_restarts += 1;
     }
+    Ok(())
+}
 
-    wait_applied(&http, &base, last_seq, opts.settle_limit)
+/// Once the load is applied: a graceful stop (final barrier, snapshot, release, exit 0),
+/// timed, then one more start, which delivers what the shutdown released.
+async fn stop_and_start_again(
+    proc: &Mutex<Proc>,
+    http: &reqwest::Client,
+    base: &str,
+    last_seq: u64,
+    opts: &ChaosOptions,
+    stats: &Mutex<ChaosStats>,
+) -> Result<(), RunError> {
+    wait_applied(http, base, last_seq, opts.settle_limit)
         .await
         .map_err(RunError::Run)?;
-    // Graceful stop: final barrier, snapshot, release, exit 0.
     let stopping = Instant::now();
     let code = proc.lock().await.terminate(opts.graceful_limit).await;
     {
@@ -406,39 +377,39 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
         s.sigterm_exit_code = code;
         s.sigterm_exit_s = stopping.elapsed().as_secs_f64();
     }
-    // One more start delivers what the shutdown released.
     proc.lock().await.start()?;
-    wait_applied(&http, &base, last_seq, opts.settle_limit)
+    wait_applied(http, base, last_seq, opts.settle_limit)
         .await
-        .map_err(RunError::Run)?;
+        .map_err(RunError::Run)
+}
+
+/// Waits until the ERP has answered every posting (the outbox consumers have nothing pending);
+/// how long that took.
+async fn settle(
+    js: &async_nats::jetstream::Context,
+    cfg: &Config,
+    limit: Duration,
+) -> Result<Duration, String> {
     let settle_start = Instant::now();
-    let settled = loop {
-        match outbox_backlog(&js, &cfg).await {
+    loop {
+        match outbox_backlog(js, cfg).await {
             Ok(0) => break Ok(settle_start.elapsed()),
-            r if settle_start.elapsed() > opts.settle_limit => {
-                break Err(format!(
-                    "ERP backlog not drained within {:?}: {r:?}",
-                    opts.settle_limit
-                ));
+            r if settle_start.elapsed() > limit => {
+                break Err(format!("ERP backlog not drained within {limit:?}: {r:?}"));
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-    };
-    match settled {
-        Ok(d) => report.throughput.settle_s = d.as_secs_f64(),
-        Err(e) => report.problems.push(e),
     }
+}
 
-    if let Err(e) = verify_atp_http(&http, &base, &oracle, &mut report).await {
-        report.problems.push(e);
-    }
-    verify_erp(&spec, &sims, &oracle, &mut report);
-    verify_dead_letters(&js, &cfg.streams.dead_letters, &trading, &spec, &mut report).await;
-    report.erp = erp_summary(&spec, &sims);
-    let final_code = proc.lock().await.terminate(opts.graceful_limit).await;
-    let (_, peak_rss) = measure::rss_mb();
-    report.pipeline.peak_rss_mb = peak_rss;
-    let s = stats.lock().await.clone();
+/// The scenario's expectations that hold under chaos (not its speed), and what chaos did.
+fn check(
+    report: &mut Report,
+    spec: &Scenario,
+    opts: &ChaosOptions,
+    s: &ChaosStats,
+    final_code: Option<i32>,
+) {
     let mut expect = spec.expect.clone();
     expect.min_drain_ratio = None;
     expect.max_query_p99_ms = None;
@@ -474,15 +445,58 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
         final_code == Some(0),
     );
     report.passed = report.checks.iter().all(|c| c.passed) && report.problems.is_empty();
-    report.chaos = Some(s);
-    for sim in sims {
-        sim.shutdown().await;
+}
+
+/// Runs `spec` against a separately started pipeline process under chaos.
+pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunError> {
+    let mut stage = Stage::start(spec, opts.smoke, None).await?;
+    let (cfg, cfg_path, base) = configure(&stage, &opts.out)?;
+    let proc = Arc::new(Mutex::new(Proc {
+        binary: opts.binary.clone(),
+        config: cfg_path,
+        logs: opts.out.join("logs"),
+        starts: 0,
+        child: None,
+    }));
+    proc.lock().await.start()?;
+    let http = reqwest::Client::new();
+    first_healthy(&http, &base, &opts.out).await?;
+
+    let client = async_nats::connect(stage.bus.url.as_str())
+        .await
+        .map_err(setup("NATS"))?;
+    let nats_version = client.server_info().version;
+    let mut trader = Trader::setup(&stage, client.clone()).await?;
+    let stats = Arc::new(Mutex::new(ChaosStats::default()));
+    let trading = trade_under_kills(&stage, &mut trader, &proc, opts, &base, &stats).await?;
+    let last_seq = trading.last_seq.max(trader.setup.last_seq);
+
+    let mut report = harness::report(&stage, opts.smoke, &nats_version);
+    report.counts = Counts::of(&trader.setup, &trading);
+    restart_nats(&mut stage, opts, &stats).await?;
+    stop_and_start_again(&proc, &http, &base, last_seq, opts, &stats).await?;
+    match settle(&trader.js, &cfg, opts.settle_limit).await {
+        Ok(d) => report.throughput.settle_s = d.as_secs_f64(),
+        Err(e) => report.problems.push(e),
     }
+
+    if let Err(e) = verify_atp_http(&http, &base, &trader.oracle, &mut report).await {
+        report.problems.push(e);
+    }
+    let spec = &stage.spec;
+    harness::verify_erp(spec, &stage.sims, &trader.oracle, &mut report);
+    let dead_letters = &cfg.streams.dead_letters;
+    harness::verify_dead_letters(&trader.js, dead_letters, &trading, spec, &mut report).await;
+    report.erp = harness::erp_summary(spec, &stage.sims);
+    let final_code = proc.lock().await.terminate(opts.graceful_limit).await;
+    let (_, peak_rss) = measure::rss_mb();
+    report.pipeline.peak_rss_mb = peak_rss;
+    let s = stats.lock().await.clone();
+    check(&mut report, spec, opts, &s, final_code);
+    report.chaos = Some(s);
     drop(client);
-    drop(nats);
-    report
-        .write(&opts.out)
-        .map_err(|e| RunError::Run(format!("writing the report to {}: {e}", opts.out.display())))?;
+    stage.stop().await?;
+    harness::write_report(&report, &opts.out)?;
     Ok(report)
 }
 

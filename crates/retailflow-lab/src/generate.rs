@@ -9,6 +9,7 @@ use bytes::Bytes;
 use retailflow::domain::codec::{self, CONTENT_TYPE, JSON};
 use retailflow::domain::*;
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,16 +238,8 @@ impl Generator {
     fn envelope(&mut self, source: &str, event: Event, swap: bool) -> Envelope {
         let src = self.source(source);
         let seq = self.seq(src, swap);
-        let name = self.sources[src].name.clone();
-        Envelope {
-            v: SCHEMA_VERSION,
-            id: EventId::from(format!("{name}#{seq}").as_str()),
-            source: name,
-            seq,
-            occurred_at_ms: 1_795_737_600_000 + (self.trading_total - self.trading_left) as i64,
-            trace: None,
-            event,
-        }
+        let at = 1_795_737_600_000 + (self.trading_total - self.trading_left) as i64;
+        Envelope::new(self.sources[src].name.as_str(), seq, at, event)
     }
 
     fn encode(&mut self, env: &Envelope, kind: OutKind) -> Outgoing {
@@ -333,205 +326,237 @@ impl Generator {
     fn trading_event(&mut self) -> (String, Event) {
         let w = self.world.clone();
         let store = self.rng.below(w.stores.max(1) as u64) as usize;
-        let store_name = w.locations[store].clone();
         let dcs = w.dcs();
         loop {
             let kind = self.pick_kind();
-            match kind {
-                Kind::Sale => {
-                    let [lo, hi] = self.scenario.mix.sale_lines;
-                    let n = self.rng.range(lo.max(1) as i64, hi.max(lo).max(1) as i64);
-                    let mut lines = Vec::new();
-                    for _ in 0..n {
-                        let sku = w.store_zipf.sample(&mut self.rng);
-                        let qty = if self.rng.below(5) == 0 { 2 } else { 1 };
-                        lines.push(self.line(sku, qty));
-                        if self.sold.len() == 1024 {
-                            self.sold.pop_front();
-                        }
-                        self.sold.push_back((store, sku));
-                    }
-                    let total: i64 = lines.iter().map(|l| l.net() + l.tax()).sum();
-                    let tenders = self.tenders(total);
-                    let till = 1 + self.rng.below(w.tills as u64);
-                    return (
-                        format!("pos/{store_name}/t{till}"),
-                        Event::Sale(Sale {
-                            location: store_name.as_str().into(),
-                            business_day: w.day,
-                            currency: w.currency,
-                            lines,
-                            tenders,
-                        }),
-                    );
-                }
-                Kind::Return => {
-                    let sku = w.store_zipf.sample(&mut self.rng);
-                    let mut line = self.line(sku, 1);
-                    line.restock = Some(self.rng.below(5) != 0);
-                    let total = line.net() + line.tax();
-                    let till = 1 + self.rng.below(w.tills as u64);
-                    return (
-                        format!("pos/{store_name}/t{till}"),
-                        Event::Return(Return {
-                            location: store_name.as_str().into(),
-                            business_day: w.day,
-                            currency: w.currency,
-                            lines: vec![line],
-                            tenders: vec![Tender {
-                                kind: "card".into(),
-                                amount: total,
-                            }],
-                            original_event_id: None,
-                        }),
-                    );
-                }
-                Kind::Order if !w.channels.is_empty() => {
-                    let ch = self.rng.below(w.channels.len() as u64) as usize;
-                    let locs = &w.channels[ch].locations;
-                    if locs.is_empty() {
-                        continue;
-                    }
-                    let loc = locs[self.rng.below(locs.len() as u64) as usize];
-                    let sku = if w.is_store(loc) {
-                        w.store_zipf.sample(&mut self.rng)
-                    } else {
-                        w.web_zipf.sample(&mut self.rng)
-                    };
-                    let qty = 1 + self.rng.below(2) as i64;
-                    self.next_order += 1;
-                    let id = self.next_order;
-                    self.open_orders.push((id, loc, sku, qty));
-                    let channel = w.channels[ch].name.clone();
-                    return (
-                        format!("web/{channel}"),
-                        Event::OrderPlaced(OrderPlaced {
-                            order_id: format!("O{id}").as_str().into(),
-                            channel: channel.as_str().into(),
-                            location: Some(w.locations[loc].as_str().into()),
-                            lines: vec![QtyLine {
-                                sku: w.skus[sku].id.as_str().into(),
-                                qty,
-                            }],
-                            reservation_id: None,
-                        }),
-                    );
-                }
+            let made = match kind {
+                Kind::Sale => Some(self.sale(&w, store)),
+                Kind::Return => Some(self.sale_return(&w, store)),
+                Kind::Order if !w.channels.is_empty() => self.order(&w),
                 Kind::Fulfil | Kind::Cancel if !self.open_orders.is_empty() => {
-                    let i = self.rng.below(self.open_orders.len() as u64) as usize;
-                    let (id, loc, sku, qty) = self.open_orders.swap_remove(i);
-                    if matches!(kind, Kind::Fulfil) {
-                        return (
-                            format!("wms/{}", w.locations[loc]),
-                            Event::OrderFulfilled(OrderFulfilled {
-                                order_id: format!("O{id}").as_str().into(),
-                                location: w.locations[loc].as_str().into(),
-                                lines: vec![QtyLine {
-                                    sku: w.skus[sku].id.as_str().into(),
-                                    qty,
-                                }],
-                            }),
-                        );
-                    }
-                    return (
-                        "web/cancellations".into(),
-                        Event::OrderCancelled(OrderCancelled {
-                            order_id: format!("O{id}").as_str().into(),
-                            lines: None,
-                        }),
-                    );
+                    Some(self.close_order(&w, kind))
                 }
-                Kind::Transfer if !dcs.is_empty() => {
-                    if !self.open_transfers.is_empty() && self.rng.below(2) == 0 {
-                        let i = self.rng.below(self.open_transfers.len() as u64) as usize;
-                        let (id, from, to, sku, qty) = self.open_transfers.swap_remove(i);
-                        return (
-                            format!("wms/{}", w.locations[to]),
-                            Event::TransferIn(Transfer {
-                                transfer_id: format!("T{id}").as_str().into(),
-                                from: w.locations[from].as_str().into(),
-                                to: w.locations[to].as_str().into(),
-                                lines: vec![QtyLine {
-                                    sku: w.skus[sku].id.as_str().into(),
-                                    qty,
-                                }],
-                            }),
-                        );
-                    }
-                    let from = dcs.start + self.rng.below(dcs.len() as u64) as usize;
-                    // Replenish what sold recently, where it sold.
-                    let (to, sku) = if self.sold.is_empty() {
-                        (store, w.store_zipf.sample(&mut self.rng))
-                    } else {
-                        self.sold[self.rng.below(self.sold.len() as u64) as usize]
-                    };
-                    let qty = 10 + self.rng.below(21) as i64;
-                    self.next_transfer += 1;
-                    let id = self.next_transfer;
-                    self.open_transfers.push((id, from, to, sku, qty));
-                    let store_name = w.locations[to].clone();
-                    return (
-                        format!("wms/{}", w.locations[from]),
-                        Event::TransferOut(Transfer {
-                            transfer_id: format!("T{id}").as_str().into(),
-                            from: w.locations[from].as_str().into(),
-                            to: store_name.as_str().into(),
-                            lines: vec![QtyLine {
-                                sku: w.skus[sku].id.as_str().into(),
-                                qty,
-                            }],
-                        }),
-                    );
-                }
-                Kind::Receipt if !dcs.is_empty() => {
-                    let dc = dcs.start + self.rng.below(dcs.len() as u64) as usize;
-                    let n = 1 + self.rng.below(10);
-                    let lines = (0..n)
-                        .map(|_| QtyLine {
-                            sku: w.skus[w.web_zipf.sample(&mut self.rng)].id.as_str().into(),
-                            qty: 10 + self.rng.below(50) as i64,
-                        })
-                        .collect();
-                    return (
-                        format!("wms/{}", w.locations[dc]),
-                        Event::Receipt(Receipt {
-                            location: w.locations[dc].as_str().into(),
-                            lines,
-                            reference: None,
-                        }),
-                    );
-                }
-                Kind::Count => {
-                    let sku = w.store_zipf.sample(&mut self.rng);
-                    return (
-                        format!("wms/{store_name}"),
-                        Event::Count(Count {
-                            location: store_name.as_str().into(),
-                            sku: w.skus[sku].id.as_str().into(),
-                            counted: self.rng.range(0, 40),
-                        }),
-                    );
-                }
-                Kind::Adjust => {
-                    let sku = w.store_zipf.sample(&mut self.rng);
-                    let mut qty = self.rng.range(-3, 3);
-                    if qty == 0 {
-                        qty = -1;
-                    }
-                    let reason = ["damage", "shrink", "found"][self.rng.below(3) as usize];
-                    return (
-                        format!("wms/{store_name}"),
-                        Event::Adjustment(Adjustment {
-                            location: store_name.as_str().into(),
-                            sku: w.skus[sku].id.as_str().into(),
-                            qty,
-                            reason: reason.into(),
-                        }),
-                    );
-                }
-                _ => continue,
+                Kind::Transfer if !dcs.is_empty() => Some(self.transfer(&w, dcs.clone(), store)),
+                Kind::Receipt if !dcs.is_empty() => Some(self.receipt(&w, dcs.clone())),
+                Kind::Count => Some(self.count(&w, store)),
+                Kind::Adjust => Some(self.adjust(&w, store)),
+                _ => None,
+            };
+            if let Some(made) = made {
+                return made;
             }
         }
+    }
+
+    /// A sale at `store`: a few lines, drawn by popularity, and its tenders.
+    fn sale(&mut self, w: &World, store: usize) -> (String, Event) {
+        let store_name = &w.locations[store];
+        let [lo, hi] = self.scenario.mix.sale_lines;
+        let n = self.rng.range(lo.max(1) as i64, hi.max(lo).max(1) as i64);
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let sku = w.store_zipf.sample(&mut self.rng);
+            let qty = if self.rng.below(5) == 0 { 2 } else { 1 };
+            lines.push(self.line(sku, qty));
+            if self.sold.len() == 1024 {
+                self.sold.pop_front();
+            }
+            self.sold.push_back((store, sku));
+        }
+        let total: i64 = lines.iter().map(|l| l.net() + l.tax()).sum();
+        let tenders = self.tenders(total);
+        let till = 1 + self.rng.below(w.tills as u64);
+        (
+            format!("pos/{store_name}/t{till}"),
+            Event::Sale(Sale {
+                location: store_name.as_str().into(),
+                business_day: w.day,
+                currency: w.currency,
+                lines,
+                tenders,
+            }),
+        )
+    }
+
+    /// A return of one unit at `store`, restocked or not.
+    fn sale_return(&mut self, w: &World, store: usize) -> (String, Event) {
+        let store_name = &w.locations[store];
+        let sku = w.store_zipf.sample(&mut self.rng);
+        let mut line = self.line(sku, 1);
+        line.restock = Some(self.rng.below(5) != 0);
+        let total = line.net() + line.tax();
+        let till = 1 + self.rng.below(w.tills as u64);
+        (
+            format!("pos/{store_name}/t{till}"),
+            Event::Return(Return {
+                location: store_name.as_str().into(),
+                business_day: w.day,
+                currency: w.currency,
+                lines: vec![line],
+                tenders: vec![Tender {
+                    kind: "card".into(),
+                    amount: total,
+                }],
+                original_event_id: None,
+            }),
+        )
+    }
+
+    /// A web order on one of the channel's locations; None when the channel has none.
+    fn order(&mut self, w: &World) -> Option<(String, Event)> {
+        let ch = self.rng.below(w.channels.len() as u64) as usize;
+        let locs = &w.channels[ch].locations;
+        if locs.is_empty() {
+            return None;
+        }
+        let loc = locs[self.rng.below(locs.len() as u64) as usize];
+        let sku = if w.is_store(loc) {
+            w.store_zipf.sample(&mut self.rng)
+        } else {
+            w.web_zipf.sample(&mut self.rng)
+        };
+        let qty = 1 + self.rng.below(2) as i64;
+        self.next_order += 1;
+        let id = self.next_order;
+        self.open_orders.push((id, loc, sku, qty));
+        let channel = w.channels[ch].name.clone();
+        Some((
+            format!("web/{channel}"),
+            Event::OrderPlaced(OrderPlaced {
+                order_id: format!("O{id}").as_str().into(),
+                channel: channel.as_str().into(),
+                location: Some(w.locations[loc].as_str().into()),
+                lines: vec![QtyLine {
+                    sku: w.skus[sku].id.as_str().into(),
+                    qty,
+                }],
+                reservation_id: None,
+            }),
+        ))
+    }
+
+    /// An open order fulfilled or cancelled (`kind`).
+    fn close_order(&mut self, w: &World, kind: Kind) -> (String, Event) {
+        let i = self.rng.below(self.open_orders.len() as u64) as usize;
+        let (id, loc, sku, qty) = self.open_orders.swap_remove(i);
+        if matches!(kind, Kind::Fulfil) {
+            return (
+                format!("wms/{}", w.locations[loc]),
+                Event::OrderFulfilled(OrderFulfilled {
+                    order_id: format!("O{id}").as_str().into(),
+                    location: w.locations[loc].as_str().into(),
+                    lines: vec![QtyLine {
+                        sku: w.skus[sku].id.as_str().into(),
+                        qty,
+                    }],
+                }),
+            );
+        }
+        (
+            "web/cancellations".into(),
+            Event::OrderCancelled(OrderCancelled {
+                order_id: format!("O{id}").as_str().into(),
+                lines: None,
+            }),
+        )
+    }
+
+    /// A transfer from a DC: an open one arriving, or a new one replenishing a recent sale.
+    fn transfer(&mut self, w: &World, dcs: Range<usize>, store: usize) -> (String, Event) {
+        if !self.open_transfers.is_empty() && self.rng.below(2) == 0 {
+            let i = self.rng.below(self.open_transfers.len() as u64) as usize;
+            let (id, from, to, sku, qty) = self.open_transfers.swap_remove(i);
+            return (
+                format!("wms/{}", w.locations[to]),
+                Event::TransferIn(Transfer {
+                    transfer_id: format!("T{id}").as_str().into(),
+                    from: w.locations[from].as_str().into(),
+                    to: w.locations[to].as_str().into(),
+                    lines: vec![QtyLine {
+                        sku: w.skus[sku].id.as_str().into(),
+                        qty,
+                    }],
+                }),
+            );
+        }
+        let from = dcs.start + self.rng.below(dcs.len() as u64) as usize;
+        // Replenish what sold recently, where it sold.
+        let (to, sku) = if self.sold.is_empty() {
+            (store, w.store_zipf.sample(&mut self.rng))
+        } else {
+            self.sold[self.rng.below(self.sold.len() as u64) as usize]
+        };
+        let qty = 10 + self.rng.below(21) as i64;
+        self.next_transfer += 1;
+        let id = self.next_transfer;
+        self.open_transfers.push((id, from, to, sku, qty));
+        let store_name = w.locations[to].clone();
+        (
+            format!("wms/{}", w.locations[from]),
+            Event::TransferOut(Transfer {
+                transfer_id: format!("T{id}").as_str().into(),
+                from: w.locations[from].as_str().into(),
+                to: store_name.as_str().into(),
+                lines: vec![QtyLine {
+                    sku: w.skus[sku].id.as_str().into(),
+                    qty,
+                }],
+            }),
+        )
+    }
+
+    /// Goods received at a DC.
+    fn receipt(&mut self, w: &World, dcs: Range<usize>) -> (String, Event) {
+        let dc = dcs.start + self.rng.below(dcs.len() as u64) as usize;
+        let n = 1 + self.rng.below(10);
+        let lines = (0..n)
+            .map(|_| QtyLine {
+                sku: w.skus[w.web_zipf.sample(&mut self.rng)].id.as_str().into(),
+                qty: 10 + self.rng.below(50) as i64,
+            })
+            .collect();
+        (
+            format!("wms/{}", w.locations[dc]),
+            Event::Receipt(Receipt {
+                location: w.locations[dc].as_str().into(),
+                lines,
+                reference: None,
+            }),
+        )
+    }
+
+    /// A stock count at `store`.
+    fn count(&mut self, w: &World, store: usize) -> (String, Event) {
+        let store_name = &w.locations[store];
+        let sku = w.store_zipf.sample(&mut self.rng);
+        (
+            format!("wms/{store_name}"),
+            Event::Count(Count {
+                location: store_name.as_str().into(),
+                sku: w.skus[sku].id.as_str().into(),
+                counted: self.rng.range(0, 40),
+            }),
+        )
+    }
+
+    /// A stock adjustment at `store` (damage, shrink, found).
+    fn adjust(&mut self, w: &World, store: usize) -> (String, Event) {
+        let store_name = &w.locations[store];
+        let sku = w.store_zipf.sample(&mut self.rng);
+        let mut qty = self.rng.range(-3, 3);
+        if qty == 0 {
+            qty = -1;
+        }
+        let reason = ["damage", "shrink", "found"][self.rng.below(3) as usize];
+        (
+            format!("wms/{store_name}"),
+            Event::Adjustment(Adjustment {
+                location: store_name.as_str().into(),
+                sku: w.skus[sku].id.as_str().into(),
+                qty,
+                reason: reason.into(),
+            }),
+        )
     }
 
     fn poison(&mut self) -> Outgoing {

@@ -9,6 +9,7 @@ pub mod chart;
 pub mod cli;
 pub mod demo;
 pub mod generate;
+pub mod harness;
 pub mod measure;
 pub mod oracle;
 pub mod publish;

@@ -191,15 +191,7 @@ pub fn envelope(
     seq: u64,
     event: retailflow::domain::Event,
 ) -> retailflow::domain::Envelope {
-    retailflow::domain::Envelope {
-        v: retailflow::domain::SCHEMA_VERSION,
-        id: retailflow::domain::EventId::from(format!("{source}#{seq}").as_str()),
-        source: retailflow::domain::SourceId::from(source),
-        seq,
-        occurred_at_ms: retailflow::snapshot::ticker::now_ms(),
-        trace: None,
-        event,
-    }
+    retailflow::domain::Envelope::new(source, seq, retailflow::snapshot::ticker::now_ms(), event)
 }
 
 /// Publishes envelopes with up to 2,000 acks outstanding; returns the last stream sequence.

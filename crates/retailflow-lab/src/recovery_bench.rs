@@ -5,8 +5,8 @@
 //! coming back: restoring the snapshot (until the API answers) and replaying the tail (until
 //! the view has applied the last event). The state reached is checked against simple sums.
 
+use crate::harness;
 use crate::publish::{envelope, publish_envelopes};
-use retailflow::bus::server::NatsServer;
 use retailflow::config::Config;
 use retailflow::domain::{
     BusinessDay, Currency, Event, ItemLine, QtyLine, Receipt, Sale, Sku, TaxLine, Tender,
@@ -84,36 +84,29 @@ fn sale(location: &str, sku: &str) -> Event {
     })
 }
 
-pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
-    anyhow::ensure!(
-        args.locations > 0 && args.positions >= args.locations,
-        "--positions must be at least --locations (> 0)"
-    );
-    let server = tokio::task::spawn_blocking(NatsServer::start)
-        .await?
-        .map_err(|e| anyhow::anyhow!("starting nats-server: {e}"))?;
+/// The configuration: no HTTP or NATS API, no ERP, and no periodic snapshot (only the one
+/// taken below, so the restart replays everything published after it).
+fn config(args: &RecoveryArgs, nats_url: String) -> Config {
     let mut cfg = Config::default();
-    cfg.nats.url = server.url();
+    cfg.nats.url = nats_url;
     cfg.api.http = String::new();
     cfg.api.nats = false;
     cfg.shards.count = args.shards;
     cfg.erp.clear();
     // Only the snapshot taken below: the restart replays everything published after it.
     cfg.snapshot.interval = Duration::from_secs(24 * 3600);
-    let systems = cfg.streams.systems.clone();
-    let skus_per_loc = args.positions / args.locations;
-    let locs: Vec<String> = (0..args.locations).map(|i| format!("L{i:04}")).collect();
-    let skus: Vec<String> = (0..skus_per_loc).map(|i| format!("SKU-{i:07}")).collect();
-    let positions = locs.len() * skus.len();
+    cfg
+}
 
-    let client = async_nats::connect(server.url()).await?;
-    let nats_server = client.server_info().version;
-    let js = crate::publish::load_context(client, 2_000);
-
-    // Opening stock: every location holds every SKU.
-    let pipeline = Pipeline::start(cfg.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("pipeline: {e}"))?;
+/// Opening stock (every location holds every SKU) applied and snapshotted, then the pipeline
+/// stopped; the snapshot's sequence.
+async fn snapshot_stock(
+    cfg: &Config,
+    js: &async_nats::jetstream::Context,
+    locs: &[String],
+    skus: &[String],
+) -> anyhow::Result<u64> {
+    let pipeline = harness::start_pipeline(cfg.clone()).await?;
     let mut seq = 0;
     let receipts = locs.iter().flat_map(|l| {
         skus.chunks(500)
@@ -136,15 +129,17 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
         seq += 1;
         envelope("wms/bench", seq, e)
     });
-    let opened = publish_envelopes(&js, &systems, receipts).await?;
-    anyhow::ensure!(
-        pipeline
-            .shared
-            .view
-            .wait_all(opened, Duration::from_secs(600))
-            .await,
-        "opening stock not applied within 10 minutes"
-    );
+    let systems = &cfg.streams.systems;
+    let late = "opening stock not applied within 10 minutes";
+    harness::setup_stock(
+        js,
+        systems,
+        receipts,
+        &pipeline,
+        Duration::from_secs(600),
+        late,
+    )
+    .await?;
     let snapshot_seq = pipeline
         .barrier(false, true)
         .await
@@ -167,11 +162,21 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
     let mut pipeline = pipeline;
     pipeline.stop_now().await;
     drop(pipeline);
+    Ok(snapshot_seq)
+}
 
-    // The tail: one-unit sales spread over every position, published while retailflow is down.
+/// The tail: `events` one-unit sales spread over every position, published while retailflow is
+/// down. Returns the last stream sequence and the units sold.
+async fn publish_tail(
+    js: &async_nats::jetstream::Context,
+    systems: &[String],
+    locs: &[String],
+    skus: &[String],
+    events: usize,
+) -> anyhow::Result<(u64, i64)> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut sold = 0i64;
-    let sales = (0..args.events).map(|i| {
+    let sales = (0..events).map(|i| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -180,7 +185,42 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
         sold += 1;
         envelope(&format!("pos/{loc}"), i as u64 + 1, sale(loc, sku))
     });
-    let last_seq = publish_envelopes(&js, &systems, sales).await?;
+    let last_seq = publish_envelopes(js, systems, sales).await?;
+    Ok((last_seq, sold))
+}
+
+/// Positions the pipeline holds for `skus`, and their units on hand.
+fn holdings(pipeline: &Pipeline, skus: &[String]) -> (usize, i64) {
+    let mut positions_after = 0;
+    let mut on_hand_after = 0;
+    for s in skus {
+        let (cells, _) = pipeline.shared.view.read(&Sku::from(s.as_str()));
+        for a in cells.unwrap_or_default() {
+            positions_after += 1;
+            on_hand_after += a.position.on_hand;
+        }
+    }
+    (positions_after, on_hand_after)
+}
+
+pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
+    anyhow::ensure!(
+        args.locations > 0 && args.positions >= args.locations,
+        "--positions must be at least --locations (> 0)"
+    );
+    let server = harness::private_server().await?;
+    let cfg = config(args, server.url());
+    let systems = cfg.streams.systems.clone();
+    let skus_per_loc = args.positions / args.locations;
+    let locs: Vec<String> = (0..args.locations).map(|i| format!("L{i:04}")).collect();
+    let skus: Vec<String> = (0..skus_per_loc).map(|i| format!("SKU-{i:07}")).collect();
+    let positions = locs.len() * skus.len();
+
+    let client = async_nats::connect(server.url()).await?;
+    let nats_server = client.server_info().version;
+    let js = crate::publish::load_context(client, 2_000);
+    let snapshot_seq = snapshot_stock(&cfg, &js, &locs, &skus).await?;
+    let (last_seq, sold) = publish_tail(&js, &systems, &locs, &skus, args.events).await?;
 
     // The restart being measured.
     let started = Instant::now();
@@ -196,15 +236,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<RecoveryReport> {
     let total = started.elapsed();
     anyhow::ensure!(caught_up, "replay did not finish within 10 minutes");
 
-    let mut positions_after = 0;
-    let mut on_hand_after = 0;
-    for s in &skus {
-        let (cells, _) = restarted.shared.view.read(&Sku::from(s.as_str()));
-        for a in cells.unwrap_or_default() {
-            positions_after += 1;
-            on_hand_after += a.position.on_hand;
-        }
-    }
+    let (positions_after, on_hand_after) = holdings(&restarted, &skus);
     let on_hand_expected = positions as i64 * OPENING - sold;
     let replay = total - restored;
     let mut failures = Vec::new();

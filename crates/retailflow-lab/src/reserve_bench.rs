@@ -6,13 +6,12 @@
 //! spread over many SKUs. Both sides are checked against the same simple oracle (a SKU grants
 //! `min(stock, requests for it)` units), so neither can win by overselling.
 
-use crate::publish::{envelope, publish_envelopes};
+use crate::harness;
+use crate::publish::envelope;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use retailflow::bus::server::NatsServer;
 use retailflow::config::Config;
 use retailflow::domain::{Event, QtyLine, Receipt, Sku, subject};
-use retailflow::supervise::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -301,9 +300,7 @@ pub async fn run(spec: &ReserveSpec, smoke: bool, out: &Path) -> anyhow::Result<
     let workloads = [Workload::hot(&spec.hot), Workload::spread(&spec.spread)];
     let mut results = Vec::new();
 
-    let server = tokio::task::spawn_blocking(NatsServer::start)
-        .await?
-        .map_err(|e| anyhow::anyhow!("starting nats-server: {e}"))?;
+    let server = harness::private_server().await?;
     let (nats_version, rf) = retailflow_side(&spec, &server.url(), &workloads).await?;
     results.extend(rf);
     drop(server);
@@ -443,15 +440,8 @@ async fn retailflow_side(
     cfg.erp.clear();
     cfg.reservations.decision_timeout = Duration::from_secs(30);
     let systems = cfg.streams.systems.clone();
-    let pipeline = Pipeline::start(cfg)
-        .await
-        .map_err(|e| anyhow::anyhow!("pipeline: {e}"))?;
-    let base = format!(
-        "http://{}/v1/reservations",
-        pipeline
-            .http_addr()
-            .ok_or_else(|| anyhow::anyhow!("no HTTP API"))?
-    );
+    let pipeline = harness::start_pipeline(cfg).await?;
+    let base = format!("{}/v1/reservations", harness::http_base(&pipeline)?);
     // Setting up; the load itself comes from the load generator's own connections.
     let setup = async_nats::connect(url).await?;
     let version = setup.server_info().version;
@@ -475,15 +465,16 @@ async fn retailflow_side(
     let receipts = receipts
         .enumerate()
         .map(|(i, e)| envelope("wms/DC1", i as u64 + 1, e));
-    let last = publish_envelopes(&js, &systems, receipts).await?;
-    anyhow::ensure!(
-        pipeline
-            .shared
-            .view
-            .wait_all(last, Duration::from_secs(120))
-            .await,
-        "opening stock was not applied within 2 minutes"
-    );
+    let late = "opening stock was not applied within 2 minutes";
+    harness::setup_stock(
+        &js,
+        &systems,
+        receipts,
+        &pipeline,
+        Duration::from_secs(120),
+        late,
+    )
+    .await?;
     let durability = "JetStream file storage, 1 replica, nats-server default sync (acked once written to the OS, fsync every 2 min); decision applied before the answer".to_string();
     let mut results = Vec::new();
     for w in workloads {
