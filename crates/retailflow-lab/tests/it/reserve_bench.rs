@@ -7,7 +7,9 @@ use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_grant_exactly_the_stock() {
-    let spec = ReserveSpec::load(Path::new("scenarios/reserve-vs-postgres.toml")).unwrap();
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/reserve-vs-postgres.toml");
+    let spec = ReserveSpec::load(&file).unwrap();
     let out = tempfile::tempdir().unwrap();
     let report = run(&spec, true, out.path()).await.expect("comparison runs");
     let smoke = spec
