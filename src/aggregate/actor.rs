@@ -1,7 +1,8 @@
 //! Store actor: one per store, started on first sight; owns that store's aggregator.
 
-use crate::shared::Shared;
+use crate::shared::Flow;
 use crate::snapshot::coordinator::{CoordMsg, StorePart};
+use crate::telemetry::Metrics;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use retailflow_core::aggregate::store::StoreAggregator;
 use retailflow_core::ingest::route::StoreEvent;
@@ -27,13 +28,21 @@ pub enum StoreMsg {
 
 pub struct StoreActor;
 
+/// What a store actor holds besides its aggregator: the pipeline's flow (to give back the
+/// credit of what it folded, and to name an event that panicked it) and the metrics.
+#[derive(Clone)]
+pub struct StoreContext {
+    pub flow: Arc<Flow>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub struct StoreArgs {
-    pub shared: Arc<Shared>,
+    pub ctx: StoreContext,
     pub aggregator: StoreAggregator,
 }
 
 pub struct StoreState {
-    shared: Arc<Shared>,
+    ctx: StoreContext,
     agg: StoreAggregator,
 }
 
@@ -48,7 +57,7 @@ impl Actor for StoreActor {
         args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
         Ok(StoreState {
-            shared: args.shared,
+            ctx: args.ctx,
             agg: args.aggregator,
         })
     }
@@ -63,7 +72,7 @@ impl Actor for StoreActor {
             StoreMsg::Events { events, work } => {
                 let started = std::time::Instant::now();
                 #[cfg(feature = "lab")]
-                let hook = state.shared.panic_hooks.store.load(Relaxed);
+                let hook = state.ctx.flow.panic_hooks.store.load(Relaxed);
                 let mut at = 0;
                 // As in the shards: a panic names its event, which replay dead-letters.
                 let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -85,11 +94,15 @@ impl Actor for StoreActor {
                 }));
                 if let Err(panic) = added {
                     let store = format_args!("store {}", state.agg.location());
-                    return Err(state.shared.poisoned.fail(at, "aggregate", store, &*panic));
+                    return Err(state
+                        .ctx
+                        .flow
+                        .poisoned
+                        .fail(at, "aggregate", store, &*panic));
                 }
-                state.shared.credits.give_back(work);
+                state.ctx.flow.credits.give_back(work);
                 state
-                    .shared
+                    .ctx
                     .metrics
                     .busy(crate::telemetry::Stage::Store, started);
             }

@@ -1,10 +1,13 @@
 //! SKU-shard actor: the single writer of the ledger for the SKUs that hash to it.
 
-use crate::deadletter::{Letter, Reason};
-use crate::shared::Shared;
+use crate::config::ReservationConfig;
+use crate::deadletter::{DeadLetters, Letter, Reason};
+use crate::shared::Flow;
+use crate::shared::changes::ChangeFeed;
+use crate::shared::decisions::{ActiveReservations, Decisions};
 use crate::snapshot::coordinator::{CoordMsg, ShardPart};
-use crate::telemetry::Stage;
-use crate::view::ViewWriter;
+use crate::telemetry::{Metrics, Stage};
+use crate::view::{View, ViewWriter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use retailflow_core::apply::ledger::{DecisionState, Ledger, ResvLimits};
 use retailflow_core::apply::op::Op;
@@ -34,9 +37,24 @@ pub enum ShardMsg {
 
 pub struct ShardActor;
 
+/// What a shard holds besides its ledger: where it publishes what it applied (the view, the
+/// change feed, the reservation decisions), what it counts, where a refused op goes, the
+/// pipeline's flow, and its reservation limits.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub flow: Arc<Flow>,
+    pub metrics: Arc<Metrics>,
+    pub view: Arc<View>,
+    pub feed: Arc<ChangeFeed>,
+    pub decisions: Arc<Decisions>,
+    pub active: Arc<ActiveReservations>,
+    pub dead_letters: DeadLetters,
+    pub reservations: ReservationConfig,
+}
+
 pub struct ShardArgs {
     pub index: usize,
-    pub shared: Arc<Shared>,
+    pub ctx: ShardContext,
     pub ledger: Ledger,
     /// Stream sequence the restored ledger reflects.
     pub from_seq: u64,
@@ -44,7 +62,7 @@ pub struct ShardArgs {
 
 pub struct ShardState {
     index: usize,
-    shared: Arc<Shared>,
+    ctx: ShardContext,
     ledger: Ledger,
     writer: ViewWriter,
     /// Slots already handed to the change feed in its current window.
@@ -57,9 +75,9 @@ impl ShardState {
     fn publish(&mut self, seq: u64) {
         let dirty = self.ledger.take_dirty();
         self.writer
-            .publish(&self.shared.view, &self.ledger, &dirty, seq);
-        let feed = &self.shared.feed;
-        if feed.enabled() && !dirty.is_empty() && self.shared.view.is_ready() {
+            .publish(&self.ctx.view, &self.ledger, &dirty, seq);
+        let feed = &self.ctx.feed;
+        if feed.enabled() && !dirty.is_empty() && self.ctx.view.is_ready() {
             let ledger = &self.ledger;
             feed.mark(&mut self.marked, &dirty, |slot| {
                 let (s, l, _) = ledger.slot(slot);
@@ -68,11 +86,11 @@ impl ShardState {
         }
         if let Some(channels) = self.ledger.take_channels_if_changed() {
             if self.index == 0 {
-                self.shared.view.set_channels(channels);
+                self.ctx.view.set_channels(channels);
                 feed.mark_channels();
             }
         }
-        let m = &self.shared.metrics;
+        let m = &self.ctx.metrics;
         for d in self.ledger.take_decisions() {
             match d.state {
                 DecisionState::Rejected => {
@@ -88,17 +106,17 @@ impl ShardState {
             }
             // A conflict answers the refused request only; the key's reservation is untouched.
             if d.state != DecisionState::Conflict {
-                self.shared.active.update(&d);
+                self.ctx.active.update(&d);
             }
-            self.shared.decisions.complete(&d);
+            self.ctx.decisions.complete(&d);
         }
         let evicted = self.ledger.take_evicted();
         if evicted > 0 {
             m.rejections_evicted.fetch_add(evicted, Relaxed);
         }
-        self.shared.view.set_applied(self.index, seq);
+        self.ctx.view.set_applied(self.index, seq);
         let e = &self.ledger.exceptions;
-        let m = &self.shared.metrics;
+        let m = &self.ctx.metrics;
         m.negative_on_hand
             .fetch_add(e.negative_on_hand - self.reported.negative_on_hand, Relaxed);
         m.short_allocations.fetch_add(
@@ -149,7 +167,7 @@ impl Actor for ShardActor {
     ) -> Result<ShardState, ActorProcessingErr> {
         let mut ledger = args.ledger;
         ledger.reindex();
-        let resv = &args.shared.config.reservations;
+        let resv = &args.ctx.reservations;
         ledger.set_limits(ResvLimits {
             max_rejected: resv.max_rejected,
             retain_rejected_ms: i64::try_from(resv.remember_rejected.as_millis())
@@ -158,12 +176,12 @@ impl Actor for ShardActor {
         let reported = ledger.exceptions.clone();
         for (id, _, _) in ledger.active_reservations() {
             if let Some(d) = ledger.reservation(id) {
-                args.shared.active.update(&d);
+                args.ctx.active.update(&d);
             }
         }
         let mut state = ShardState {
             index: args.index,
-            shared: args.shared,
+            ctx: args.ctx,
             ledger,
             writer: ViewWriter::default(),
             marked: Default::default(),
@@ -185,7 +203,7 @@ impl Actor for ShardActor {
                 let n = ops.len() as u64;
                 #[cfg(feature = "lab")]
                 let hit = {
-                    let hook = state.shared.panic_hooks.shard.load(Relaxed);
+                    let hook = state.ctx.flow.panic_hooks.shard.load(Relaxed);
                     (hook != 0 && ops.iter().any(|(s, _)| *s == hook)).then_some(hook)
                 };
                 // Free unless something unwinds. A panic names the event it was applying; the
@@ -206,21 +224,21 @@ impl Actor for ShardActor {
                         #[cfg(not(feature = "lab"))]
                         let seq = state.ledger.applying_seq();
                         let shard = format_args!("shard {}", state.index);
-                        return Err(state.shared.poisoned.fail(seq, "apply", shard, &*panic));
+                        return Err(state.ctx.flow.poisoned.fail(seq, "apply", shard, &*panic));
                     }
                 };
                 for letter in letters {
                     // Awaited, with bounded retries inside `send`: the shard waits for the
                     // letter to be stored, but never for ever.
                     let seq = letter.stream_seq.unwrap_or(0);
-                    if let Err(error) = state.shared.dead_letters.send(letter).await {
+                    if let Err(error) = state.ctx.dead_letters.send(letter).await {
                         tracing::error!(%error, seq, "dead letter for a refused op was not stored");
                     }
                 }
                 state.publish(end_seq);
-                state.shared.metrics.ops_applied.fetch_add(n, Relaxed);
-                state.shared.credits.give_back(work);
-                state.shared.metrics.busy(Stage::Shard, started);
+                state.ctx.metrics.ops_applied.fetch_add(n, Relaxed);
+                state.ctx.flow.credits.give_back(work);
+                state.ctx.metrics.busy(Stage::Shard, started);
             }
             ShardMsg::Barrier {
                 seq,
@@ -230,7 +248,7 @@ impl Actor for ShardActor {
                 reply,
             } => {
                 if let Some(now) = now_ms {
-                    let remember = state.shared.config.reservations.remember.as_millis() as i64;
+                    let remember = state.ctx.reservations.remember.as_millis() as i64;
                     state.ledger.prune_reservations(now, remember);
                 }
                 let (movements, lineage) = if flush {

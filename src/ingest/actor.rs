@@ -6,12 +6,12 @@
 //! starts while the work in flight is under the credit limit, so a slow shard makes ingest
 //! wait and the backlog stays in JetStream.
 
+use super::context::IngestContext;
 use super::reader::{Decoded, Reader};
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
 use crate::apply::shard::ShardMsg;
 use crate::deadletter::{Letter, Reason};
 use crate::domain::{Envelope, Event, LocationId};
-use crate::shared::Shared;
 use crate::shared::members::Members;
 use crate::snapshot::coordinator::{BarrierHeader, CoordMsg};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
@@ -42,7 +42,7 @@ pub enum IngestMsg {
 pub struct IngestActor;
 
 pub struct IngestArgs {
-    pub shared: Arc<Shared>,
+    pub ctx: Arc<IngestContext>,
     pub dedupe: Dedupe,
     pub keys: ReservationKeys,
     /// The restored snapshot's sequence; consumption starts after it.
@@ -61,7 +61,7 @@ pub struct IngestArgs {
 }
 
 pub struct IngestState {
-    shared: Arc<Shared>,
+    ctx: Arc<IngestContext>,
     dedupe: Dedupe,
     /// Reservation keys across all shards (see `ingest::keys`).
     keys: ReservationKeys,
@@ -159,7 +159,7 @@ impl IngestState {
     /// than `supervision.max_restarts` within `supervision.within` fail the actor, so the
     /// supervisor's restart policy escalates as it does for any other repeated failure.
     fn count_panic(&mut self, what: &str) -> Result<(), ActorProcessingErr> {
-        let cfg = &self.shared.config.supervision;
+        let cfg = &self.ctx.config.supervision;
         let now = std::time::Instant::now();
         while self
             .panics
@@ -169,7 +169,7 @@ impl IngestState {
             self.panics.pop_front();
         }
         self.panics.push_back(now);
-        self.shared.metrics.ingest_panics.fetch_add(1, Relaxed);
+        self.ctx.metrics.ingest_panics.fetch_add(1, Relaxed);
         if self.panics.len() as u32 > cfg.max_restarts {
             return Err(format!(
                 "{} messages panicked within {:?}; last: {what}",
@@ -183,7 +183,7 @@ impl IngestState {
 
     /// Decode result -> stream-sequence check -> dedupe -> route; no awaiting.
     fn step(&mut self, decoded: Decoded) -> Step {
-        let m = self.shared.metrics.clone();
+        let m = self.ctx.metrics.clone();
         let Some((seq, pending)) = decoded.position else {
             tracing::warn!("message without a JetStream reply subject; skipped");
             return Step::Skip;
@@ -244,7 +244,7 @@ impl IngestState {
                 return Step::Next(seq);
             }
         }
-        if let Some((stage, text)) = self.shared.poisoned.get(seq) {
+        if let Some((stage, text)) = self.ctx.flow.poisoned.get(seq) {
             let error = format!(
                 "event {} (stream sequence {seq}) panicked the {stage} stage: {text}; not applied anywhere (no shard and no store keeps any of it), so the line goes on",
                 envelope.id
@@ -298,7 +298,7 @@ impl IngestState {
     /// Publishes how many idempotency keys are held, for `/metrics` and for the API's
     /// `reservations.max_keys` check.
     fn count_keys(&self) {
-        self.shared
+        self.ctx
             .metrics
             .reservation_keys
             .store(self.keys.len() as u64, Relaxed);
@@ -319,7 +319,7 @@ impl IngestState {
             stage,
             reason,
             error,
-            original_subject: envelope.subject(&self.shared.config.streams.systems, "pos"),
+            original_subject: envelope.subject(&self.ctx.config.streams.systems, "pos"),
             headers: None,
             payload: payload.into(),
             stream_seq: Some(seq),
@@ -345,7 +345,7 @@ impl IngestState {
             self.letters[0].error, self.letters[0].original_subject
         );
         for letter in self.letters.drain(..) {
-            self.shared.dead_letters.send(letter).await?;
+            self.ctx.dead_letters.send(letter).await?;
         }
         // At most one line per 10 s, with the count since the last one: never a line per event.
         self.letters_unlogged += n;
@@ -366,13 +366,10 @@ impl IngestState {
             return Ok(r.clone());
         }
         let (r, _) = Actor::spawn_linked(
-            Some(format!(
-                "store-{loc}-{}{}",
-                self.generation, self.shared.tag
-            )),
+            Some(format!("store-{loc}-{}{}", self.generation, self.ctx.tag)),
             StoreActor,
             StoreArgs {
-                shared: self.shared.clone(),
+                ctx: self.ctx.store.clone(),
                 aggregator: StoreAggregator::new(loc.clone()),
             },
             self.supervisor.clone(),
@@ -397,18 +394,18 @@ impl IngestState {
     /// more.
     async fn dispatch(&mut self, end_seq: u64, stores: bool) -> Result<(), ActorProcessingErr> {
         let (shard_ops, work) = self.routed.take_shard_ops();
-        self.shared.credits.take(work);
+        self.ctx.flow.credits.take(work);
         for (i, ops) in shard_ops.into_iter().enumerate() {
             let work = ops.len() as u64;
             // A send only fails when the shard is gone; the supervisor is restarting us then.
             self.shards[i].send_message(ShardMsg::Batch { ops, end_seq, work })?;
         }
-        let hold = STORE_HOLD_BATCHES * self.shared.config.ingest.batch as u64;
+        let hold = STORE_HOLD_BATCHES * self.ctx.config.ingest.batch as u64;
         if !stores && self.routed.store_work < hold {
             return Ok(());
         }
         let (by_store, work) = self.routed.take_store_events();
-        self.shared.credits.take(work);
+        self.ctx.flow.credits.take(work);
         for (loc, events) in by_store {
             let work = events.len() as u64;
             let store = self.store(&loc).await?;
@@ -424,9 +421,9 @@ impl IngestState {
         snapshot: bool,
         at_ms: i64,
     ) -> Result<(), ActorProcessingErr> {
-        let snapshot = snapshot && self.shared.config.snapshot.enabled;
+        let snapshot = snapshot && self.ctx.config.snapshot.enabled;
         // As the shards prune their reservations at this barrier, with its time.
-        let remember = self.shared.config.reservations.remember.as_millis();
+        let remember = self.ctx.config.reservations.remember.as_millis();
         self.keys
             .prune(at_ms, i64::try_from(remember).unwrap_or(i64::MAX));
         self.count_keys();
@@ -465,19 +462,19 @@ impl IngestState {
 
     /// One step: the next decoded batch from the reader, deduplicated, routed, dispatched.
     async fn pull(&mut self) -> Result<bool, ActorProcessingErr> {
-        let limit = self.shared.config.ingest.credit;
-        let m = self.shared.metrics.clone();
+        let limit = self.ctx.config.ingest.credit;
+        let m = self.ctx.metrics.clone();
         let t = std::time::Instant::now();
-        self.shared.credits.wait_below(limit).await;
+        self.ctx.flow.credits.wait_below(limit).await;
         m.ingest_wait_credit_us
             .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
-        if self.shared.paused.load(Relaxed) {
-            self.shared.metrics.ingest_paused.fetch_add(1, Relaxed);
+        if self.ctx.flow.paused.load(Relaxed) {
+            self.ctx.metrics.ingest_paused.fetch_add(1, Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Ok(true);
         }
         #[cfg(feature = "lab")]
-        if self.shared.hold.load(Relaxed) {
+        if self.ctx.flow.hold.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             return Ok(true);
         }
@@ -485,7 +482,7 @@ impl IngestState {
             Some(r) => r,
             None => self
                 .reader
-                .insert(Reader::start(self.shared.clone(), self.consume_from)),
+                .insert(Reader::start(self.ctx.clone(), self.consume_from)),
         };
         let batch =
             match tokio::time::timeout(Duration::from_millis(200), reader.batches.recv()).await {
@@ -547,10 +544,10 @@ impl Actor for IngestActor {
         myself.send_message(IngestMsg::Pull)?;
         let shards = args.shards.len();
         let mut dedupe = args.dedupe;
-        let ingest = &args.shared.config.ingest;
+        let ingest = &args.ctx.config.ingest;
         dedupe.set_bounds(ingest.dedupe_sources, ingest.max_sequence_jump);
         let state = IngestState {
-            shared: args.shared,
+            ctx: args.ctx,
             dedupe,
             keys: args.keys,
             last_seq: args.from_seq,

@@ -2,4 +2,5 @@
 //! credit-based flow control and dead letters for bad input.
 
 pub mod actor;
+pub mod context;
 pub mod reader;

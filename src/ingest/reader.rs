@@ -11,13 +11,13 @@
 //! `ingest.reader = "async-nats"`, it reads through the pipeline's async-nats client instead.
 //! Both give the actor the same [`Decoded`] batches.
 
+use super::context::IngestContext;
 use crate::bus::pull::{self, Pull, PullError, PullOptions};
 use crate::config::ReaderKind;
 use crate::deadletter::Reason;
 use crate::domain::Envelope;
 use crate::domain::codec::{self, Format};
 use crate::domain::subject;
-use crate::shared::Shared;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -196,9 +196,9 @@ impl Drop for Reader {
 
 /// An ephemeral consumer of the events stream from `from`, acking nothing (the snapshot is
 /// the offset).
-async fn consumer(shared: &Shared, from: u64) -> Result<consumer::PullConsumer, String> {
-    let name = &shared.config.streams.events;
-    let stream = shared
+async fn consumer(ctx: &IngestContext, from: u64) -> Result<consumer::PullConsumer, String> {
+    let name = &ctx.config.streams.events;
+    let stream = ctx
         .js
         .get_stream(name)
         .await
@@ -220,9 +220,9 @@ async fn consumer(shared: &Shared, from: u64) -> Result<consumer::PullConsumer, 
 
 impl Reader {
     /// Starts reading at stream sequence `from`.
-    pub fn start(shared: Arc<Shared>, from: u64) -> Reader {
+    pub fn start(ctx: Arc<IngestContext>, from: u64) -> Reader {
         let (tx, batches) = mpsc::channel(QUEUED_BATCHES);
-        let task = tokio::spawn(run(shared, from, tx));
+        let task = tokio::spawn(run(ctx, from, tx));
         Reader { batches, task }
     }
 }
@@ -239,11 +239,11 @@ enum End {
     Auth(String),
 }
 
-async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) -> Option<String> {
-    let mut kind = shared.config.ingest.reader;
+async fn run(ctx: Arc<IngestContext>, mut from: u64, tx: mpsc::Sender<Batch>) -> Option<String> {
+    let mut kind = ctx.config.ingest.reader;
     let mut auth_failures = 0u32;
     loop {
-        let consumer = match consumer(&shared, from).await {
+        let consumer = match consumer(&ctx, from).await {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, from, "ingest reader cannot start; retrying");
@@ -252,8 +252,8 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) -> Opt
             }
         };
         let end = match kind {
-            ReaderKind::Direct => read_direct(&shared, &consumer, &mut from, &tx).await,
-            ReaderKind::AsyncNats => read_async_nats(&shared, &consumer, &mut from, &tx).await,
+            ReaderKind::Direct => read_direct(&ctx, &consumer, &mut from, &tx).await,
+            ReaderKind::AsyncNats => read_async_nats(&ctx, &consumer, &mut from, &tx).await,
         };
         if !matches!(end, End::Auth(_)) {
             auth_failures = 0;
@@ -263,7 +263,7 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) -> Opt
             End::Auth(error) => {
                 auth_failures += 1;
                 if auth_failures >= MAX_AUTH_FAILURES {
-                    let url = crate::bus::redact(&shared.config.nats.url);
+                    let url = crate::bus::redact(&ctx.config.nats.url);
                     let fatal = format!(
                         "the NATS server at {url} refused the ingest reader's credentials {auth_failures} times in a row ({error}); check nats.user_env/nats.password_env/nats.token_env"
                     );
@@ -291,7 +291,7 @@ async fn run(shared: Arc<Shared>, mut from: u64, tx: mpsc::Sender<Batch>) -> Opt
 
 /// Hands a decoded batch to the actor and notes where the next consumer would start.
 async fn deliver(
-    shared: &Shared,
+    ctx: &IngestContext,
     decoded: Batch,
     started: Instant,
     from: &mut u64,
@@ -300,37 +300,35 @@ async fn deliver(
     if let Some((seq, _)) = decoded.iter().rev().find_map(|d| d.position) {
         *from = seq + 1;
     }
-    shared
-        .metrics
-        .busy(crate::telemetry::Stage::Reader, started);
+    ctx.metrics.busy(crate::telemetry::Stage::Reader, started);
     tx.send(decoded).await.is_ok()
 }
 
 async fn read_direct(
-    shared: &Shared,
+    ctx: &IngestContext,
     consumer: &consumer::PullConsumer,
     from: &mut u64,
     tx: &mpsc::Sender<Batch>,
 ) -> End {
-    let batch = shared.config.ingest.batch.max(1);
+    let batch = ctx.config.ingest.batch.max(1);
     let opts = PullOptions {
         batch,
         heartbeat: HEARTBEAT,
         expires: EXPIRES,
-        name: format!("retailflow-ingest{}", shared.tag),
+        name: format!("retailflow-ingest{}", ctx.tag),
     };
-    let secrets = crate::bus::secrets(&shared.config.nats);
+    let secrets = crate::bus::secrets(&ctx.config.nats);
     if let Some(path) = secrets.creds_file {
         return End::Unsupported(format!("a credentials file ({path})"));
     }
     if secrets.nkey_seed.is_some() {
         return End::Unsupported("an nkey (nats.nkey_env)".into());
     }
-    if shared.config.nats.tls() {
+    if ctx.config.nats.tls() {
         return End::Unsupported("TLS (nats.tls_*)".into());
     }
     let name = consumer.cached_info().name.clone();
-    let (url, stream) = (&shared.config.nats.url, &shared.config.streams.events);
+    let (url, stream) = (&ctx.config.nats.url, &ctx.config.streams.events);
     let credentials = pull::Credentials {
         token: secrets.token.as_deref(),
         user_password: secrets
@@ -345,7 +343,7 @@ async fn read_direct(
         Err(e) => return End::Again(e.to_string()),
     };
     tracing::info!(from = *from, reader = "direct", "ingest consumer started");
-    let m = shared.metrics.clone();
+    let m = ctx.metrics.clone();
     loop {
         let mut decoded: Batch = Vec::with_capacity(batch);
         let asked = Instant::now();
@@ -366,19 +364,19 @@ async fn read_direct(
         }
         m.ingest_wait_messages_us
             .fetch_add((started - asked).as_micros() as u64, Relaxed);
-        if !deliver(shared, decoded, started, from, tx).await {
+        if !deliver(ctx, decoded, started, from, tx).await {
             return End::Gone;
         }
     }
 }
 
 async fn read_async_nats(
-    shared: &Shared,
+    ctx: &IngestContext,
     consumer: &consumer::PullConsumer,
     from: &mut u64,
     tx: &mpsc::Sender<Batch>,
 ) -> End {
-    let batch = shared.config.ingest.batch.max(1);
+    let batch = ctx.config.ingest.batch.max(1);
     let mut messages = match consumer
         .stream()
         .max_messages_per_batch(batch)
@@ -395,7 +393,7 @@ async fn read_async_nats(
         reader = "async-nats",
         "ingest consumer started"
     );
-    let m = shared.metrics.clone();
+    let m = ctx.metrics.clone();
     // One buffer for every batch's raw messages: a fresh one each time (hundreds of KB at the
     // default batch) had its pages faulted in and zeroed by the kernel on every batch.
     let mut msgs = Vec::with_capacity(batch);
@@ -418,7 +416,7 @@ async fn read_async_nats(
             }
         }
         let decoded: Batch = msgs.drain(..).map(decode).collect();
-        if !deliver(shared, decoded, started, from, tx).await {
+        if !deliver(ctx, decoded, started, from, tx).await {
             return End::Gone;
         }
     }

@@ -18,10 +18,10 @@
 use super::delivery::{self, Outcome};
 use super::ratelimit::RateLimiter;
 use crate::config::{ErpEndpointConfig, RetryConfig};
-use crate::deadletter::{Letter, Reason};
+use crate::deadletter::{DeadLetters, Letter, Reason};
 use crate::domain::{codec, subject};
-use crate::shared::Shared;
-use crate::telemetry::EndpointMetrics;
+use crate::shared::Flow;
+use crate::telemetry::{EndpointMetrics, Metrics};
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -47,15 +47,27 @@ pub enum EndpointMsg {
 
 pub struct EndpointActor;
 
+/// What an endpoint actor holds besides its own configuration and limiter: the postings
+/// stream it consumes, the dead letters for refused postings, the metrics, the pipeline's flow.
+#[derive(Clone)]
+pub struct EndpointContext {
+    /// Name of the postings stream (the outbox).
+    pub postings: String,
+    pub js: jetstream::Context,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<Metrics>,
+    pub flow: Arc<Flow>,
+}
+
 pub struct EndpointArgs {
-    pub shared: Arc<Shared>,
+    pub ctx: EndpointContext,
     pub config: ErpEndpointConfig,
     /// Kept by the supervisor across restarts of this actor.
     pub limiter: Arc<Mutex<RateLimiter>>,
 }
 
 pub struct EndpointState {
-    shared: Arc<Shared>,
+    ctx: EndpointContext,
     cfg: ErpEndpointConfig,
     /// Also holds the endpoint's limiter and metrics, which the actor uses too.
     answer: Arc<Answer>,
@@ -98,7 +110,7 @@ async fn acquire(limiter: &Mutex<RateLimiter>, resumed: &Notify) {
 /// endpoint actor and its tasks, and rebuilt with the actor (the limiter and metrics it points
 /// to outlive restarts).
 struct Answer {
-    shared: Arc<Shared>,
+    ctx: EndpointContext,
     name: String,
     retry: RetryConfig,
     limiter: Arc<Mutex<RateLimiter>>,
@@ -145,10 +157,7 @@ impl Answer {
                     if let Some((1, wait)) = counted {
                         self.metrics.paused.store(1, Relaxed);
                         self.metrics.pauses.fetch_add(1, Relaxed);
-                        self.shared
-                            .metrics
-                            .erp_paused_endpoints
-                            .fetch_add(1, Relaxed);
+                        self.ctx.metrics.erp_paused_endpoints.fetch_add(1, Relaxed);
                         tracing::warn!(
                             endpoint = %self.name,
                             status = status.map_or_else(|| "none".to_string(), |s| s.to_string()),
@@ -161,7 +170,7 @@ impl Answer {
                     }
                 }
             }
-            if self.shared.stopping.load(Relaxed) {
+            if self.ctx.flow.stopping() {
                 return outcome;
             }
         }
@@ -174,10 +183,7 @@ impl Answer {
         };
         self.metrics.paused.store(0, Relaxed);
         // Paired with the increment above under the limiter's lock, so it cannot underflow.
-        self.shared
-            .metrics
-            .erp_paused_endpoints
-            .fetch_sub(1, Relaxed);
+        self.ctx.metrics.erp_paused_endpoints.fetch_sub(1, Relaxed);
         tracing::info!(endpoint = %self.name, failed_probes = failed, "ERP endpoint resumed: it answers again");
         self.resumed.notify_waiters();
     }
@@ -195,7 +201,7 @@ impl Answer {
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str().to_string())
             .unwrap_or_else(|| msg.subject.to_string());
-        self.shared
+        self.ctx
             .dead_letters
             .send(Letter {
                 stage: "erp",
@@ -266,9 +272,9 @@ impl EndpointState {
             return Ok(());
         }
         let stream = self
-            .shared
+            .ctx
             .js
-            .get_stream(&self.shared.config.streams.postings)
+            .get_stream(&self.ctx.postings)
             .await
             .map_err(|e| format!("postings stream: {e}"))?;
         let name = consumer_name(&self.cfg.name);
@@ -312,7 +318,7 @@ impl EndpointState {
 
     async fn tick(&mut self, myself: &ActorRef<EndpointMsg>) -> Result<(), ActorProcessingErr> {
         self.tick_queued = false;
-        if self.shared.stopping.load(Relaxed) {
+        if self.ctx.flow.stopping() {
             return Ok(());
         }
         self.ensure_consumer().await?;
@@ -437,16 +443,16 @@ impl Actor for EndpointActor {
             .map_err(|e| format!("HTTP client: {e}"))?;
         myself.send_message(EndpointMsg::Tick)?;
         let answer = Arc::new(Answer {
-            shared: args.shared.clone(),
+            ctx: args.ctx.clone(),
             name: args.config.name.clone(),
             retry: args.config.retry.clone(),
             limiter: args.limiter,
-            metrics: args.shared.metrics.endpoint(&args.config.name),
+            metrics: args.ctx.metrics.endpoint(&args.config.name),
             resumed: Notify::new(),
         });
         Ok(EndpointState {
             answer,
-            shared: args.shared,
+            ctx: args.ctx,
             cfg: args.config,
             http,
             token,

@@ -10,11 +10,11 @@
 //! rebuilt after a start or restart, or a channel definition changed — the task publishes one
 //! message on `retail.v1.atp.reset` instead, and caches drop what they hold.
 
+use super::context::QueryContext;
 use super::model::{
     ChannelAvailability, LocationAvailability, Positions, channel_answer, loc_answer,
 };
 use crate::domain::{ChannelId, LocationId, Sku, subject};
-use crate::shared::Shared;
 use crate::view::{ChannelView, View};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -159,21 +159,21 @@ pub fn encode_changed(
 }
 
 /// Publishes the feed until the pipeline stops.
-pub async fn run(shared: Arc<Shared>) {
-    let feed = &shared.feed;
+pub async fn run(ctx: Arc<QueryContext>) {
+    let feed = &ctx.feed;
     if !feed.enabled() {
         return;
     }
-    let cfg = &shared.config.feed;
+    let cfg = &ctx.config.feed;
     let mut window = cfg.interval;
     let mut epoch = 0;
     loop {
         tokio::time::sleep(window).await;
         window = cfg.interval;
-        if shared.stopping.load(Ordering::Relaxed) {
+        if ctx.flow.stopping() {
             return;
         }
-        let view = &shared.view;
+        let view = &ctx.view;
         if !view.is_ready() {
             continue;
         }
@@ -192,7 +192,7 @@ pub async fn run(shared: Arc<Shared>) {
                 reason: reason.into(),
                 as_of: view.applied_all(),
             };
-            send(&shared, subject::ATP_RESET.to_string(), &body).await;
+            send(&ctx, subject::ATP_RESET.to_string(), &body).await;
             continue;
         }
         let channels = view.channels();
@@ -201,25 +201,24 @@ pub async fn run(shared: Arc<Shared>) {
         for (sku, mut locs) in feed.take() {
             encode_changed(&mut buf, view, &channels, &sku, &mut locs);
             let bytes = bytes::Bytes::copy_from_slice(&buf);
-            publish(&shared, subject::changed(sku.as_str()), bytes).await;
+            publish(&ctx, subject::changed(sku.as_str()), bytes).await;
             published += 1;
         }
         window = cfg.next_window(published);
     }
 }
 
-async fn send<T: Serialize>(shared: &Shared, subject: String, body: &T) {
+async fn send<T: Serialize>(ctx: &QueryContext, subject: String, body: &T) {
     match serde_json::to_vec(body) {
-        Ok(b) => publish(shared, subject, b.into()).await,
+        Ok(b) => publish(ctx, subject, b.into()).await,
         Err(error) => tracing::error!(%error, subject, "change feed message not encoded"),
     }
 }
 
-async fn publish(shared: &Shared, subject: String, bytes: bytes::Bytes) {
-    match shared.client.publish(subject, bytes).await {
+async fn publish(ctx: &QueryContext, subject: String, bytes: bytes::Bytes) {
+    match ctx.client.publish(subject, bytes).await {
         Ok(()) => {
-            shared
-                .metrics
+            ctx.metrics
                 .feed_messages
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -2,10 +2,10 @@
 //! answers 500 because of what a caller sent.
 
 use super::auth::{ApiAuth, Refusal, Scope};
+use super::context::QueryContext;
 use super::listener;
 use super::model::{self, QueryError, QueryRequest};
 use super::reserve::{self, Reservations, ReserveError, ReserveRequest};
-use crate::shared::Shared;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub shared: Arc<Shared>,
+    pub ctx: Arc<QueryContext>,
     pub reservations: Arc<Reservations>,
     pub auth: Arc<ApiAuth>,
 }
@@ -46,8 +46,8 @@ pub fn router(state: ApiState) -> Router {
             get(get_reservation).delete(release_reservation),
         );
     let metrics_route = Router::new().route("/metrics", get(metrics));
-    let body_limit = state.shared.config.api.max_body_bytes;
-    let metrics_for_413 = state.shared.metrics.clone();
+    let body_limit = state.ctx.config.api.max_body_bytes;
+    let metrics_for_413 = state.ctx.metrics.clone();
     Router::new()
         .merge(guarded(Scope::Query, queries))
         .merge(guarded(Scope::Reserve, reservations))
@@ -160,8 +160,8 @@ async fn availability(
         Ok(r) => r,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    st.shared.metrics.queries.fetch_add(1, Relaxed);
-    match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
+    st.ctx.metrics.queries.fetch_add(1, Relaxed);
+    match model::answer(&st.ctx.view, &req, st.ctx.config.api.max_wait).await {
         Ok(mut r) => match r.results.pop() {
             Some(one) => json(StatusCode::OK, &one),
             None => error(StatusCode::BAD_REQUEST, "no sku"),
@@ -175,8 +175,8 @@ async fn query(State(st): State<ApiState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    st.shared.metrics.queries.fetch_add(1, Relaxed);
-    match model::answer(&st.shared.view, &req, st.shared.config.api.max_wait).await {
+    st.ctx.metrics.queries.fetch_add(1, Relaxed);
+    match model::answer(&st.ctx.view, &req, st.ctx.config.api.max_wait).await {
         Ok(r) => json(StatusCode::OK, &r),
         Err(e) => query_error(e),
     }
@@ -237,11 +237,11 @@ async fn get_reservation(State(st): State<ApiState>, Path(id): Path<String>) -> 
 /// when snapshots have failed for `snapshot.fail_after`; 200 `degraded` while an ERP endpoint
 /// is paused. `reasons` says why.
 async fn healthz(State(st): State<ApiState>) -> Response {
-    let shared = &st.shared;
-    let m = &shared.metrics;
-    let cfg = &shared.config;
-    let ready = shared.view.is_ready();
-    let applied = shared.view.applied_all();
+    let ctx = &st.ctx;
+    let m = &ctx.metrics;
+    let cfg = &ctx.config;
+    let ready = ctx.view.is_ready();
+    let applied = ctx.view.applied_all();
     let lag = m.stream_last_seq.load(Relaxed).saturating_sub(applied);
     let now = crate::snapshot::ticker::now_ms().max(0) as u64;
     let mut reasons: Vec<String> = Vec::new();
@@ -276,7 +276,7 @@ async fn healthz(State(st): State<ApiState>) -> Response {
         "reasons": reasons,
         "as_of": applied,
         "lag": lag,
-        "paused_for_erp_backlog": shared.paused.load(Relaxed),
+        "paused_for_erp_backlog": ctx.flow.paused.load(Relaxed),
     });
     json(
         if matches!(status, "ok" | "degraded") {
@@ -289,9 +289,8 @@ async fn healthz(State(st): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    let m = &st.shared.metrics;
-    m.last_applied_seq
-        .store(st.shared.view.applied_all(), Relaxed);
+    let m = &st.ctx.metrics;
+    m.last_applied_seq.store(st.ctx.view.applied_all(), Relaxed);
     (
         StatusCode::OK,
         [(
@@ -313,8 +312,8 @@ pub async fn serve(
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let bounds = listener::Bounds::of(&state.shared.config.api);
-    let metrics = state.shared.metrics.clone();
+    let bounds = listener::Bounds::of(&state.ctx.config.api);
+    let metrics = state.ctx.metrics.clone();
     let app = router(state);
     let task = tokio::spawn(listener::run(listener, app, tls, bounds, metrics, shutdown));
     Ok((addr, task))

@@ -9,10 +9,10 @@
 //! releases on a connection of their own on the data runtime, where their decisions are made
 //! ([`QUERY_SUBJECTS`], [`RESERVE_SUBJECTS`]).
 
+use super::context::QueryContext;
 use super::model::{self, QueryRequest};
 use super::reserve::{Reservations, ReserveError, ReserveRequest};
 use crate::domain::subject;
-use crate::shared::Shared;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -46,16 +46,16 @@ fn encode_reserve(r: Result<super::reserve::ReserveAnswer, ReserveError>) -> byt
 }
 
 /// Queries (reservations and releases are taken in [`serve`]'s loop).
-async fn handle(shared: &Arc<Shared>, subj: &str, payload: &[u8]) -> bytes::Bytes {
+async fn handle(ctx: &Arc<QueryContext>, subj: &str, payload: &[u8]) -> bytes::Bytes {
     match subj {
         subject::ATP_QUERY => {
-            shared.metrics.queries.fetch_add(1, Relaxed);
+            ctx.metrics.queries.fetch_add(1, Relaxed);
             let req: QueryRequest = match serde_json::from_slice(payload) {
                 Ok(r) => r,
                 Err(e) => return encode::<()>(Err(format!("request: {e}"))),
             };
             encode(
-                model::answer(&shared.view, &req, shared.config.api.max_wait)
+                model::answer(&ctx.view, &req, ctx.config.api.max_wait)
                     .await
                     .map_err(|e| e.to_string()),
             )
@@ -99,7 +99,7 @@ type Answering = std::pin::Pin<
 /// task instead of a task each, so a shard batch deciding a hundred requests wakes one task
 /// once, not a hundred tasks, and their replies leave together.
 pub async fn serve(
-    shared: Arc<Shared>,
+    ctx: Arc<QueryContext>,
     reservations: Arc<Reservations>,
     client: async_nats::Client,
     subjects: &[&str],
@@ -152,9 +152,9 @@ pub async fn serve(
                     }));
                 }
                 _ => {
-                    let (shared, client) = (shared.clone(), client.clone());
+                    let (ctx, client) = (ctx.clone(), client.clone());
                     tokio::spawn(async move {
-                        let answer = handle(&shared, msg.subject.as_str(), &msg.payload).await;
+                        let answer = handle(&ctx, msg.subject.as_str(), &msg.payload).await;
                         send_reply(&client, reply, answer).await;
                     });
                 }

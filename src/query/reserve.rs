@@ -3,13 +3,13 @@
 //! event too, published by a timer, so replaying the stream reproduces every grant, rejection
 //! and expiry (invariant 1).
 
+use super::context::QueryContext;
 use crate::domain::money::MAX_QTY;
 use crate::domain::{
     ChannelId, Envelope, Event, EventId, LocationId, ReservationBatch, ReservationExpired,
     ReservationId, ReservationReleased, ReservationRequested, SCHEMA_VERSION, Sku, SourceId,
     Target, ids::check_token, subject,
 };
-use crate::shared::Shared;
 use crate::shared::decisions::Want;
 use crate::snapshot::ticker::now_ms;
 use futures::StreamExt;
@@ -212,7 +212,7 @@ async fn publish_batch(publisher: Arc<Publisher>, batch: Vec<Pending>) {
 
 /// Publishes reservation events and waits for their decisions.
 pub struct Reservations {
-    shared: Arc<Shared>,
+    ctx: Arc<QueryContext>,
     publisher: Arc<Publisher>,
     /// Bounded by `reservations.max_queued`: a full queue answers 503 instead of growing.
     requests: tokio::sync::mpsc::Sender<Pending>,
@@ -222,7 +222,7 @@ impl Reservations {
     /// `role` distinguishes publishers (`api`, `expiry`) so each has its own sequence space.
     /// Must be called inside a Tokio runtime: it starts the request batcher there.
     pub fn new(
-        shared: Arc<Shared>,
+        ctx: Arc<QueryContext>,
         js: async_nats::jetstream::Context,
         role: &str,
     ) -> Reservations {
@@ -232,11 +232,10 @@ impl Reservations {
             source: SourceId::from(source.as_str()),
             seq: AtomicU64::new(0),
         });
-        let (requests, rx) =
-            tokio::sync::mpsc::channel(shared.config.reservations.max_queued.max(1));
+        let (requests, rx) = tokio::sync::mpsc::channel(ctx.config.reservations.max_queued.max(1));
         tokio::spawn(batcher(publisher.clone(), rx));
         Reservations {
-            shared,
+            ctx,
             publisher,
             requests,
         }
@@ -252,10 +251,10 @@ impl Reservations {
         token: &str,
         event: Event,
     ) -> Result<ReserveAnswer, ReserveError> {
-        let decision = self.shared.decisions.wait(id, Want::Outcome);
+        let decision = self.ctx.decisions.wait(id, Want::Outcome);
         self.publish(token, event).await?;
         let submitted = Submitted {
-            shared: self.shared.clone(),
+            ctx: self.ctx.clone(),
             decision,
             stored: None,
         };
@@ -282,7 +281,7 @@ impl Reservations {
             (None, Some(c)) => {
                 check_token("channel", c).map_err(|e| ReserveError::BadRequest(e.to_string()))?;
                 if !self
-                    .shared
+                    .ctx
                     .view
                     .channels()
                     .contains_key(&ChannelId::from(c.as_str()))
@@ -293,7 +292,7 @@ impl Reservations {
             }
             _ => return bad("give exactly one of location or channel".into()),
         };
-        let cfg = &self.shared.config.reservations;
+        let cfg = &self.ctx.config.reservations;
         let ttl = req
             .ttl_seconds
             .map(Duration::from_secs)
@@ -329,9 +328,9 @@ impl Reservations {
         let fp = request_fingerprint(&request);
         // Early answer when this replica already holds the key for another request; the
         // shards and ingest enforce the same in stream order whatever this says.
-        if let Some((_, d)) = self.shared.active.get(&id) {
+        if let Some((_, d)) = self.ctx.active.get(&id) {
             if d.request != 0 && d.request != fp {
-                self.shared
+                self.ctx
                     .metrics
                     .reservation_key_conflicts
                     .fetch_add(1, Ordering::Relaxed);
@@ -341,11 +340,11 @@ impl Reservations {
         // A new key while `max_keys` are held: turned away before it reaches the stream (a
         // key this replica holds active is a retry and goes on). The count is ingest's, so
         // requests published but not yet applied can still take the map past the bound.
-        let max_keys = self.shared.config.reservations.max_keys as u64;
-        let metrics = &self.shared.metrics;
+        let max_keys = self.ctx.config.reservations.max_keys as u64;
+        let metrics = &self.ctx.metrics;
         if max_keys > 0
             && metrics.reservation_keys.load(Ordering::Relaxed) >= max_keys
-            && self.shared.active.get(&id).is_none()
+            && self.ctx.active.get(&id).is_none()
         {
             metrics
                 .reservation_keys_full
@@ -357,7 +356,7 @@ impl Reservations {
         // A slot first, then the waiter: a full queue leaves nothing behind.
         let slot = self.requests.try_reserve().map_err(|e| match e {
             tokio::sync::mpsc::error::TrySendError::Full(()) => {
-                self.shared
+                self.ctx
                     .metrics
                     .reservation_queue_full
                     .fetch_add(1, Ordering::Relaxed);
@@ -367,7 +366,7 @@ impl Reservations {
             }
             tokio::sync::mpsc::error::TrySendError::Closed(()) => publisher_stopped(),
         })?;
-        let decision = self.shared.decisions.wait(&id, Want::Request(fp));
+        let decision = self.ctx.decisions.wait(&id, Want::Request(fp));
         let (published, stored) = tokio::sync::oneshot::channel();
         slot.send(Pending {
             request,
@@ -375,7 +374,7 @@ impl Reservations {
             published,
         });
         Ok(Submitted {
-            shared: self.shared.clone(),
+            ctx: self.ctx.clone(),
             decision,
             stored: Some(stored),
         })
@@ -387,7 +386,7 @@ impl Reservations {
 
     pub async fn release(&self, id: &str) -> Result<ReserveAnswer, ReserveError> {
         let rid = ReservationId::from(id);
-        let Some((sku, _)) = self.shared.active.get(&rid) else {
+        let Some((sku, _)) = self.ctx.active.get(&rid) else {
             return Err(ReserveError::NotFound(format!(
                 "reservation {id:?} is not active (unknown, already released, expired or consumed)"
             )));
@@ -400,7 +399,7 @@ impl Reservations {
     }
 
     pub fn get(&self, id: &str) -> Option<ReserveAnswer> {
-        self.shared
+        self.ctx
             .active
             .get(&ReservationId::from(id))
             .map(|(_, d)| d.into())
@@ -414,7 +413,7 @@ fn publisher_stopped() -> ReserveError {
 /// A request on its way: its decision, and (when the batcher publishes it) word of whether
 /// the stream took it.
 pub struct Submitted {
-    shared: Arc<Shared>,
+    ctx: Arc<QueryContext>,
     decision: tokio::sync::oneshot::Receiver<Decision>,
     stored: Option<tokio::sync::oneshot::Receiver<Result<(), ReserveError>>>,
 }
@@ -426,11 +425,11 @@ impl Submitted {
     /// answered at once.
     pub async fn answer(self) -> Result<ReserveAnswer, ReserveError> {
         let Submitted {
-            shared,
+            ctx,
             mut decision,
             mut stored,
         } = self;
-        let timeout = shared.config.reservations.decision_timeout;
+        let timeout = ctx.config.reservations.decision_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut storing = stored.is_some();
@@ -455,7 +454,7 @@ impl Submitted {
         }
         // Closed first, so the sweep takes this caller's own waiter too.
         drop(decision);
-        shared.decisions.forget_closed();
+        ctx.decisions.forget_closed();
         Err(no_decision(timeout))
     }
 }
@@ -467,20 +466,20 @@ fn no_decision(timeout: Duration) -> ReserveError {
 }
 
 /// Runs the expiry timer until `stopping`.
-pub async fn expiry_loop(shared: Arc<Shared>) {
-    let r = Reservations::new(shared.clone(), shared.js.clone(), "expiry");
+pub async fn expiry_loop(ctx: Arc<QueryContext>) {
+    let r = Reservations::new(ctx.clone(), ctx.js.clone(), "expiry");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recently: std::collections::HashMap<ReservationId, std::time::Instant> =
         Default::default();
     loop {
         tick.tick().await;
-        if shared.stopping.load(Ordering::Relaxed) {
+        if ctx.flow.stopping() {
             return;
         }
         // An expiry event takes a moment to be applied; do not publish it twice meanwhile.
         recently.retain(|_, t| t.elapsed() < Duration::from_secs(5));
-        let due: Vec<_> = shared
+        let due: Vec<_> = ctx
             .active
             .due(now_ms(), 1000)
             .into_iter()

@@ -1,20 +1,13 @@
-//! What every actor of one pipeline shares: configuration, NATS handles, metrics, the view,
-//! the credit counter that bounds work in flight, the reservation decisions, the change-feed
-//! marks, the dead letters, the members of the running generation. It sits below every actor,
-//! so the actors depend on it and not on each other's modules.
+//! The parts several actors of one pipeline hold in common: the flow (credits, pause, stop,
+//! poisoned events), the reservation decisions, the change-feed marks, the members of the
+//! running generation. It sits below every actor, so the actors depend on it and not on each
+//! other's modules. Each actor takes a narrow context of its own with the parts it uses; only
+//! the wiring in `supervise` holds them all.
 
 pub mod changes;
 pub mod decisions;
 pub mod members;
 
-use crate::config::Config;
-use crate::deadletter::DeadLetters;
-use crate::shared::changes::ChangeFeed;
-use crate::shared::decisions::{ActiveReservations, Decisions};
-use crate::telemetry::Metrics;
-use crate::view::View;
-use async_nats::jetstream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
@@ -116,65 +109,27 @@ pub struct PanicHooks {
     pub store: AtomicU64,
 }
 
-pub struct Shared {
-    /// Appended to actor names: ractor's registry is per process, and a test process may run
-    /// several pipelines.
-    pub tag: String,
-    pub config: Arc<Config>,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub metrics: Arc<Metrics>,
-    pub view: Arc<View>,
+/// The pipeline's flow: work in flight, whether ingest is paused or held, whether a shutdown
+/// was asked for, and which events panicked an actor. Ingest, the actors it feeds, the
+/// snapshot ticker and the front ends each hold it; nothing else of the pipeline comes with it.
+#[derive(Default)]
+pub struct Flow {
     pub credits: Credits,
     /// Set while the ERP backlog is above `barrier.backlog_pause`.
     pub paused: AtomicBool,
-    /// Test hook: set by a scenario that wants a backlog to build before ingest drains it.
-    #[cfg(feature = "lab")]
-    pub hold: AtomicBool,
-    pub decisions: Arc<Decisions>,
-    pub active: Arc<ActiveReservations>,
-    /// SKUs changed since the change feed last published.
-    pub feed: ChangeFeed,
-    pub dead_letters: DeadLetters,
     /// Set once a shutdown was requested; actors stop taking new work.
     pub stopping: AtomicBool,
     pub poisoned: Poisoned,
+    /// Test hook: set by a scenario that wants a backlog to build before ingest drains it.
+    #[cfg(feature = "lab")]
+    pub hold: AtomicBool,
     #[cfg(feature = "lab")]
     pub panic_hooks: PanicHooks,
 }
 
-impl Shared {
-    pub fn new(
-        config: Arc<Config>,
-        client: async_nats::Client,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Shared> {
-        let js = jetstream::new(client.clone());
-        let view = View::new(config.shards.count);
-        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        Arc::new(Shared {
-            tag: format!(
-                "@{}",
-                STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
-            feed: ChangeFeed::new(config.feed.enabled),
-            dead_letters: DeadLetters::new(js.clone(), metrics.clone()),
-            config,
-            client,
-            js,
-            metrics,
-            view,
-            credits: Credits::default(),
-            paused: AtomicBool::new(false),
-            #[cfg(feature = "lab")]
-            hold: AtomicBool::new(false),
-            decisions: Arc::new(Decisions::default()),
-            active: Arc::new(ActiveReservations::default()),
-            stopping: AtomicBool::new(false),
-            poisoned: Poisoned::default(),
-            #[cfg(feature = "lab")]
-            panic_hooks: PanicHooks::default(),
-        })
+impl Flow {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 }
 

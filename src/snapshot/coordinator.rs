@@ -4,10 +4,10 @@
 //! Barriers complete in stream order: an actor answers barrier S before S', so S' cannot be
 //! complete while S is not.
 
+use super::context::SnapshotContext;
 use super::store::SnapshotStore;
 use crate::config::ErpEndpointConfig;
 use crate::domain::LocationId;
-use crate::shared::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use retailflow_core::aggregate::posting::{DocBody, Draft, Lineage, PostingDoc};
 use retailflow_core::apply::ledger::MovementLine;
@@ -77,7 +77,7 @@ impl Pending {
 pub struct Coordinator;
 
 pub struct CoordArgs {
-    pub shared: Arc<Shared>,
+    pub ctx: Arc<SnapshotContext>,
     pub snapshots: Option<SnapshotStore>,
     pub unreleased: Vec<PostingDoc>,
     /// The barrier the restored state comes from (0 for a fresh start).
@@ -85,7 +85,7 @@ pub struct CoordArgs {
 }
 
 pub struct CoordState {
-    shared: Arc<Shared>,
+    ctx: Arc<SnapshotContext>,
     snapshots: Option<SnapshotStore>,
     pending: BTreeMap<u64, Pending>,
     unreleased: Vec<PostingDoc>,
@@ -181,8 +181,8 @@ impl CoordState {
             drafts.append(&mut s.drafts);
         }
         drafts.extend(movement_drafts(&mut p.shards));
-        let docs = address(drafts, &self.shared.config.erp, seq);
-        self.shared
+        let docs = address(drafts, &self.ctx.config.erp, seq);
+        self.ctx
             .metrics
             .postings_formed
             .fetch_add(docs.len() as u64, Relaxed);
@@ -191,7 +191,7 @@ impl CoordState {
         }
         self.unreleased.extend(docs);
         self.status.last_complete = seq;
-        self.shared.metrics.barriers.fetch_add(1, Relaxed);
+        self.ctx.metrics.barriers.fetch_add(1, Relaxed);
 
         match (&self.snapshots, p.header.snapshot) {
             (Some(store), true) => {
@@ -236,11 +236,8 @@ impl CoordState {
                 match written {
                     Ok(ptr) => {
                         self.retry = None;
-                        self.shared.metrics.snapshots.fetch_add(1, Relaxed);
-                        self.shared
-                            .metrics
-                            .snapshot_failing_since_ms
-                            .store(0, Relaxed);
+                        self.ctx.metrics.snapshots.fetch_add(1, Relaxed);
+                        self.ctx.metrics.snapshot_failing_since_ms.store(0, Relaxed);
                         self.status.last_snapshot = seq;
                         self.unsnapshotted = false;
                         tracing::info!(
@@ -252,7 +249,7 @@ impl CoordState {
                         self.release(seq).await;
                     }
                     Err(error) => {
-                        let m = &self.shared.metrics;
+                        let m = &self.ctx.metrics;
                         m.snapshot_failures.fetch_add(1, Relaxed);
                         let now = crate::snapshot::ticker::now_ms().max(1) as u64;
                         let _ = m
@@ -270,7 +267,7 @@ impl CoordState {
     }
 
     fn count_pending(&self) {
-        self.shared
+        self.ctx
             .metrics
             .snapshot_pending_postings
             .store(self.unreleased.len() as u64, Relaxed);
@@ -288,7 +285,7 @@ impl CoordState {
         snap.unreleased = std::mem::take(&mut self.unreleased);
         let written = store.write(&snap).await;
         self.unreleased = std::mem::take(&mut snap.unreleased);
-        let m = &self.shared.metrics;
+        let m = &self.ctx.metrics;
         match written {
             Ok(_) => {
                 m.snapshots.fetch_add(1, Relaxed);
@@ -313,9 +310,9 @@ impl CoordState {
             self.status.last_released = seq;
             return;
         }
-        match crate::post::outbox::publish(&self.shared.js, &self.unreleased).await {
+        match crate::post::outbox::publish(&self.ctx.js, &self.unreleased).await {
             Ok(fresh) => {
-                self.shared
+                self.ctx
                     .metrics
                     .postings_released
                     .fetch_add(fresh as u64, Relaxed);
@@ -352,7 +349,7 @@ impl Actor for Coordinator {
             myself.send_message(CoordMsg::Release)?;
         }
         Ok(CoordState {
-            shared: args.shared,
+            ctx: args.ctx,
             snapshots: args.snapshots,
             pending: BTreeMap::new(),
             unreleased: args.unreleased,
@@ -378,7 +375,7 @@ impl Actor for Coordinator {
         if state.retry.is_some() && !state.retry_timer {
             state.retry_timer = true;
             let every = state
-                .shared
+                .ctx
                 .config
                 .snapshot
                 .interval
@@ -394,7 +391,7 @@ impl CoordState {
         let state = self;
         let seq = match msg {
             CoordMsg::Expect(header) => {
-                let shards = state.shared.config.shards.count;
+                let shards = state.ctx.config.shards.count;
                 let seq = header.seq;
                 state.pending.insert(
                     seq,
@@ -453,7 +450,7 @@ impl CoordState {
                 let started = std::time::Instant::now();
                 state.finish(p).await;
                 state
-                    .shared
+                    .ctx
                     .metrics
                     .busy(crate::telemetry::Stage::Coordinator, started);
             }

@@ -8,8 +8,8 @@
 //! flushes out (documents grow rather than multiply), and above the pause threshold it stops
 //! ingest until the backlog drains.
 
+use super::context::SnapshotContext;
 use crate::domain::{Barrier, Envelope, Event, EventId, SCHEMA_VERSION, SourceId, subject};
-use crate::shared::Shared;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ pub struct BarrierError(String);
 
 /// Publishes barrier events under a source unique to this process.
 pub struct BarrierPublisher {
-    shared: Arc<Shared>,
+    ctx: Arc<SnapshotContext>,
     source: SourceId,
     seq: AtomicU64,
 }
@@ -34,11 +34,11 @@ pub fn now_ms() -> i64 {
 }
 
 impl BarrierPublisher {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(ctx: Arc<SnapshotContext>) -> Self {
         // Unique per process start: barriers of an earlier run never collide with ours.
         let boot = format!("ctl/{}-{}", now_ms(), std::process::id());
         BarrierPublisher {
-            shared,
+            ctx,
             source: SourceId::from(boot.as_str()),
             seq: AtomicU64::new(0),
         }
@@ -61,7 +61,7 @@ impl BarrierPublisher {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", env.id.as_str());
         let ack = self
-            .shared
+            .ctx
             .js
             .publish_with_headers(subject::BARRIER, headers, payload.into())
             .await
@@ -73,9 +73,8 @@ impl BarrierPublisher {
 }
 
 /// Total postings waiting for all endpoints.
-fn backlog(shared: &Shared) -> u64 {
-    shared
-        .metrics
+fn backlog(ctx: &SnapshotContext) -> u64 {
+    ctx.metrics
         .endpoints
         .iter()
         .map(|e| e.value().pending.load(Relaxed).max(0) as u64)
@@ -169,9 +168,9 @@ impl Cadence {
 }
 
 /// Runs until the pipeline stops: decides when to publish barriers and whether ingest pauses.
-pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
-    let cfg = shared.config.clone();
-    let mut stream = match shared.js.get_stream(&cfg.streams.events).await {
+pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
+    let cfg = ctx.config.clone();
+    let mut stream = match ctx.js.get_stream(&cfg.streams.events).await {
         Ok(s) => s,
         Err(error) => {
             tracing::error!(%error, "barrier ticker cannot see the events stream");
@@ -179,33 +178,32 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
         }
     };
     let mut cadence = Cadence::new(&cfg, Instant::now());
-    let mut applied_before = shared.view.applied_all();
-    shared
-        .metrics
+    let mut applied_before = ctx.view.applied_all();
+    ctx.metrics
         .ingest_progress_at_ms
         .store(now_ms().max(0) as u64, Relaxed);
     let mut interval = tokio::time::interval(cfg.barrier.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if shared.stopping.load(Relaxed) {
+        if ctx.flow.stopping() {
             return;
         }
         // Backpressure from the ERP side.
-        let pending = backlog(&shared);
+        let pending = backlog(&ctx);
         // Postings held while snapshots fail count like an ERP backlog: beyond the bound
         // ingest pauses, so a failing snapshot store cannot fill memory. The coordinator
         // retries the failed snapshot on its own timer, so the pause ends once the store
         // takes it. (While snapshots succeed the pause never applies: it would stop the very
         // barrier that releases the postings.)
-        let unsnapshotted = shared.metrics.snapshot_pending_postings.load(Relaxed);
-        let failing = shared.metrics.snapshot_failing_since_ms.load(Relaxed) > 0;
+        let unsnapshotted = ctx.metrics.snapshot_pending_postings.load(Relaxed);
+        let failing = ctx.metrics.snapshot_failing_since_ms.load(Relaxed) > 0;
         let held = failing && unsnapshotted > cfg.snapshot.max_pending_postings;
-        if held && !shared.paused.load(Relaxed) {
-            shared.metrics.snapshot_backpressure.fetch_add(1, Relaxed);
+        if held && !ctx.flow.paused.load(Relaxed) {
+            ctx.metrics.snapshot_backpressure.fetch_add(1, Relaxed);
         }
         let pause = pending > cfg.barrier.backlog_pause || held;
-        if shared.paused.swap(pause, Relaxed) != pause {
+        if ctx.flow.paused.swap(pause, Relaxed) != pause {
             tracing::warn!(pending, paused = pause, "ERP backlog changed ingest state");
         }
         cadence.erp_slow(pending > cfg.barrier.backlog_slow);
@@ -217,18 +215,16 @@ pub async fn run(shared: Arc<Shared>, publisher: Arc<BarrierPublisher>) {
                 continue;
             }
         };
-        shared.metrics.stream_last_seq.store(last_seq, Relaxed);
+        ctx.metrics.stream_last_seq.store(last_seq, Relaxed);
         // Progress for `/healthz`: the applied sequence moved, or there is nothing to apply.
-        let applied = shared.view.applied_all();
+        let applied = ctx.view.applied_all();
         if applied != applied_before || applied >= last_seq {
             applied_before = applied;
-            shared
-                .metrics
+            ctx.metrics
                 .ingest_progress_at_ms
                 .store(now_ms().max(0) as u64, Relaxed);
         }
-        let Some((flush, snapshot)) =
-            cadence.due(Instant::now(), last_seq, shared.view.applied_all())
+        let Some((flush, snapshot)) = cadence.due(Instant::now(), last_seq, ctx.view.applied_all())
         else {
             continue;
         };

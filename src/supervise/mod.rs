@@ -1,4 +1,5 @@
-//! Supervision: the root actor, the restart policy, and the context actors share.
+//! Supervision: the root actor, the restart policy, and the wiring that holds the parts of a
+//! pipeline and cuts each actor's narrow context from them.
 
 pub mod memory;
 pub mod pipeline;
@@ -6,3 +7,4 @@ pub mod recovery;
 pub mod settle;
 pub mod supervisor;
 pub mod threads;
+pub mod wiring;

@@ -5,12 +5,13 @@
 use super::supervisor::CrashTarget;
 use super::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use super::threads::OwnRuntime;
+use super::wiring::Shared;
 use crate::bus::{self, BusError};
 use crate::config::Config;
 use crate::query::auth::ApiAuth;
+use crate::query::context::QueryContext;
 use crate::query::http::{self, ApiState};
 use crate::query::reserve::{self, Reservations};
-use crate::shared::Shared;
 use crate::snapshot::coordinator::{CoordMsg, CoordStatus};
 use crate::snapshot::store::{SnapshotError, SnapshotStore};
 use crate::snapshot::ticker::{self, BarrierPublisher};
@@ -66,7 +67,7 @@ static STARTED: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.shared.stopping.store(true, Relaxed);
+        self.shared.flow.stopping.store(true, Relaxed);
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }
@@ -108,6 +109,7 @@ async fn connect_on(
 /// What `FrontEnds::start` needs from the start-up in progress.
 struct FrontEndArgs<'a> {
     shared: &'a Arc<Shared>,
+    query: &'a Arc<QueryContext>,
     reservations: &'a Arc<Reservations>,
     auth: &'a Arc<ApiAuth>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -135,7 +137,7 @@ impl FrontEnds {
         if !a.shared.config.api.http.is_empty() {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let state = ApiState {
-                shared: a.shared.clone(),
+                ctx: a.query.clone(),
                 reservations: a.reservations.clone(),
                 auth: a.auth.clone(),
             };
@@ -177,7 +179,7 @@ impl FrontEnds {
                 (a.data, a.resv_client, RESERVE_SUBJECTS),
             ] {
                 let serving = serve(
-                    a.shared.clone(),
+                    a.query.clone(),
                     a.reservations.clone(),
                     client.clone(),
                     subjects,
@@ -251,24 +253,27 @@ impl Pipeline {
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?
             .map_err(|e| StartError::Spawn(e.to_string()))?;
-        let publisher = Arc::new(BarrierPublisher::new(shared.clone()));
+        let snapshot_ctx = shared.snapshot();
+        let query = shared.query();
+        let publisher = Arc::new(BarrierPublisher::new(snapshot_ctx.clone()));
         // Reservations are decided by the shards; their front end (the NATS responders and the
         // request batcher) runs on the same runtime, so a decision wakes its caller on the
         // thread that made it instead of waking a thread of another runtime. Made there, so the
         // batcher runs there too.
         let resv_js = async_nats::jetstream::new(resv_client.clone());
-        let for_resv = shared.clone();
+        let for_resv = query.clone();
         let reservations = data
             .spawn(async move { Arc::new(Reservations::new(for_resv, resv_js, "api")) })
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         let mut tasks = vec![
-            data.spawn(ticker::run(shared.clone(), publisher.clone())),
-            data.spawn(reserve::expiry_loop(shared.clone())),
-            data.spawn(crate::query::feed::run(shared.clone())),
+            data.spawn(ticker::run(snapshot_ctx, publisher.clone())),
+            data.spawn(reserve::expiry_loop(query.clone())),
+            data.spawn(crate::query::feed::run(query.clone())),
         ];
         let front = FrontEnds::start(FrontEndArgs {
             shared: &shared,
+            query: &query,
             reservations: &reservations,
             auth: &auth,
             tls,
@@ -390,7 +395,7 @@ impl Pipeline {
 
     /// Stops without a final barrier (what a crash would leave, minus the crash).
     pub async fn stop_now(&mut self) {
-        self.shared.stopping.store(true, Relaxed);
+        self.shared.flow.stopping.store(true, Relaxed);
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }

@@ -1,8 +1,8 @@
 //! Recovery: the latest complete snapshot, checked against what the events stream still
 //! holds, decoded into the state each actor starts from.
 
+use super::wiring::Shared;
 use crate::domain::LocationId;
-use crate::shared::Shared;
 use crate::snapshot::store::{SnapshotError, SnapshotStore};
 use retailflow_core::aggregate::posting::PostingDoc;
 use retailflow_core::aggregate::store::StoreAggregator;

@@ -10,6 +10,7 @@
 //!   to its owner (the process exits with a clear message) instead of looping.
 
 use super::recovery::{self, Restored};
+use super::wiring::Shared;
 use crate::aggregate::actor::{StoreActor, StoreArgs, StoreMsg};
 #[cfg(feature = "lab")]
 use crate::apply::shard::ShardMsg;
@@ -17,7 +18,6 @@ use crate::apply::shard::{ShardActor, ShardArgs};
 use crate::ingest::actor::{IngestActor, IngestArgs, IngestMsg};
 use crate::post::endpoint::{EndpointActor, EndpointArgs, EndpointMsg};
 use crate::post::ratelimit::RateLimiter;
-use crate::shared::Shared;
 use crate::shared::members::Members;
 use crate::snapshot::coordinator::{CoordArgs, CoordMsg, Coordinator};
 use crate::snapshot::store::SnapshotStore;
@@ -126,13 +126,13 @@ impl SupervisorState {
         let cell = myself.get_cell();
         shared.view.reset(restored.seq);
         shared.active.clear();
-        shared.credits.reset();
+        shared.flow.credits.reset();
         self.members.begin(g);
         let (coordinator, _) = Actor::spawn_linked(
             Some(format!("coordinator-g{g}{}", shared.tag)),
             Coordinator,
             CoordArgs {
-                shared: shared.clone(),
+                ctx: shared.snapshot(),
                 snapshots: self.snapshots.clone(),
                 unreleased: restored.unreleased,
                 restored_seq: restored.seq,
@@ -142,13 +142,14 @@ impl SupervisorState {
         .await?;
         self.members.join(g, coordinator.get_id());
         let mut shards = Vec::new();
+        let shard_ctx = shared.shard();
         for (index, ledger) in restored.ledgers.into_iter().enumerate() {
             let (s, _) = Actor::spawn_linked(
                 Some(format!("shard-{index}-g{g}{}", shared.tag)),
                 ShardActor,
                 ShardArgs {
                     index,
-                    shared: shared.clone(),
+                    ctx: shard_ctx.clone(),
                     ledger,
                     from_seq: restored.seq,
                 },
@@ -164,7 +165,7 @@ impl SupervisorState {
                 Some(format!("store-{loc}-{g}{}", shared.tag)),
                 StoreActor,
                 StoreArgs {
-                    shared: shared.clone(),
+                    ctx: shared.store(),
                     aggregator,
                 },
                 cell.clone(),
@@ -178,7 +179,7 @@ impl SupervisorState {
             Some(format!("ingest-g{g}{}", shared.tag)),
             IngestActor,
             IngestArgs {
-                shared: shared.clone(),
+                ctx: shared.ingest(),
                 dedupe: restored.dedupe,
                 keys: restored.keys,
                 from_seq: restored.seq,
@@ -246,7 +247,7 @@ impl SupervisorState {
             )),
             EndpointActor,
             EndpointArgs {
-                shared: self.shared.clone(),
+                ctx: self.shared.endpoint(),
                 config: cfg,
                 limiter,
             },
@@ -394,7 +395,7 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        if state.shared.stopping.load(Relaxed) {
+        if state.shared.flow.stopping() {
             return Ok(());
         }
         if !state.endpoints.contains_key(&id) && !state.members.contains(&id) {

@@ -308,6 +308,7 @@ async fn healthz_reports_a_stall_with_its_lag_and_a_paused_endpoint_as_degraded(
     // Ingest held (the test hook): events wait in the stream and nothing is applied.
     pipeline
         .shared
+        .flow
         .hold
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut last = 0;
@@ -371,6 +372,7 @@ async fn healthz_reports_a_stall_with_its_lag_and_a_paused_endpoint_as_degraded(
     // Released: it catches up and health comes back.
     pipeline
         .shared
+        .flow
         .hold
         .store(false, std::sync::atomic::Ordering::Relaxed);
     assert!(

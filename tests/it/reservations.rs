@@ -488,7 +488,10 @@ async fn a_request_stored_but_not_yet_decided_times_out_cleanly_and_a_retry_gets
     // no shard sees it before the caller's deadline. Ingest may be inside a read already, and
     // sees the switch once that read gives up (200 ms at most).
     let shared = &pipeline.shared;
-    shared.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .flow
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body =
         json!({"sku": "HOT", "qty": 2, "location": "DC1", "idempotency_key": "slow-1"}).to_string();
@@ -504,6 +507,7 @@ async fn a_request_stored_but_not_yet_decided_times_out_cleanly_and_a_retry_gets
 
     // Ingest catches up; the stored request was decided once, and a retry hears that decision.
     shared
+        .flow
         .hold
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let v = over_nats(&nc, subject::ATP_RESERVE, body).await;

@@ -239,7 +239,7 @@ async fn a_failing_snapshot_store_pauses_ingest_at_the_bound_until_the_retry_suc
     let m = &pipeline.shared.metrics;
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            pipeline.shared.paused.load(Relaxed) && m.snapshot_backpressure.load(Relaxed) >= 1
+            pipeline.shared.flow.paused.load(Relaxed) && m.snapshot_backpressure.load(Relaxed) >= 1
         })
         .await,
         "ingest paused: {} postings pending, {} snapshot failures",
@@ -262,7 +262,7 @@ async fn a_failing_snapshot_store_pauses_ingest_at_the_bound_until_the_retry_suc
     .await
     .expect("object store recreated");
     applied(&pipeline, feed.last).await;
-    assert!(!pipeline.shared.paused.load(Relaxed));
+    assert!(!pipeline.shared.flow.paused.load(Relaxed));
     for ((st, sku), want) in &feed.expected {
         let (answers, _) = pipeline.shared.view.read(&Sku::from(sku.as_str()));
         let got = answers

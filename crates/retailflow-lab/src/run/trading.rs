@@ -60,7 +60,7 @@ pub(super) async fn trade(
     let first_seq = trader.setup.last_seq + 1;
     let publish_times: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
     if backlog {
-        live.pipeline.shared.hold.store(true, Ordering::SeqCst);
+        live.pipeline.shared.flow.hold.store(true, Ordering::SeqCst);
     }
     let stamps = Stamps {
         times: publish_times.clone(),
@@ -82,7 +82,11 @@ pub(super) async fn trade(
     if backlog {
         queries.start()?;
     }
-    live.pipeline.shared.hold.store(false, Ordering::SeqCst);
+    live.pipeline
+        .shared
+        .flow
+        .hold
+        .store(false, Ordering::SeqCst);
     let drain_limit = Duration::from_secs(3600);
     harness::applied(&live.pipeline, last_seq, drain_limit, || {
         format!("the pipeline did not apply sequence {last_seq} within {drain_limit:?}")

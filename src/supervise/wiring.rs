@@ -1,0 +1,129 @@
+//! The parts of one running pipeline, as the wiring holds them, and the narrow context each
+//! actor and front end is given. Only `supervise` sees all of them: a shard gets what a shard
+//! uses (`ShardContext`), a store actor what it uses (`StoreContext`), and so on, so no room
+//! below reaches into another's state through a shared bag.
+
+use crate::aggregate::actor::StoreContext;
+use crate::apply::shard::ShardContext;
+use crate::config::Config;
+use crate::deadletter::DeadLetters;
+use crate::ingest::context::IngestContext;
+use crate::post::endpoint::EndpointContext;
+use crate::query::context::QueryContext;
+use crate::shared::Flow;
+use crate::shared::changes::ChangeFeed;
+use crate::shared::decisions::{ActiveReservations, Decisions};
+use crate::snapshot::context::SnapshotContext;
+use crate::telemetry::Metrics;
+use crate::view::View;
+use async_nats::jetstream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Shared {
+    /// Appended to actor names: ractor's registry is per process, and a test process may run
+    /// several pipelines.
+    pub tag: String,
+    pub config: Arc<Config>,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub metrics: Arc<Metrics>,
+    pub view: Arc<View>,
+    /// Credits, pause, stop, poisoned events (and the lab's hooks).
+    pub flow: Arc<Flow>,
+    pub decisions: Arc<Decisions>,
+    pub active: Arc<ActiveReservations>,
+    /// SKUs changed since the change feed last published.
+    pub feed: Arc<ChangeFeed>,
+    pub dead_letters: DeadLetters,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        client: async_nats::Client,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Shared> {
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let js = jetstream::new(client.clone());
+        Arc::new(Shared {
+            tag: format!("@{}", STARTED.fetch_add(1, Ordering::Relaxed)),
+            view: View::new(config.shards.count),
+            feed: Arc::new(ChangeFeed::new(config.feed.enabled)),
+            dead_letters: DeadLetters::new(js.clone(), metrics.clone()),
+            flow: Arc::new(Flow::default()),
+            decisions: Arc::new(Decisions::default()),
+            active: Arc::new(ActiveReservations::default()),
+            config,
+            client,
+            js,
+            metrics,
+        })
+    }
+
+    pub fn shard(&self) -> ShardContext {
+        ShardContext {
+            flow: self.flow.clone(),
+            metrics: self.metrics.clone(),
+            view: self.view.clone(),
+            feed: self.feed.clone(),
+            decisions: self.decisions.clone(),
+            active: self.active.clone(),
+            dead_letters: self.dead_letters.clone(),
+            reservations: self.config.reservations.clone(),
+        }
+    }
+
+    pub fn store(&self) -> StoreContext {
+        StoreContext {
+            flow: self.flow.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    pub fn ingest(&self) -> Arc<IngestContext> {
+        Arc::new(IngestContext {
+            tag: self.tag.clone(),
+            config: self.config.clone(),
+            js: self.js.clone(),
+            metrics: self.metrics.clone(),
+            flow: self.flow.clone(),
+            dead_letters: self.dead_letters.clone(),
+            store: self.store(),
+        })
+    }
+
+    pub fn endpoint(&self) -> EndpointContext {
+        EndpointContext {
+            postings: self.config.streams.postings.clone(),
+            js: self.js.clone(),
+            dead_letters: self.dead_letters.clone(),
+            metrics: self.metrics.clone(),
+            flow: self.flow.clone(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<SnapshotContext> {
+        Arc::new(SnapshotContext {
+            config: self.config.clone(),
+            js: self.js.clone(),
+            metrics: self.metrics.clone(),
+            view: self.view.clone(),
+            flow: self.flow.clone(),
+        })
+    }
+
+    pub fn query(&self) -> Arc<QueryContext> {
+        Arc::new(QueryContext {
+            config: self.config.clone(),
+            client: self.client.clone(),
+            js: self.js.clone(),
+            metrics: self.metrics.clone(),
+            view: self.view.clone(),
+            flow: self.flow.clone(),
+            decisions: self.decisions.clone(),
+            active: self.active.clone(),
+            feed: self.feed.clone(),
+        })
+    }
+}
