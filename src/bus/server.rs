@@ -294,8 +294,11 @@ pub struct NatsSource {
 /// private nats-server.
 pub async fn existing_or_private(events_stream: &str) -> Result<NatsSource, ServerError> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
-    let why = match tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url.as_str()))
-        .await
+    let why = match tokio::time::timeout(
+        Duration::from_secs(2),
+        async_nats::connect(super::servers(&url)),
+    )
+    .await
     {
         Ok(Ok(client)) => {
             let version = client.server_info().version;
