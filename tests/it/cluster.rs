@@ -238,8 +238,24 @@ async fn receipts(
     }
 }
 
+/// Whether the pipeline applied everything the events stream holds, within 30 s.
 async fn applied(pipeline: &Pipeline, js: &jetstream::Context) -> bool {
-    let end = last_seq(js, "RETAIL_EVENTS").await;
+    // The stream's last sequence, asked again while a leader is being elected.
+    let mut end = None;
+    for _ in 0..30 {
+        let last = async {
+            let mut stream = js.get_stream("RETAIL_EVENTS").await.ok()?;
+            Some(stream.info().await.ok()?.state.last_sequence)
+        };
+        if let Ok(Some(last)) = tokio::time::timeout(Duration::from_secs(2), last).await {
+            end = Some(last);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(end) = end else {
+        return false;
+    };
     pipeline
         .shared
         .view
