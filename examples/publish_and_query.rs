@@ -74,7 +74,7 @@ async fn main() -> Result<()> {
         }),
     );
 
-    let client = async_nats::connect(nats_url.as_str())
+    let client = async_nats::connect(retailflow::bus::servers(&nats_url))
         .await
         .with_context(|| format!("connecting to NATS at {nats_url}"))?;
     let jetstream = async_nats::jetstream::new(client);

@@ -177,7 +177,10 @@ async fn run(config: Option<PathBuf>) -> Result<ExitCode> {
         None => {
             let mut c = Config::default();
             if let Ok(url) = std::env::var("NATS_URL") {
-                c.nats.url = url;
+                if !url.is_empty() {
+                    c.nats.url = url;
+                    c.check()?;
+                }
             }
             c
         }
@@ -209,7 +212,7 @@ async fn publish(file: PathBuf, nats: Option<String>, system: String) -> Result<
         .unwrap_or_else(|| "127.0.0.1:4222".into());
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let client = async_nats::connect(url.as_str())
+    let client = async_nats::connect(crate::bus::servers(&url))
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let js = async_nats::jetstream::new(client);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 pub mod doc;
+pub mod nats_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,7 +62,11 @@ impl Default for Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server address; `NATS_URL` in the environment overrides it.
+    /// Server address, or several separated by commas (`"10.0.0.1:4222,10.0.0.2:4222"`), each
+    /// `[nats://|tls://]host[:port]` (credentials come from the `*_env` settings; any written
+    /// into the URL are not used). Every connection tries the listed servers until one answers,
+    /// so a start succeeds while some are down, and learns the cluster's other members from the
+    /// server. `NATS_URL` in the environment overrides it.
     pub url: String,
     /// Environment variable holding a credentials file path (optional).
     pub creds_env: String,
@@ -592,6 +597,8 @@ impl Config {
         })?;
         if let Ok(url) = std::env::var("NATS_URL") {
             if !url.is_empty() {
+                nats_url::check(&url)
+                    .map_err(|e| ConfigError::Invalid(format!("NATS_URL: {e}")))?;
                 config.nats.url = url;
             }
         }
@@ -621,6 +628,7 @@ impl Config {
                 self.feed.interval
             ));
         }
+        nats_url::check(&self.nats.url).map_err(ConfigError::Invalid)?;
         if self.nats.tls_cert.is_empty() != self.nats.tls_key.is_empty() {
             return bad("nats.tls_cert and nats.tls_key go together: set both or neither".into());
         }

@@ -34,11 +34,15 @@ pub fn nats_protocol(data: &[u8]) {
             used > 0 && used <= data.len() - at,
             "parse used {used} bytes"
         );
-        if let Op::Msg(m) = op {
-            let _ = pull::status(m.headers);
-            let _ = pull::ack_seq(m.reply);
-            let _ = crate::ingest::reader::decode_raw(m);
-            header_block(m.headers);
+        match op {
+            Op::Msg(m) => {
+                let _ = pull::status(m.headers);
+                let _ = pull::ack_seq(m.reply);
+                let _ = crate::ingest::reader::decode_raw(m);
+                header_block(m.headers);
+            }
+            Op::Info(json) => info(json),
+            _ => {}
         }
         at += used;
     }
@@ -46,6 +50,25 @@ pub fn nats_protocol(data: &[u8]) {
     header_block(data);
     let _ = pull::status(data);
     let _ = pull::ack_seq(data);
+}
+
+/// An `INFO` keeps at most `MAX_CONNECT_URLS` cluster addresses, each a plain `host:port`, and
+/// reconnecting to them tries every address once.
+fn info(json: &[u8]) {
+    let Ok(info) = pull::parse_info(json) else {
+        return;
+    };
+    assert!(info.connect_urls.len() <= pull::MAX_CONNECT_URLS);
+    for a in &info.connect_urls {
+        assert!(pull::is_plain_address(a), "kept {a:?}");
+    }
+    let mut seeds = pull::Seeds::new("127.0.0.1:4222");
+    seeds.remember_parts("127.0.0.1:4222", &info.connect_urls);
+    let order = seeds.order();
+    assert!(order.len() <= 1 + pull::MAX_CONNECT_URLS);
+    for (i, a) in order.iter().enumerate() {
+        assert!(order[..i].iter().all(|b| b.host_port != a.host_port));
+    }
 }
 
 fn header_block(h: &[u8]) {

@@ -32,7 +32,7 @@ pub fn config(url: &str) -> Config {
 pub async fn client(url: &str) -> async_nats::Client {
     let mut tries = 0;
     loop {
-        match async_nats::connect(url).await {
+        match async_nats::connect(crate::bus::servers(url)).await {
             Ok(c) => return c,
             Err(error) if tries < 50 => {
                 tries += 1;

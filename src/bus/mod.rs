@@ -95,7 +95,7 @@ pub fn secrets(cfg: &NatsConfig) -> Secrets {
     }
 }
 
-pub use nats_pull::redact;
+pub use nats_pull::{redact, servers};
 
 /// The connect options for `cfg`: credentials from the environment, TLS from the file.
 pub async fn options(cfg: &NatsConfig, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
@@ -106,7 +106,7 @@ pub async fn options(cfg: &NatsConfig, name: &str) -> Result<async_nats::Connect
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
-        .connection_timeout(std::time::Duration::from_secs(5));
+        .connection_timeout(CONNECT_TIMEOUT);
     let secrets = secrets(cfg);
     if let Some(path) = secrets.creds_file {
         opts = opts
@@ -135,23 +135,47 @@ pub async fn options(cfg: &NatsConfig, name: &str) -> Result<async_nats::Connect
     Ok(opts)
 }
 
-/// Connects and refuses servers older than the configured minimum.
+/// Connects to the first server of `nats.url` that answers and refuses servers older than the
+/// configured minimum.
+///
+/// `nats.url` may list several servers. async-nats tries them all in one pass (shuffled, as
+/// it does on every reconnect), so a start succeeds while some are down; once connected it
+/// also knows the cluster's other members from the server's `INFO`, and reconnects to any
+/// live one.
 pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, BusError> {
     let url = redact(&cfg.url);
-    let connect = options(cfg, name).await?.connect(cfg.url.as_str());
-    let client = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+    let list = servers(&cfg.url);
+    if list.is_empty() {
+        return Err(BusError::Connect {
+            url,
+            message: "nats.url names no server".into(),
+        });
+    }
+    // Each server may take up to the connection timeout (5 s) before the next is tried.
+    let limit = CONNECT_TIMEOUT * u32::try_from(list.len()).unwrap_or(u32::MAX).max(1)
+        + std::time::Duration::from_secs(5);
+    let several = list.len() > 1;
+    let connect = options(cfg, name).await?.connect(list);
+    let client = tokio::time::timeout(limit, connect)
         .await
         .map_err(|_| BusError::Connect {
             url: url.clone(),
-            message: "no answer within 10 s".into(),
+            message: format!("no answer within {limit:?}"),
         })?
         .map_err(|e| BusError::Connect {
             url: url.clone(),
-            message: e.to_string(),
+            message: if several {
+                format!("none of the servers answered; the last error: {e}")
+            } else {
+                e.to_string()
+            },
         })?;
     check_version(&client, &url, &cfg.min_server_version)?;
     Ok(client)
 }
+
+/// How long one server may take to answer a connection attempt.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn check_version(
     client: &async_nats::Client,
@@ -212,5 +236,32 @@ mod tests {
         let error = connect(&cfg, "test").await.unwrap_err().to_string();
         assert!(!error.contains("hunter2"), "{error}");
         assert!(error.contains("ingest:***@127.0.0.1:1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn when_no_server_of_the_list_answers_the_error_names_the_list() {
+        let cfg = NatsConfig {
+            // Nothing listens on ports 1 and 2.
+            url: "nats://ingest:hunter2@127.0.0.1:1, 127.0.0.1:2".into(),
+            ..NatsConfig::default()
+        };
+        let started = std::time::Instant::now();
+        let error = connect(&cfg, "test").await.unwrap_err().to_string();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "one pass"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(
+            error.contains("ingest:***@127.0.0.1:1, 127.0.0.1:2"),
+            "{error}"
+        );
+        assert!(error.contains("none of the servers answered"), "{error}");
+        let none = NatsConfig {
+            url: " , ".into(),
+            ..NatsConfig::default()
+        };
+        let error = connect(&none, "test").await.unwrap_err().to_string();
+        assert!(error.contains("names no server"), "{error}");
     }
 }

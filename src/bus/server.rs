@@ -1,5 +1,9 @@
 //! A private nats-server with JetStream: started on a free loopback port with its own store
-//! directory, killed when dropped. Used by `demo`, `scenario run` and the tests.
+//! directory, killed when dropped. Used by `demo`, `scenario run` and the tests; a 3-node
+//! cluster of them for the failover tests ([`NatsCluster`]).
+
+mod cluster;
+pub use cluster::{CLUSTER_NAME, NatsCluster};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -151,6 +155,11 @@ impl NatsServer {
 
     /// As [`NatsServer::start`], with extra command-line arguments (e.g. `-c nats/file.conf`).
     pub fn start_with(extra_args: &[&str]) -> Result<NatsServer, ServerError> {
+        Self::start_on(free_port(), extra_args)
+    }
+
+    /// As [`NatsServer::start_with`], on client port `port`.
+    fn start_on(port: u16, extra_args: &[&str]) -> Result<NatsServer, ServerError> {
         let binary = find_binary()?;
         let tmp = tempfile::Builder::new()
             .prefix("retailflow-nats-")
@@ -163,7 +172,7 @@ impl NatsServer {
         let log = tmp.path().join("nats-server.log");
         let mut server = NatsServer {
             binary,
-            port: free_port(),
+            port,
             store,
             _tmp: Some(tmp),
             child: None,
@@ -267,6 +276,32 @@ impl NatsServer {
         }
     }
 
+    /// Lame duck mode (`--signal ldm`): the server hands its Raft leaderships to others,
+    /// stops JetStream, tells its clients (an `INFO` with `ldm`), waits a grace period, closes
+    /// them over the next minutes and exits. What a graceful restart of a node looks like.
+    pub fn lame_duck(&self) -> Result<(), ServerError> {
+        let failed = |message: String| ServerError::Start {
+            binary: self.binary.display().to_string(),
+            message,
+        };
+        let pid = self
+            .child
+            .as_ref()
+            .ok_or_else(|| failed("the server is not running".into()))?
+            .id();
+        let status = Command::new(&self.binary)
+            .args(["--signal", &format!("ldm={pid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| failed(format!("--signal ldm: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(failed(format!("--signal ldm={pid}: {status}")))
+        }
+    }
+
     /// Starts the server again on the same port and store directory.
     pub fn restart(&mut self) -> Result<(), ServerError> {
         self.kill();
@@ -294,8 +329,11 @@ pub struct NatsSource {
 /// private nats-server.
 pub async fn existing_or_private(events_stream: &str) -> Result<NatsSource, ServerError> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
-    let why = match tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url.as_str()))
-        .await
+    let why = match tokio::time::timeout(
+        Duration::from_secs(2),
+        async_nats::connect(super::servers(&url)),
+    )
+    .await
     {
         Ok(Ok(client)) => {
             let version = client.server_info().version;

@@ -203,20 +203,28 @@ async fn consumer(ctx: &IngestContext, from: u64) -> Result<consumer::PullConsum
         .get_stream(name)
         .await
         .map_err(|e| format!("events stream {name}: {e}"))?;
-    stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from.max(1),
-            },
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            memory_storage: true,
-            description: Some("retailflow ingest (ephemeral, the snapshot is the offset)".into()),
-            ..Default::default()
-        })
+    let create = stream.create_consumer(consumer::pull::Config {
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: from.max(1),
+        },
+        ack_policy: consumer::AckPolicy::None,
+        inactive_threshold: Duration::from_secs(60),
+        memory_storage: true,
+        description: Some("retailflow ingest (ephemeral, the snapshot is the offset)".into()),
+        ..Default::default()
+    });
+    tokio::time::timeout(CREATE_CONSUMER_WITHIN, create)
         .await
+        .map_err(|_| {
+            format!("creating the ingest consumer: no answer within {CREATE_CONSUMER_WITHIN:?}")
+        })?
         .map_err(|e| format!("creating the ingest consumer: {e}"))
 }
+
+/// How long a consumer create may take before it is asked again. In a cluster the request
+/// goes to the JetStream meta leader; one lost with a crashed leader is never answered, and
+/// waiting out the client's own timeout added seconds to every failover.
+const CREATE_CONSUMER_WITHIN: Duration = Duration::from_secs(3);
 
 impl Reader {
     /// Starts reading at stream sequence `from`.
@@ -242,6 +250,8 @@ enum End {
 async fn run(ctx: Arc<IngestContext>, mut from: u64, tx: mpsc::Sender<Batch>) -> Option<String> {
     let mut kind = ctx.config.ingest.reader;
     let mut auth_failures = 0u32;
+    // The direct reader's addresses: `nats.url` plus what the cluster announced.
+    let mut seeds = pull::Seeds::new(&ctx.config.nats.url);
     loop {
         let consumer = match consumer(&ctx, from).await {
             Ok(c) => c,
@@ -252,7 +262,7 @@ async fn run(ctx: Arc<IngestContext>, mut from: u64, tx: mpsc::Sender<Batch>) ->
             }
         };
         let end = match kind {
-            ReaderKind::Direct => read_direct(&ctx, &consumer, &mut from, &tx).await,
+            ReaderKind::Direct => read_direct(&ctx, &consumer, &mut from, &tx, &mut seeds).await,
             ReaderKind::AsyncNats => read_async_nats(&ctx, &consumer, &mut from, &tx).await,
         };
         if !matches!(end, End::Auth(_)) {
@@ -309,6 +319,7 @@ async fn read_direct(
     consumer: &consumer::PullConsumer,
     from: &mut u64,
     tx: &mpsc::Sender<Batch>,
+    seeds: &mut pull::Seeds,
 ) -> End {
     let batch = ctx.config.ingest.batch.max(1);
     let opts = PullOptions {
@@ -328,7 +339,7 @@ async fn read_direct(
         return End::Unsupported("TLS (nats.tls_*)".into());
     }
     let name = consumer.cached_info().name.clone();
-    let (url, stream) = (&ctx.config.nats.url, &ctx.config.streams.events);
+    let stream = &ctx.config.streams.events;
     let credentials = pull::Credentials {
         token: secrets.token.as_deref(),
         user_password: secrets
@@ -336,13 +347,14 @@ async fn read_direct(
             .as_ref()
             .map(|(u, p)| (u.as_str(), p.as_str())),
     };
-    let mut pull = match Pull::open_with(url, credentials, stream, &name, &opts).await {
+    let mut pull = match Pull::open_from(&seeds.order(), credentials, stream, &name, &opts).await {
         Ok(p) => p,
         Err(PullError::Unsupported(what)) => return End::Unsupported(what),
         Err(PullError::Server(e)) if pull::is_auth_error(&e) => return End::Auth(e),
         Err(e) => return End::Again(e.to_string()),
     };
-    tracing::info!(from = *from, reader = "direct", "ingest consumer started");
+    let server = pull.address().to_string();
+    tracing::info!(from = *from, reader = "direct", %server, "ingest consumer started");
     let m = ctx.metrics.clone();
     loop {
         let mut decoded: Batch = Vec::with_capacity(batch);
@@ -360,6 +372,7 @@ async fn read_direct(
             if matches!(e, PullError::Protocol(_)) {
                 m.nats_protocol_errors.fetch_add(1, Relaxed);
             }
+            seeds.remember(&pull);
             return End::Again(e.to_string());
         }
         m.ingest_wait_messages_us

@@ -3,6 +3,7 @@
 
 mod api;
 mod api_boundary;
+mod cluster;
 mod config_doc;
 mod dead_letters;
 mod direct_pull;

@@ -1,6 +1,7 @@
 //! The connection: connect and authenticate, subscribe, keep pull requests topped up, hand
 //! each batch to the caller.
 
+use crate::info::parse_info;
 use crate::proto::{Op, Raw, header, number, parse, status};
 use crate::{Address, PullError, addresses, redact};
 use std::time::Duration;
@@ -20,15 +21,6 @@ pub struct PullOptions {
     pub name: String,
 }
 
-/// What the server's `INFO` says that matters here.
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Info {
-    tls_required: bool,
-    headers: bool,
-    version: String,
-}
-
 /// Read buffer to start with; it grows for a message larger than itself. Large enough for
 /// one read to carry a few hundred events.
 const BUFFER: usize = 1 << 20;
@@ -46,6 +38,12 @@ pub struct Pull {
     outstanding: u64,
     stall: Duration,
     pong_due: bool,
+    /// The `host:port` this connection uses.
+    address: String,
+    /// The cluster's client addresses from the latest `INFO` that named any.
+    connect_urls: Vec<String>,
+    /// The server announced lame duck mode: it will close this connection soon.
+    lame_duck: bool,
 }
 
 /// What the reader can present in `CONNECT`. Never printed.
@@ -89,18 +87,42 @@ impl Pull {
         consumer: &str,
         opts: &PullOptions,
     ) -> Result<Pull, PullError> {
-        let mut last = PullError::Connect {
-            url: redact(url),
-            message: "no address".into(),
+        Self::open_from(&addresses(url), credentials, stream, consumer, opts)
+            .await
+            .map_err(|e| match e {
+                PullError::Connect { message, .. } => PullError::Connect {
+                    url: redact(url),
+                    message,
+                },
+                other => other,
+            })
+    }
+
+    /// [`open_with`](Self::open_with) on addresses given one by one, tried in their order
+    /// (see [`Seeds`](crate::Seeds) for the order after a lost connection).
+    pub async fn open_from(
+        addresses: &[Address],
+        credentials: Credentials<'_>,
+        stream: &str,
+        consumer: &str,
+        opts: &PullOptions,
+    ) -> Result<Pull, PullError> {
+        let list = || {
+            addresses
+                .iter()
+                .map(|a| a.host_port.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        for address in addresses(url) {
+        let mut last = None;
+        for address in addresses {
             if address.tls {
                 return Err(PullError::Unsupported(format!(
                     "TLS ({})",
                     address.host_port
                 )));
             }
-            match Self::connect(&address, credentials, opts).await {
+            match Self::connect(address, credentials, opts).await {
                 Ok(mut pull) => {
                     pull.start(stream, consumer, opts).await?;
                     return Ok(pull);
@@ -110,10 +132,47 @@ impl Pull {
                 Err(PullError::Server(e)) if is_auth_error(&e) => {
                     return Err(PullError::Server(e));
                 }
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        Err(match last {
+            None => PullError::Connect {
+                url: list(),
+                message: "no address".into(),
+            },
+            Some(e) if addresses.len() == 1 => e,
+            Some(e) => PullError::Connect {
+                url: list(),
+                message: format!("no server answered; the last said: {e}"),
+            },
+        })
+    }
+
+    /// The `host:port` this connection uses.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The cluster's client addresses (`host:port`) from the latest `INFO` that named any;
+    /// at most [`MAX_CONNECT_URLS`](crate::MAX_CONNECT_URLS), each checked.
+    pub fn connect_urls(&self) -> &[String] {
+        &self.connect_urls
+    }
+
+    /// Whether the server announced lame duck mode (it closes this connection soon).
+    pub fn lame_duck(&self) -> bool {
+        self.lame_duck
+    }
+
+    /// Notes what an `INFO` after the greeting says. One that did not parse (`None`) changes
+    /// nothing: the connection itself still works.
+    fn learn(&mut self, info: Option<crate::Info>) {
+        if let Some(info) = info {
+            if !info.connect_urls.is_empty() {
+                self.connect_urls = info.connect_urls;
+            }
+            self.lame_duck |= info.ldm;
+        }
     }
 
     async fn connect(
@@ -144,6 +203,9 @@ impl Pull {
             outstanding: 0,
             stall: opts.heartbeat * 2 + Duration::from_secs(1),
             pong_due: false,
+            address: address.host_port.clone(),
+            connect_urls: Vec::new(),
+            lame_duck: false,
         };
         let info = tokio::time::timeout(Duration::from_secs(5), pull.greeting())
             .await
@@ -160,6 +222,8 @@ impl Pull {
                 info.version
             )));
         }
+        pull.connect_urls = info.connect_urls;
+        pull.lame_duck = info.ldm;
         let mut connect = serde_json::json!({
             "verbose": false,
             "pedantic": false,
@@ -189,12 +253,11 @@ impl Pull {
         Ok(pull)
     }
 
-    async fn greeting(&mut self) -> Result<Info, PullError> {
+    async fn greeting(&mut self) -> Result<crate::Info, PullError> {
         loop {
             if let Some((op, used)) = parse(&self.buf[self.head..self.tail])? {
                 let info = match op {
-                    Op::Info(json) => serde_json::from_slice::<Info>(json)
-                        .map_err(|e| PullError::Protocol(format!("INFO: {e}")))?,
+                    Op::Info(json) => parse_info(json)?,
                     other => {
                         return Err(PullError::Protocol(format!("expected INFO, got {other:?}")));
                     }
@@ -209,13 +272,15 @@ impl Pull {
     async fn until_pong(&mut self) -> Result<(), PullError> {
         loop {
             while let Some((op, used)) = parse(&self.buf[self.head..self.tail])? {
-                let done = match op {
-                    Op::Pong => true,
+                let (done, info) = match op {
+                    Op::Pong => (true, None),
                     Op::Err(e) => {
                         return Err(PullError::Server(String::from_utf8_lossy(e).into_owned()));
                     }
-                    _ => false,
+                    Op::Info(json) => (false, parse_info(json).ok()),
+                    _ => (false, None),
                 };
+                self.learn(info);
                 self.head += used;
                 if done {
                     return Ok(());
@@ -300,17 +365,25 @@ impl Pull {
 
     /// Waits for at least one message, then passes every message already received, up to
     /// `max`, to `each`, in stream order. Returns how many it passed.
+    ///
+    /// Once the server announced lame duck mode, the messages already parsed are still
+    /// returned, and then [`PullError::LameDuck`]: the caller moves to another server before
+    /// this one closes the connection.
     pub async fn next_batch<F>(&mut self, max: usize, mut each: F) -> Result<usize, PullError>
     where
         F: FnMut(Raw<'_>),
     {
         let mut n = 0;
         loop {
+            if self.lame_duck && n == 0 {
+                return Err(PullError::LameDuck(self.address.clone()));
+            }
             while n < max {
                 let Some((op, used)) = parse(&self.buf[self.head..self.tail])? else {
                     break;
                 };
                 let mut cancelled = 0;
+                let mut info = None;
                 match op {
                     Op::Msg(m) if m.sid == self.sid => match status(m.headers) {
                         None => {
@@ -322,11 +395,15 @@ impl Pull {
                             cancelled = self.on_status(code, description, m.headers)?;
                         }
                     },
-                    Op::Msg(_) | Op::Pong | Op::Ok | Op::Info(_) => {}
+                    Op::Info(json) => info = Some(parse_info(json).ok()),
+                    Op::Msg(_) | Op::Pong | Op::Ok => {}
                     Op::Ping => self.pong_due = true,
                     Op::Err(e) => {
                         return Err(PullError::Server(String::from_utf8_lossy(e).into_owned()));
                     }
+                }
+                if let Some(info) = info {
+                    self.learn(info);
                 }
                 self.head += used;
                 self.outstanding = self.outstanding.saturating_sub(cancelled);

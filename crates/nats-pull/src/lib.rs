@@ -16,16 +16,25 @@
 //! instead. It does not reconnect: an error ends the subscription and the caller opens a new
 //! consumer after the last sequence it received.
 //!
+//! In a cluster it learns the members' client addresses from every `INFO` (`info`, bounded
+//! and checked), and [`Seeds`] turns the configured and the learned addresses into the order
+//! for the next connection, starting after the one that just ended. A server in lame duck
+//! mode ends the subscription with [`PullError::LameDuck`] before it closes the connection.
+//!
 //! Pull requests keep between one and two batches asked for: after the caller takes a batch,
 //! another is requested, so the server always has a request to fill while the caller decodes.
 
 mod conn;
+mod info;
 mod proto;
+mod seeds;
 #[cfg(test)]
 mod tests;
 
 pub use conn::*;
+pub use info::*;
 pub use proto::*;
+pub use seeds::*;
 
 use std::time::Duration;
 
@@ -49,6 +58,9 @@ pub enum PullError {
     Stalled(Duration),
     #[error("the server closed the connection")]
     Closed,
+    /// The server is shutting down gracefully (lame duck mode); reconnect elsewhere.
+    #[error("the server at {0} is shutting down (lame duck mode)")]
+    LameDuck(String),
 }
 
 /// One server address from `nats.url`: a comma-separated list, each
@@ -60,10 +72,19 @@ pub struct Address {
     pub tls: bool,
 }
 
-pub fn addresses(url: &str) -> Vec<Address> {
+/// The entries of a comma-separated server list, trimmed, empty ones left out: what every
+/// connection is given (async-nats takes them as a `Vec<&str>`; one pass of its connect tries
+/// each in turn).
+pub fn servers(url: &str) -> Vec<&str> {
     url.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .collect()
+}
+
+pub fn addresses(url: &str) -> Vec<Address> {
+    servers(url)
+        .into_iter()
         .map(|s| {
             let (scheme, rest) = match s.split_once("://") {
                 Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),

@@ -257,3 +257,110 @@ fn anything_else_is_no_position() {
         assert_eq!(ack_seq(bad.as_bytes()), None, "{bad}");
     }
 }
+
+#[test]
+fn info_names_the_cluster_and_lame_duck_mode() {
+    let json = br#"{"server_id":"NA","server_name":"n1","version":"2.14.6","proto":1,"headers":true,"max_payload":1048576,"jetstream":true,"cluster":"retailflow","connect_urls":["127.0.0.1:4331","127.0.0.1:4332","[::1]:4333"],"ldm":true,"connect_info":true}"#;
+    let info = parse_info(json).expect("parses");
+    assert!(info.headers && info.ldm && !info.tls_required);
+    assert_eq!(info.version, "2.14.6");
+    assert_eq!(
+        info.connect_urls,
+        vec!["127.0.0.1:4331", "127.0.0.1:4332", "[::1]:4333"]
+    );
+    // A single server omits the list; null counts as none.
+    let plain = parse_info(br#"{"headers":true}"#).expect("parses");
+    assert!(plain.connect_urls.is_empty() && !plain.ldm);
+    let null = parse_info(br#"{"connect_urls":null}"#).expect("parses");
+    assert!(null.connect_urls.is_empty());
+}
+
+#[test]
+fn hostile_connect_urls_are_skipped_not_kept() {
+    let long = format!("{}:4222", "a".repeat(MAX_ADDRESS_LEN));
+    let json = serde_json::json!({
+        "headers": true,
+        "connect_urls": [
+            "ok.example:4222",
+            long,
+            "h:0",
+            "h:65536",
+            "h:12x",
+            "nats://h:4222",
+            "user:pw@h:4222",
+            "a,b:4222",
+            "h 1:4222",
+            ":4222",
+            "h:",
+            "[]:4222",
+            "[::1:4222",
+            "h\u{0}:4222",
+            "caf\u{e9}:4222",
+            42,
+            true,
+            null,
+            ["nested:4222"],
+            {"host": "x:4222"},
+            "ok.example:4222",
+            "10.0.0.2:4222",
+            "[fe80::1%eth0]:4222",
+        ],
+    });
+    let info = parse_info(json.to_string().as_bytes()).expect("parses");
+    assert_eq!(
+        info.connect_urls,
+        vec!["ok.example:4222", "10.0.0.2:4222", "[fe80::1%eth0]:4222"]
+    );
+}
+
+#[test]
+fn an_oversized_connect_urls_list_keeps_only_the_first_ones() {
+    let many: Vec<String> = (0..10_000)
+        .map(|i| format!("10.0.{}.{}:4222", i / 250, i % 250))
+        .collect();
+    let json = serde_json::json!({ "connect_urls": many, "ldm": true });
+    let info = parse_info(json.to_string().as_bytes()).expect("parses");
+    assert_eq!(info.connect_urls.len(), MAX_CONNECT_URLS);
+    assert_eq!(info.connect_urls[0], "10.0.0.0:4222");
+    // The fields after the list are still read.
+    assert!(info.ldm);
+    // Wrong types elsewhere are an error, not a panic.
+    assert!(parse_info(br#"{"connect_urls":"h:1"}"#).is_err());
+    assert!(parse_info(br#"{"ldm":"yes"}"#).is_err());
+    assert!(parse_info(b"{").is_err());
+}
+
+#[test]
+fn reconnects_start_after_the_address_that_failed_and_try_each_once() {
+    let mut seeds = Seeds::new("127.0.0.1:1, nats://u:p@127.0.0.1:4331,127.0.0.1:4332");
+    let order = |s: &Seeds| -> Vec<String> { s.order().into_iter().map(|a| a.host_port).collect() };
+    assert_eq!(
+        order(&seeds),
+        vec!["127.0.0.1:1", "127.0.0.1:4331", "127.0.0.1:4332"]
+    );
+    let cluster: Vec<String> = ["127.0.0.1:4331", "127.0.0.1:4332", "127.0.0.1:4333"]
+        .map(String::from)
+        .to_vec();
+    seeds.remember_parts("127.0.0.1:4331", &cluster);
+    assert_eq!(
+        order(&seeds),
+        vec![
+            "127.0.0.1:4332",
+            "127.0.0.1:4333",
+            "127.0.0.1:1",
+            "127.0.0.1:4331"
+        ]
+    );
+    // A server that knows no peers yet does not make the reader forget them.
+    seeds.remember_parts("127.0.0.1:4333", &[]);
+    assert_eq!(seeds.learned(), &cluster[..]);
+    assert_eq!(
+        order(&seeds),
+        vec![
+            "127.0.0.1:1",
+            "127.0.0.1:4331",
+            "127.0.0.1:4332",
+            "127.0.0.1:4333"
+        ]
+    );
+}

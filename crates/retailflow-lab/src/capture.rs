@@ -111,7 +111,7 @@ pub fn parse_speed(s: &str) -> Result<Option<f64>> {
 
 pub async fn capture(args: CaptureArgs) -> Result<ExitCode> {
     let url = nats_url(&args.nats);
-    let client = async_nats::connect(url.as_str())
+    let client = async_nats::connect(retailflow::bus::servers(&url))
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let js = jetstream::new(client);
@@ -261,7 +261,7 @@ pub async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let speed = parse_speed(&args.speed)?;
     let (header, records) = read(&args.file)?;
     let url = nats_url(&args.nats);
-    let client = async_nats::connect(url.as_str())
+    let client = async_nats::connect(retailflow::bus::servers(&url))
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let js = jetstream::ContextBuilder::new()

@@ -462,7 +462,7 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
     let http = reqwest::Client::new();
     first_healthy(&http, &base, &opts.out).await?;
 
-    let client = async_nats::connect(stage.bus.url.as_str())
+    let client = async_nats::connect(retailflow::bus::servers(&stage.bus.url))
         .await
         .map_err(setup("NATS"))?;
     let nats_version = client.server_info().version;

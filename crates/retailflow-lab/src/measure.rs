@@ -144,7 +144,7 @@ pub fn query_load_thread(
                 }
             };
             rt.block_on(async move {
-                match async_nats::connect(nats_url.as_str()).await {
+                match async_nats::connect(retailflow::bus::servers(&nats_url)).await {
                     Ok(nats) => query_load(http_base, nats, targets, load, rec, stop).await,
                     Err(error) => tracing::error!(%error, "query load cannot reach NATS"),
                 }

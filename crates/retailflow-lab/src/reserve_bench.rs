@@ -443,7 +443,7 @@ async fn retailflow_side(
     let pipeline = harness::start_pipeline(cfg).await?;
     let base = format!("{}/v1/reservations", harness::http_base(&pipeline)?);
     // Setting up; the load itself comes from the load generator's own connections.
-    let setup = async_nats::connect(url).await?;
+    let setup = async_nats::connect(retailflow::bus::servers(url)).await?;
     let version = setup.server_info().version;
     let js = async_nats::jetstream::new(setup.clone());
     // Opening stock, 500 SKUs per receipt.
@@ -529,7 +529,7 @@ async fn retailflow_load(
     let mut clients = Vec::new();
     let mut https = Vec::new();
     for _ in 0..connections {
-        clients.push(async_nats::connect(url.as_str()).await?);
+        clients.push(async_nats::connect(retailflow::bus::servers(&url)).await?);
         https.push(reqwest::Client::new());
     }
     let started = Instant::now();

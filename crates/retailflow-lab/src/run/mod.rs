@@ -79,7 +79,7 @@ pub async fn run(spec: &Scenario, opts: &RunOptions) -> Result<Report, RunError>
     let stage = Stage::start(spec, opts.smoke, opts.nats.as_deref()).await?;
     let live = Live::start(&stage).await?;
     // Producers and queries get their own connection, as they would in production.
-    let load_client = async_nats::connect(stage.bus.url.as_str())
+    let load_client = async_nats::connect(retailflow::bus::servers(&stage.bus.url))
         .await
         .map_err(setup("NATS (load)"))?;
     // Setup: master data and opening stock, applied before anything is measured.
