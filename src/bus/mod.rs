@@ -2,6 +2,7 @@
 //! private nats-server for the demo, scenarios and tests.
 
 pub use nats_pull as pull;
+pub mod lease;
 #[cfg(feature = "lab")]
 pub mod server;
 pub mod streams;

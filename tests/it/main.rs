@@ -11,6 +11,7 @@ mod erp_faults;
 mod feed;
 mod hostile_headers;
 mod hostile_input;
+mod lease;
 mod ledger_model;
 mod nats_auth;
 mod pipeline_atp;
