@@ -13,10 +13,11 @@ use super::{Config, ErpEndpointConfig};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// The files whose structs the walk can descend into: the configuration itself and the ERP
-/// rate limit it embeds.
-const SOURCES: [&str; 2] = [
+/// The files whose structs the walk can descend into: the configuration itself, its leader
+/// section and the ERP rate limit it embeds.
+const SOURCES: [&str; 3] = [
     include_str!("../config.rs"),
+    include_str!("leader.rs"),
     include_str!("../post/ratelimit.rs"),
 ];
 
