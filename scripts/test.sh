@@ -10,6 +10,9 @@ cargo fmt --check
 scripts/check-layers.sh
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace
+# The three-node cluster with two replicas and the ERP simulator, from the binaries just built:
+# one leads, both answer, and the other takes over when the leader is killed.
+scripts/cluster.sh --check --no-build
 # Fuzz smoke: every target for a few seconds on nightly with the committed corpus (the long
 # runs are `scripts/fuzz.sh 600`). cargo-fuzz comes from crates.io when it is missing.
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

@@ -7,9 +7,12 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 pub mod doc;
+pub mod leader;
 pub mod nats_url;
 mod sources;
 pub use sources::SourceConfig;
+
+pub use leader::LeaderConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +41,7 @@ pub struct Config {
     pub reservations: ReservationConfig,
     pub supervision: SupervisionConfig,
     pub runtime: RuntimeConfig,
+    pub leader: LeaderConfig,
     /// ERP endpoints postings are delivered to.
     pub erp: Vec<ErpEndpointConfig>,
 }
@@ -56,6 +60,7 @@ impl Default for Config {
             reservations: ReservationConfig::default(),
             supervision: SupervisionConfig::default(),
             runtime: RuntimeConfig::default(),
+            leader: LeaderConfig::default(),
             erp: vec![ErpEndpointConfig::default()],
         }
     }
@@ -311,7 +316,8 @@ pub struct SnapshotConfig {
     pub enabled: bool,
     /// While snapshots fail: posting documents formed but not released above which ingest
     /// pauses, as for an ERP backlog, until the failed snapshot (retried every `interval`, at
-    /// most 5 s apart) is written (`retailflow_snapshot_pending_postings`).
+    /// most 5 s apart) is written (`retailflow_snapshot_pending_postings`). On a follower
+    /// replica: documents held until the leader releases them, with the same pause.
     pub max_pending_postings: u64,
     /// `/healthz` answers 503 `failing` when snapshots have failed for this long.
     #[serde(with = "duration")]
@@ -636,6 +642,7 @@ impl Config {
             ));
         }
         nats_url::check(&self.nats.url).map_err(ConfigError::Invalid)?;
+        self.leader.check().map_err(ConfigError::Invalid)?;
         if self.nats.tls_cert.is_empty() != self.nats.tls_key.is_empty() {
             return bad("nats.tls_cert and nats.tls_key go together: set both or neither".into());
         }

@@ -222,3 +222,49 @@ pub fn assert_server_config_valid(relative: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A card sale of one line on 2026-11-27 in EUR, taxed 20% (`VAT20`, rounded down).
+pub fn card_sale(store: &str, sku: &str, qty: i64, price: i64) -> Event {
+    let tax = qty * price / 5;
+    Event::Sale(Sale {
+        location: store.into(),
+        business_day: BusinessDay::parse("2026-11-27").expect("a valid day"),
+        currency: Currency::parse("EUR").expect("a valid currency"),
+        lines: vec![ItemLine {
+            sku: sku.into(),
+            qty,
+            unit_price: price,
+            discount: 0,
+            tax_code: "VAT20".into(),
+            taxes: vec![TaxLine {
+                code: "VAT20".into(),
+                amount: tax,
+            }],
+            restock: None,
+        }],
+        tenders: vec![Tender {
+            kind: "card".into(),
+            amount: qty * price + tax,
+        }],
+    })
+}
+
+/// An ERP endpoint named `erp` at `url` that tests can drive hard: 200 requests per 2 s, 8 at
+/// once, quick retries.
+pub fn erp_endpoint(url: String) -> crate::config::ErpEndpointConfig {
+    crate::config::ErpEndpointConfig {
+        name: "erp".into(),
+        url,
+        rate: crate::post::ratelimit::RateLimit {
+            requests: 200,
+            window: Duration::from_secs(2),
+            burst: Some(20),
+        },
+        max_concurrent: 8,
+        retry: crate::config::RetryConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        ..Default::default()
+    }
+}

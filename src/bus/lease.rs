@@ -15,6 +15,10 @@
 //! twice (deterministic message ids and idempotency keys); the lease keeps duplicates rare, not
 //! impossible. The revision that won the lease is its term, a fencing token that grows with
 //! every change of leader.
+//!
+//! A replica restarted under its old name (after a crash, say) finds its own name in the key
+//! and takes the lease back on its first round, instead of waiting for it to run out: the
+//! process that wrote it is gone, or is about to learn on its next renewal that it lost.
 
 use super::BusError;
 use async_nats::jetstream::{self, kv};
@@ -65,6 +69,8 @@ pub struct Lease {
     me: String,
     lease: Duration,
     held: Option<Held>,
+    /// No round played yet: a lease held under this replica's own name is taken back.
+    first: bool,
 }
 
 impl Lease {
@@ -108,6 +114,7 @@ impl Lease {
             me: cfg.instance.clone(),
             lease: cfg.lease,
             held: None,
+            first: true,
         })
     }
 
@@ -120,6 +127,7 @@ impl Lease {
     /// One round: a leader renews, a follower tries to take the lease. Never waits longer than
     /// the leader's remaining time or one interval, whichever is shorter.
     pub async fn round(&mut self) -> Role {
+        let first = std::mem::replace(&mut self.first, false);
         let sent = Instant::now();
         let value = bytes::Bytes::from(self.me.clone());
         match self.held.take() {
@@ -175,6 +183,11 @@ impl Lease {
                         Role::Leader { term: revision }
                     }
                     Ok(Err(error)) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        if first {
+                            if let Some(role) = self.reclaim(sent).await {
+                                return role;
+                            }
+                        }
                         self.follower().await
                     }
                     Ok(Err(error)) => {
@@ -199,6 +212,30 @@ impl Lease {
                 tracing::debug!(key = %self.key, %error, "leader lease not given up; it runs out");
             }
         }
+    }
+
+    /// Takes the lease back when the key holds this replica's own name.
+    async fn reclaim(&mut self, sent: Instant) -> Option<Role> {
+        let entry = tokio::time::timeout(self.interval(), self.kv.entry(self.key.clone()))
+            .await
+            .ok()?
+            .ok()??;
+        if entry.value.as_ref() != self.me.as_bytes() {
+            return None;
+        }
+        let value = bytes::Bytes::from(self.me.clone());
+        let update = self.kv.update(&self.key, value, entry.revision);
+        let revision = tokio::time::timeout(self.interval(), update)
+            .await
+            .ok()?
+            .ok()?;
+        self.held = Some(Held {
+            revision,
+            term: revision,
+            until: sent + self.counted(),
+        });
+        tracing::info!(key = %self.key, term = revision, instance = %self.me, "leader lease taken back after a restart");
+        Some(Role::Leader { term: revision })
     }
 
     /// The part of a lease the holder counts on after sending a renewal.

@@ -13,7 +13,7 @@ use crate::domain::subject;
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
 
-fn storage(s: Storage) -> stream::StorageType {
+pub fn storage(s: Storage) -> stream::StorageType {
     match s {
         Storage::File => stream::StorageType::File,
         Storage::Memory => stream::StorageType::Memory,

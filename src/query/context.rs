@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::shared::Flow;
 use crate::shared::changes::ChangeFeed;
 use crate::shared::decisions::{ActiveReservations, Decisions};
+use crate::shared::leader::Leadership;
 use crate::telemetry::Metrics;
 use crate::view::View;
 use async_nats::jetstream;
@@ -22,4 +23,6 @@ pub struct QueryContext {
     pub decisions: Arc<Decisions>,
     pub active: Arc<ActiveReservations>,
     pub feed: Arc<ChangeFeed>,
+    /// Reservation expiry and the change feed are the leader's.
+    pub leader: Arc<Leadership>,
 }

@@ -7,8 +7,9 @@
 //! subscriber that misses one is corrected by the next change of that position.
 //!
 //! The feed is core NATS (at most once). When every cached answer may be stale — the view was
-//! rebuilt after a start or restart, or a channel definition changed — the task publishes one
-//! message on `retail.v1.atp.reset` instead, and caches drop what they hold.
+//! rebuilt after a start or restart, a channel definition changed, or this replica just took
+//! over as leader (its predecessor's last window may be lost) — the task publishes one message
+//! on `retail.v1.atp.reset` instead, and caches drop what they hold. Only the leader publishes.
 
 use super::context::QueryContext;
 use super::model::{
@@ -167,6 +168,7 @@ pub async fn run(ctx: Arc<QueryContext>) {
     let cfg = &ctx.config.feed;
     let mut window = cfg.interval;
     let mut epoch = 0;
+    let mut led = ctx.leader.leads();
     loop {
         tokio::time::sleep(window).await;
         window = cfg.interval;
@@ -177,10 +179,20 @@ pub async fn run(ctx: Arc<QueryContext>) {
         if !view.is_ready() {
             continue;
         }
+        if !ctx.leader.leads() {
+            // The leader publishes; what changed here is dropped, not kept for later.
+            led = false;
+            drop(feed.take());
+            continue;
+        }
         let now_epoch = view.ready_epoch();
         let channels = feed.channels_changed.swap(false, Ordering::AcqRel);
-        if now_epoch != epoch || channels {
-            let reason = if now_epoch != epoch {
+        // A new leader cannot know what its predecessor published last: caches start over.
+        let took_over = !std::mem::replace(&mut led, true);
+        if now_epoch != epoch || channels || took_over {
+            let reason = if took_over {
+                "leader"
+            } else if now_epoch != epoch {
                 "rebuilt"
             } else {
                 "channels"

@@ -277,6 +277,9 @@ async fn healthz(State(st): State<ApiState>) -> Response {
         "as_of": applied,
         "lag": lag,
         "paused_for_erp_backlog": ctx.flow.paused.load(Relaxed),
+        "instance": ctx.leader.instance(),
+        "leads": ctx.leader.leads(),
+        "leader": ctx.leader.leader(),
     });
     json(
         if matches!(status, "ok" | "degraded") {

@@ -136,7 +136,15 @@ impl Publisher {
         let payload = crate::domain::codec::encode_msgpack(&env)
             .map_err(|e| ReserveError::Unavailable(format!("encoding: {e}")))?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
+        match &env.event {
+            // Whichever replica leads sends the expiry; two leaders at once (a lease is not a
+            // lock) send it with the same id, and the stream keeps one.
+            Event::ReservationExpired(e) => headers.insert(
+                "Nats-Msg-Id",
+                format!("expire/{}", e.reservation_id).as_str(),
+            ),
+            _ => headers.insert("Nats-Msg-Id", env.id.as_str()),
+        }
         let subj = format!("{}.{token}.{kind}", subject::API_EVENTS);
         let ack = self
             .js
@@ -243,6 +251,18 @@ impl Reservations {
 
     async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
         self.publisher.publish(token, event).await
+    }
+
+    /// Publishes the expiry of reservation `id` (what the leader's expiry timer does once it
+    /// is due). Its `Nats-Msg-Id` is the reservation's, so whoever sends it, the stream keeps
+    /// one within its duplicate window. Returns the stream sequence (that of the first copy for
+    /// a duplicate).
+    pub async fn expire(&self, id: &ReservationId, sku: &Sku) -> Result<u64, ReserveError> {
+        let event = Event::ReservationExpired(ReservationExpired {
+            reservation_id: id.clone(),
+            sku: sku.clone(),
+        });
+        self.publish(sku.as_str(), event).await
     }
 
     async fn decide(
@@ -477,6 +497,10 @@ pub async fn expiry_loop(ctx: Arc<QueryContext>) {
         if ctx.flow.stopping() {
             return;
         }
+        if !ctx.leader.leads() {
+            recently.clear();
+            continue;
+        }
         // An expiry event takes a moment to be applied; do not publish it twice meanwhile.
         recently.retain(|_, t| t.elapsed() < Duration::from_secs(5));
         let due: Vec<_> = ctx
@@ -486,11 +510,7 @@ pub async fn expiry_loop(ctx: Arc<QueryContext>) {
             .filter(|(id, _)| !recently.contains_key(id))
             .collect();
         for (id, sku) in due {
-            let event = Event::ReservationExpired(ReservationExpired {
-                reservation_id: id.clone(),
-                sku: sku.clone(),
-            });
-            match r.publish(sku.as_str(), event).await {
+            match r.expire(&id, &sku).await {
                 Ok(_) => {
                     recently.insert(id, std::time::Instant::now());
                 }

@@ -6,6 +6,7 @@
 
 pub mod changes;
 pub mod decisions;
+pub mod leader;
 pub mod members;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

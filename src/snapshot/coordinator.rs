@@ -3,6 +3,13 @@
 //!
 //! Barriers complete in stream order: an actor answers barrier S before S', so S' cannot be
 //! complete while S is not.
+//!
+//! Only the leader writes snapshots and releases. A follower forms the very same documents
+//! (same stream, same barriers, same ids) and holds them until the leader's release marker
+//! (`released` in the snapshot pointers) passes their barrier; if the leader dies first, the
+//! follower that takes over releases them after its first snapshot. A document released by
+//! both is one message in the outbox (its id is the `Nats-Msg-Id`) and one booking at the ERP
+//! (its id is the Idempotency-Key).
 
 use super::context::SnapshotContext;
 use super::store::SnapshotStore;
@@ -193,7 +200,18 @@ impl CoordState {
         self.status.last_complete = seq;
         self.ctx.metrics.barriers.fetch_add(1, Relaxed);
 
+        let leads = self.ctx.leader.leads();
         match (&self.snapshots, p.header.snapshot) {
+            (Some(store), _) if !leads => {
+                let store = store.clone();
+                self.follow(&store, seq).await;
+            }
+            (None, _) if !leads => {
+                // Without snapshots there is no release marker to follow: a follower keeps
+                // nothing (documented: replicas need snapshots).
+                self.unreleased.clear();
+                self.status.last_released = seq;
+            }
             (Some(store), true) => {
                 let mut snap = Snapshot {
                     format: FORMAT_VERSION,
@@ -305,7 +323,24 @@ impl CoordState {
         self.count_pending();
     }
 
+    /// A follower's part at a barrier: drop the documents the leader has released.
+    async fn follow(&mut self, store: &SnapshotStore, seq: u64) {
+        match store.released().await {
+            Ok(released) => {
+                self.unreleased.retain(|d| d.barrier_seq > released);
+                self.status.last_released = released.min(seq);
+            }
+            Err(error) => {
+                tracing::debug!(%error, seq, "follower: release marker not read; documents kept")
+            }
+        }
+        self.status.unreleased = self.unreleased.len();
+    }
+
     async fn release(&mut self, seq: u64) {
+        if !self.ctx.leader.leads() {
+            return;
+        }
         if self.unreleased.is_empty() {
             self.status.last_released = seq;
             return;

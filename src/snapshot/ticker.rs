@@ -104,6 +104,9 @@ pub struct Cadence {
     snapshot_barrier_seq: u64,
     /// Sequence of the last barrier published here.
     pending: u64,
+    /// This replica just became the leader: cut a barrier (a snapshot, when they are on) now,
+    /// so the postings its predecessor left unreleased go out without waiting an interval.
+    urgent: bool,
 }
 
 impl Cadence {
@@ -119,7 +122,13 @@ impl Cadence {
             flush_barrier_seq: 0,
             snapshot_barrier_seq: 0,
             pending: 0,
+            urgent: false,
         }
+    }
+
+    /// This replica has just taken over the side effects.
+    pub fn lead_now(&mut self) {
+        self.urgent = true;
     }
 
     /// Flushes are spaced out (doubling) while the ERP falls behind, back to normal once it
@@ -135,6 +144,9 @@ impl Cadence {
     /// Whether to publish a barrier now, and of which kind: `(flush, snapshot)`. `last_seq` is
     /// the stream's last sequence, `applied` the sequence the whole view reflects.
     pub fn due(&self, now: Instant, last_seq: u64, applied: u64) -> Option<(bool, bool)> {
+        if self.urgent {
+            return Some((true, self.snapshots));
+        }
         let behind = applied < self.pending;
         let since = if self.snapshots {
             self.snapshot_barrier_seq
@@ -156,6 +168,7 @@ impl Cadence {
     /// A barrier was stored at `seq`.
     pub fn published(&mut self, seq: u64, flush: bool, snapshot: bool, now: Instant) {
         self.pending = self.pending.max(seq);
+        self.urgent = false;
         if flush {
             self.last_flush = now;
             self.flush_barrier_seq = seq;
@@ -168,6 +181,7 @@ impl Cadence {
 }
 
 /// Runs until the pipeline stops: decides when to publish barriers and whether ingest pauses.
+/// A follower only watches progress and pauses: barriers are the leader's.
 pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
     let cfg = ctx.config.clone();
     let mut stream = match ctx.js.get_stream(&cfg.streams.events).await {
@@ -182,6 +196,7 @@ pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
     ctx.metrics
         .ingest_progress_at_ms
         .store(now_ms().max(0) as u64, Relaxed);
+    let mut led = ctx.leader.leads();
     let mut interval = tokio::time::interval(cfg.barrier.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -189,16 +204,19 @@ pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
         if ctx.flow.stopping() {
             return;
         }
-        // Backpressure from the ERP side.
-        let pending = backlog(&ctx);
+        let leads = ctx.leader.leads();
+        // Backpressure from the ERP side (only the leader delivers).
+        let pending = if leads { backlog(&ctx) } else { 0 };
         // Postings held while snapshots fail count like an ERP backlog: beyond the bound
         // ingest pauses, so a failing snapshot store cannot fill memory. The coordinator
         // retries the failed snapshot on its own timer, so the pause ends once the store
         // takes it. (While snapshots succeed the pause never applies: it would stop the very
-        // barrier that releases the postings.)
+        // barrier that releases the postings.) A follower holds the postings its leader has not
+        // released yet, under the same bound: a leader that stops releasing (an ERP outage
+        // pauses its ingest) stops this replica at the same bound too.
         let unsnapshotted = ctx.metrics.snapshot_pending_postings.load(Relaxed);
         let failing = ctx.metrics.snapshot_failing_since_ms.load(Relaxed) > 0;
-        let held = failing && unsnapshotted > cfg.snapshot.max_pending_postings;
+        let held = (failing || !leads) && unsnapshotted > cfg.snapshot.max_pending_postings;
         if held && !ctx.flow.paused.load(Relaxed) {
             ctx.metrics.snapshot_backpressure.fetch_add(1, Relaxed);
         }
@@ -223,6 +241,14 @@ pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
             ctx.metrics
                 .ingest_progress_at_ms
                 .store(now_ms().max(0) as u64, Relaxed);
+        }
+        if !leads {
+            led = false;
+            continue;
+        }
+        if !led {
+            led = true;
+            cadence.lead_now();
         }
         let Some((flush, snapshot)) = cadence.due(Instant::now(), last_seq, ctx.view.applied_all())
         else {
@@ -299,6 +325,21 @@ mod tests {
         assert_eq!(c.due(later, 1099, 500), None);
         // every_events past the snapshot barrier at 100, not past the flush at 901.
         assert_eq!(c.due(later, 1100, 500), Some((true, true)));
+    }
+
+    #[test]
+    fn a_new_leader_cuts_a_snapshot_barrier_at_once_and_then_keeps_the_intervals() {
+        let t0 = Instant::now();
+        let mut c = cadence(t0);
+        assert_eq!(c.due(t0 + Duration::from_secs(1), 10, 10), None);
+        c.lead_now();
+        // Even behind its last barrier and with nothing new in the stream.
+        assert_eq!(
+            c.due(t0 + Duration::from_secs(1), 10, 3),
+            Some((true, true))
+        );
+        c.published(11, true, true, t0 + Duration::from_secs(1));
+        assert_eq!(c.due(t0 + Duration::from_secs(2), 20, 20), None);
     }
 
     #[test]

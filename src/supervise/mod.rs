@@ -1,6 +1,7 @@
 //! Supervision: the root actor, the restart policy, and the wiring that holds the parts of a
 //! pipeline and cuts each actor's narrow context from them.
 
+pub mod leading;
 pub mod memory;
 pub mod pipeline;
 pub mod recovery;

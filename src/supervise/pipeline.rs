@@ -1,5 +1,6 @@
-//! A running retailflow: connects, prepares streams, recovers, starts the supervisor, the
-//! barrier ticker, the expiry timer and the API servers; shuts all of it down gracefully.
+//! A running retailflow: connects, prepares streams, recovers, learns whether it leads, starts
+//! the supervisor, the barrier ticker, the expiry timer and the API servers; shuts all of it
+//! down gracefully (a leader with a final barrier, then giving its lease up).
 
 #[cfg(feature = "lab")]
 use super::supervisor::CrashTarget;
@@ -60,6 +61,8 @@ pub struct Pipeline {
     runtime: Option<OwnRuntime>,
     /// The API's runtime (HTTP, NATS queries); likewise.
     api_runtime: Option<OwnRuntime>,
+    /// Ends the lease loop (which then resigns); `None` when the lease is off.
+    campaign: Option<Campaign>,
 }
 
 /// Distinguishes pipelines started in one process (their supervisors need distinct names).
@@ -74,6 +77,9 @@ impl Drop for Pipeline {
         self.supervisor.stop(None);
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some((_, task)) = self.campaign.take() {
+            task.abort();
         }
         self.runtime.take();
         self.api_runtime.take();
@@ -105,6 +111,103 @@ async fn connect_on(
         .await
         .map_err(|e| StartError::Spawn(e.to_string()))??)
 }
+
+/// How long start-up keeps asking JetStream again when a request times out or fails. A cluster
+/// that has just formed, or is electing a leader for a stream, answers after a few seconds;
+/// replicas starting together race to create the same streams and buckets.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `attempt` until it succeeds, fails for a reason that waiting cannot cure, or
+/// `START_PATIENCE` has passed (then the last error is returned).
+async fn patiently<T, E, F, Fut>(what: &str, retry: fn(&E) -> bool, mut attempt: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Err(error) if retry(&error) && start.elapsed() + pause < START_PATIENCE => {
+                tracing::warn!(%error, "{what}: asking again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn bus_retry(e: &BusError) -> bool {
+    matches!(e, BusError::JetStream(_))
+}
+
+fn snapshot_retry(e: &SnapshotError) -> bool {
+    matches!(e, SnapshotError::Storage(_))
+}
+
+/// The streams, created or checked, and the snapshot store (when snapshots are on).
+async fn storage(shared: &Shared) -> Result<Option<SnapshotStore>, StartError> {
+    let config = &shared.config;
+    patiently("creating the streams", bus_retry, || {
+        bus::streams::ensure(&shared.js, &config.streams)
+    })
+    .await?;
+    if !config.snapshot.enabled {
+        return Ok(None);
+    }
+    let store = patiently("opening the snapshot store", snapshot_retry, || {
+        SnapshotStore::open(
+            &shared.js,
+            &config.snapshot,
+            config.streams.storage,
+            config.streams.replicas,
+        )
+    })
+    .await?;
+    Ok(Some(store))
+}
+
+/// The lease loop (when `leader.elect`), after a first round, so the pipeline knows whether it
+/// leads before anything starts. It runs on the API's connection and runtime: renewals must not
+/// queue behind ingest.
+async fn campaign(
+    shared: &Arc<Shared>,
+    api: &tokio::runtime::Handle,
+    api_client: &async_nats::Client,
+) -> Result<Option<Campaign>, StartError> {
+    if !shared.config.leader.elect {
+        shared.metrics.leader.store(1, Relaxed);
+        return Ok(None);
+    }
+    let api_js = async_nats::jetstream::new(api_client.clone());
+    let for_lease = shared.clone();
+    let lease = api
+        .spawn(async move {
+            let s = &for_lease;
+            patiently("opening the leader lease", bus_retry, || {
+                super::leading::open(&api_js, &s.config, &s.leadership, &s.metrics)
+            })
+            .await
+        })
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))??;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = api.spawn(super::leading::campaign(
+        lease,
+        shared.leadership.clone(),
+        shared.metrics.clone(),
+        stopped,
+    ));
+    Ok(Some((stop, task)))
+}
+
+/// Ends the lease loop (which then resigns) and its task.
+type Campaign = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// What `FrontEnds::start` needs from the start-up in progress.
 struct FrontEndArgs<'a> {
@@ -217,20 +320,8 @@ impl Pipeline {
         let resv_client = connect_on(&data, &config.nats, "retailflow-reserve").await?;
         let config = Arc::new(config);
         let shared = Shared::new(config.clone(), client, metrics);
-        bus::streams::ensure(&shared.js, &config.streams).await?;
-        let snapshots = if config.snapshot.enabled {
-            Some(
-                SnapshotStore::open(
-                    &shared.js,
-                    &config.snapshot,
-                    config.streams.storage,
-                    config.streams.replicas,
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
+        let snapshots = storage(&shared).await?;
+        let campaign = campaign(&shared, &api, &api_client).await?;
         // Recover before anything runs, so a refusal (retention gap, stream behind the snapshot)
         // is returned to the caller with its reason.
         let restored = super::recovery::restore(&shared, snapshots.as_ref()).await?;
@@ -253,6 +344,7 @@ impl Pipeline {
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?
             .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let forward = super::leading::forward(shared.leadership.clone(), supervisor.clone());
         let snapshot_ctx = shared.snapshot();
         let query = shared.query();
         let publisher = Arc::new(BarrierPublisher::new(snapshot_ctx.clone()));
@@ -270,6 +362,7 @@ impl Pipeline {
             data.spawn(ticker::run(snapshot_ctx, publisher.clone())),
             data.spawn(reserve::expiry_loop(query.clone())),
             data.spawn(crate::query::feed::run(query.clone())),
+            data.spawn(forward),
         ];
         let front = FrontEnds::start(FrontEndArgs {
             shared: &shared,
@@ -299,7 +392,13 @@ impl Pipeline {
             auth,
             runtime: Some(runtime),
             api_runtime: Some(api_rt),
+            campaign,
         })
+    }
+
+    /// Whether this replica performs the side effects now.
+    pub fn leads(&self) -> bool {
+        self.shared.leadership.leads()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -373,8 +472,13 @@ impl Pipeline {
     }
 
     /// Graceful shutdown: a final flushing, snapshotting barrier; ingest stops at it; wait
-    /// (bounded) until its postings are released; stop everything.
+    /// (bounded) until its postings are released; stop everything; give the lease up. A
+    /// follower has nothing to release: it stops at once (and is always clean).
     pub async fn shutdown(mut self, limit: Duration) -> bool {
+        if !self.leads() {
+            self.stop_now().await;
+            return true;
+        }
         let mut clean = false;
         match self.publisher.publish(true, true).await {
             Ok(seq) => {
@@ -393,9 +497,14 @@ impl Pipeline {
         clean
     }
 
-    /// Stops without a final barrier (what a crash would leave, minus the crash).
+    /// Stops without a final barrier (what a crash would leave, minus the crash), giving the
+    /// lease up so that another replica takes over at once.
     pub async fn stop_now(&mut self) {
         self.shared.flow.stopping.store(true, Relaxed);
+        if let Some((stop, task)) = self.campaign.take() {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }

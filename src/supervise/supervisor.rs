@@ -6,6 +6,8 @@
 //!   barriers in flight; restoring one alone would mix states of different sequences.
 //! - a failed ERP-endpoint actor is restarted alone; its work waits in the outbox and its rate
 //!   limiter is kept by the supervisor, so a restart does not reset the window.
+//! - ERP-endpoint actors run only while this replica leads: they start when it becomes leader
+//!   and stop (their work stays in the outbox) when it stops leading.
 //! - more than `max_restarts` within `within` escalates: the supervisor reports a fatal error
 //!   to its owner (the process exits with a clear message) instead of looping.
 
@@ -48,6 +50,8 @@ pub enum SupervisorMsg {
     Rewind(u64),
     Coordinator(ractor::RpcReplyPort<Option<ActorRef<CoordMsg>>>),
     Restarts(ractor::RpcReplyPort<u64>),
+    /// This replica started or stopped leading.
+    Leading(bool),
 }
 
 pub struct Supervisor;
@@ -259,6 +263,35 @@ impl SupervisorState {
         Ok(())
     }
 
+    /// Starts every endpoint actor that is not running.
+    async fn start_endpoints(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let names: Vec<String> = self
+            .shared
+            .config
+            .erp
+            .iter()
+            .map(|e| e.name.clone())
+            .filter(|n| !self.endpoint_refs.contains_key(n))
+            .collect();
+        for name in names {
+            self.spawn_endpoint(myself, &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every endpoint actor; forgotten first, so their ends restart nothing. Their rate
+    /// limiters are kept for when this replica leads again.
+    fn stop_endpoints(&mut self) {
+        self.endpoints.clear();
+        for (name, actor) in self.endpoint_refs.drain() {
+            tracing::info!(endpoint = %name, "no longer leading: ERP delivery stops here");
+            actor.stop(Some("no longer leading".into()));
+        }
+    }
+
     fn escalate(&self, myself: &ActorRef<SupervisorMsg>, why: String) {
         let limit = self.shared.config.supervision.max_restarts;
         let within = self.shared.config.supervision.within;
@@ -307,22 +340,15 @@ impl Actor for Supervisor {
             Some(restored) => state.spawn_generation(&myself, restored).await?,
             None => state.start_pipeline(&myself).await?,
         }
-        let names: Vec<String> = state
-            .shared
-            .config
-            .erp
-            .iter()
-            .map(|e| e.name.clone())
-            .collect();
-        for name in names {
-            state.spawn_endpoint(&myself, &name).await?;
+        if state.shared.leadership.leads() {
+            state.start_endpoints(&myself).await?;
         }
         Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -342,7 +368,7 @@ impl Actor for Supervisor {
                         }
                     }
                     CrashTarget::AnyStore => {
-                        for child in _myself.get_children() {
+                        for child in myself.get_children() {
                             if child.get_name().is_some_and(|n| n.starts_with("store-")) {
                                 let _ = child.send_message(StoreMsg::Crash);
                                 break;
@@ -368,6 +394,8 @@ impl Actor for Supervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.total_restarts);
             }
+            SupervisorMsg::Leading(true) => state.start_endpoints(&myself).await?,
+            SupervisorMsg::Leading(false) => state.stop_endpoints(),
         }
         Ok(())
     }
@@ -410,8 +438,10 @@ impl Actor for Supervisor {
         }
         if let Some(endpoint) = state.endpoints.remove(&id) {
             state.endpoint_refs.remove(&endpoint);
-            tracing::warn!(endpoint = %endpoint, "restarting ERP endpoint actor");
-            state.spawn_endpoint(&myself, &endpoint).await?;
+            if state.shared.leadership.leads() {
+                tracing::warn!(endpoint = %endpoint, "restarting ERP endpoint actor");
+                state.spawn_endpoint(&myself, &endpoint).await?;
+            }
             return Ok(());
         }
         tracing::warn!(actor = %name, "restarting the pipeline from the latest snapshot");

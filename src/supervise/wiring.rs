@@ -13,6 +13,7 @@ use crate::query::context::QueryContext;
 use crate::shared::Flow;
 use crate::shared::changes::ChangeFeed;
 use crate::shared::decisions::{ActiveReservations, Decisions};
+use crate::shared::leader::Leadership;
 use crate::snapshot::context::SnapshotContext;
 use crate::telemetry::Metrics;
 use crate::view::View;
@@ -36,6 +37,8 @@ pub struct Shared {
     /// SKUs changed since the change feed last published.
     pub feed: Arc<ChangeFeed>,
     pub dead_letters: DeadLetters,
+    /// Whether this replica performs the side effects.
+    pub leadership: Arc<Leadership>,
 }
 
 impl Shared {
@@ -54,6 +57,10 @@ impl Shared {
             flow: Arc::new(Flow::default()),
             decisions: Arc::new(Decisions::default()),
             active: Arc::new(ActiveReservations::default()),
+            leadership: Arc::new(Leadership::new(
+                config.leader.instance_name(),
+                config.leader.elect,
+            )),
             config,
             client,
             js,
@@ -110,6 +117,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             view: self.view.clone(),
             flow: self.flow.clone(),
+            leader: self.leadership.clone(),
         })
     }
 
@@ -124,6 +132,7 @@ impl Shared {
             decisions: self.decisions.clone(),
             active: self.active.clone(),
             feed: self.feed.clone(),
+            leader: self.leadership.clone(),
         })
     }
 }

@@ -215,6 +215,11 @@ const COUNTERS: &[Counter] = &[
         |m| &m.snapshot_failures,
     ),
     (
+        "leader_changes",
+        "Times this replica started or stopped leading.",
+        |m| &m.leader_changes,
+    ),
+    (
         "snapshot_fallbacks",
         "Start-ups that skipped an unusable latest snapshot and used an older kept one.",
         |m| &m.snapshot_fallbacks,
@@ -254,6 +259,16 @@ const GAUGES: &[Gauge] = &[
         "stream_last_seq",
         "Last sequence of the events stream, as last learnt.",
         |m| m.stream_last_seq.load(Relaxed) as i64,
+    ),
+    (
+        "leader",
+        "1 while this replica leads (publishes barriers, snapshots, releases, delivers).",
+        |m| m.leader.load(Relaxed) as i64,
+    ),
+    (
+        "leader_term",
+        "The lease revision this replica leads under (0 while it follows).",
+        |m| m.leader_term.load(Relaxed) as i64,
     ),
 ];
 

@@ -143,6 +143,12 @@ pub struct Metrics {
     pub ingest_progress_at_ms: AtomicU64,
     /// Unix ms of the first snapshot failure since the last success; 0 while snapshots work.
     pub snapshot_failing_since_ms: AtomicU64,
+    /// 1 while this replica leads (performs the side effects), else 0.
+    pub leader: AtomicU64,
+    /// The lease revision this replica leads under (0 while it follows).
+    pub leader_term: AtomicU64,
+    /// Times this replica started or stopped leading.
+    pub leader_changes: AtomicU64,
 
     // --- Snapshot recovery (issue 25, H5). ---
     /// Start-ups that skipped an unusable latest snapshot and used an older kept one.

@@ -75,6 +75,9 @@ fn populated() -> Arc<Metrics> {
         &m.snapshot_failures,
         &m.erp_paused_endpoints,
         &m.snapshot_fallbacks,
+        &m.leader,
+        &m.leader_term,
+        &m.leader_changes,
     ];
     for (i, c) in counters.into_iter().enumerate() {
         c.store(101 + i as u64, Relaxed);
@@ -255,6 +258,9 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("retailflow_snapshot_fallbacks_total", "counter", &[]),
     ("retailflow_snapshot_pending_postings", "gauge", &[]),
     ("retailflow_stream_last_seq", "gauge", &[]),
+    ("retailflow_leader", "gauge", &[]),
+    ("retailflow_leader_term", "gauge", &[]),
+    ("retailflow_leader_changes_total", "counter", &[]),
     ("retailflow_erp_requests_total", "counter", &["endpoint"]),
     ("retailflow_erp_accepted_total", "counter", &["endpoint"]),
     ("retailflow_erp_replays_total", "counter", &["endpoint"]),

@@ -109,3 +109,23 @@ async fn a_lease_shorter_than_a_second_is_refused() {
     let error = Lease::open(&js, &cfg).await.err().expect("refused");
     assert!(error.to_string().contains("too short"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_under_its_name_takes_its_lease_back_at_once() {
+    let server = nats();
+    let js = jetstream::new(client(&server.url()).await);
+    let mut a = open(&js, "replica-a").await;
+    let first = until_leader(&mut a, Duration::from_secs(5)).await.unwrap();
+    // Killed: never renews, never resigns. Its successor under another name must wait...
+    drop(a);
+    let mut b = open(&js, "replica-b").await;
+    assert!(!b.round().await.leads(), "another name waits for the lease");
+    // ...but the same name, restarted, takes it on its first round, with a new term.
+    let mut again = open(&js, "replica-a").await;
+    let Role::Leader { term } = again.round().await else {
+        panic!("a restart under the holder's name takes the lease back");
+    };
+    assert!(term > first, "a new term: {first} then {term}");
+    assert!(!b.round().await.leads(), "still one leader");
+    assert_eq!(again.round().await, Role::Leader { term }, "and it renews");
+}

@@ -17,6 +17,7 @@ mod ledger_model;
 mod nats_auth;
 mod pipeline_atp;
 mod pipeline_postings;
+mod replicas;
 mod reservations;
 mod snapshot_fallback;
 mod supervision;

@@ -14,29 +14,7 @@ const STORES: [&str; 3] = ["S1", "S2", "S3"];
 const SKUS: [&str; 4] = ["A", "B", "C", "D"];
 
 fn sale(store: &str, sku: &str, qty: i64) -> Event {
-    let price = 1_000;
-    let tax = qty * price / 5;
-    Event::Sale(Sale {
-        location: store.into(),
-        business_day: BusinessDay::parse("2026-11-27").unwrap(),
-        currency: Currency::parse("EUR").unwrap(),
-        lines: vec![ItemLine {
-            sku: sku.into(),
-            qty,
-            unit_price: price,
-            discount: 0,
-            tax_code: "VAT20".into(),
-            taxes: vec![TaxLine {
-                code: "VAT20".into(),
-                amount: tax,
-            }],
-            restock: None,
-        }],
-        tenders: vec![Tender {
-            kind: "card".into(),
-            amount: qty * price + tax,
-        }],
-    })
+    card_sale(store, sku, qty, 1_000)
 }
 
 /// Publishes events and keeps the oracle: on hand per (store, sku) is receipts minus sales.

@@ -15,29 +15,7 @@ const STORES: [&str; 3] = ["S1", "S2", "S3"];
 const SKUS: [&str; 8] = ["A", "B", "C", "D", "E", "F", "G", "H"];
 
 fn sale(store: &str, sku: &str, qty: i64) -> Event {
-    let price = 1_000;
-    let tax = qty * price / 5;
-    Event::Sale(Sale {
-        location: store.into(),
-        business_day: BusinessDay::parse("2026-11-27").unwrap(),
-        currency: Currency::parse("EUR").unwrap(),
-        lines: vec![ItemLine {
-            sku: sku.into(),
-            qty,
-            unit_price: price,
-            discount: 0,
-            tax_code: "VAT20".into(),
-            taxes: vec![TaxLine {
-                code: "VAT20".into(),
-                amount: tax,
-            }],
-            restock: None,
-        }],
-        tenders: vec![Tender {
-            kind: "card".into(),
-            amount: qty * price + tax,
-        }],
-    })
+    card_sale(store, sku, qty, 1_000)
 }
 
 fn sim_config() -> ErpSimConfig {
@@ -50,24 +28,6 @@ fn sim_config() -> ErpSimConfig {
     }
 }
 
-fn endpoint(url: String) -> retailflow::config::ErpEndpointConfig {
-    retailflow::config::ErpEndpointConfig {
-        name: "erp".into(),
-        url,
-        rate: retailflow::post::ratelimit::RateLimit {
-            requests: 200,
-            window: Duration::from_secs(2),
-            burst: Some(20),
-        },
-        max_concurrent: 8,
-        retry: retailflow::config::RetryConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        },
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_actors_are_restarted_and_the_numbers_stay_exact() {
     let server = nats();
@@ -75,7 +35,7 @@ async fn panicking_actors_are_restarted_and_the_numbers_stay_exact() {
     let mut cfg = config(&server.url());
     cfg.snapshot.enabled = true;
     cfg.supervision.max_restarts = 20;
-    cfg.erp = vec![endpoint(sim.postings_url())];
+    cfg.erp = vec![erp_endpoint(sim.postings_url())];
     let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
     let js = async_nats::jetstream::new(client(&server.url()).await);
 
