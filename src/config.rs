@@ -9,6 +9,8 @@ use std::time::Duration;
 pub mod doc;
 pub mod leader;
 pub mod nats_url;
+mod sources;
+pub use sources::SourceConfig;
 
 pub use leader::LeaderConfig;
 
@@ -161,6 +163,10 @@ pub struct StreamsConfig {
     pub events_max_bytes: i64,
     /// Most bytes the dead-letter stream keeps (oldest letters go first).
     pub dead_letters_max_bytes: i64,
+    /// Streams in other JetStream domains (stores on leaf nodes, docs/EDGE.md) that the events
+    /// stream copies from. This list is the whole of the events stream's sources: one added
+    /// here is added to the stream at the next start, one removed is removed.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for StreamsConfig {
@@ -179,6 +185,7 @@ impl Default for StreamsConfig {
             postings_max_messages: 1_000_000,
             events_max_bytes: 10 * 1024 * 1024 * 1024,
             dead_letters_max_bytes: 1024 * 1024 * 1024,
+            sources: Vec::new(),
         }
     }
 }
@@ -673,6 +680,7 @@ impl Config {
                 ));
             }
         }
+        sources::check(&self.streams.sources).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

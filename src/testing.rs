@@ -202,6 +202,27 @@ pub async fn dead_letters(
     letters
 }
 
+/// Asserts that the nats-server configuration file `nats/<relative>` in this repository is
+/// valid (`nats-server -t -c`), naming the file and the server's complaint when it is not.
+pub fn assert_server_config_valid(relative: &str) {
+    let binary = crate::bus::server::find_binary().expect("nats-server");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("nats")
+        .join(relative);
+    let out = std::process::Command::new(&binary)
+        .arg("-t")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .expect("nats-server runs");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A card sale of one line on 2026-11-27 in EUR, taxed 20% (`VAT20`, rounded down).
 pub fn card_sale(store: &str, sku: &str, qty: i64, price: i64) -> Event {
     let tax = qty * price / 5;

@@ -1,9 +1,15 @@
 //! A private nats-server with JetStream: started on a free loopback port with its own store
 //! directory, killed when dropped. Used by `demo`, `scenario run` and the tests; a 3-node
-//! cluster of them for the failover tests ([`NatsCluster`]).
+//! cluster of them for the failover tests ([`NatsCluster`]); a hub and store leaf nodes with
+//! JetStream domains of their own, and a TCP proxy to cut the link between them, for the edge
+//! tests ([`NatsHub`], [`NatsLeaf`], [`TcpProxy`]).
 
 mod cluster;
+mod edge;
+mod proxy;
 pub use cluster::{CLUSTER_NAME, NatsCluster};
+pub use edge::{LINK_DENY, NatsHub, NatsLeaf};
+pub use proxy::TcpProxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -160,16 +166,36 @@ impl NatsServer {
 
     /// As [`NatsServer::start_with`], on client port `port`.
     fn start_on(port: u16, extra_args: &[&str]) -> Result<NatsServer, ServerError> {
+        Self::start_configured(port, None, extra_args)
+    }
+
+    /// As [`NatsServer::start_on`], with a configuration file holding `config` (written into
+    /// the server's temporary directory). The command line's port, `-js` and store directory
+    /// win over the file's.
+    fn start_configured(
+        port: u16,
+        config: Option<&str>,
+        extra_args: &[&str],
+    ) -> Result<NatsServer, ServerError> {
         let binary = find_binary()?;
+        let failed = |message: String| ServerError::Start {
+            binary: binary.display().to_string(),
+            message,
+        };
         let tmp = tempfile::Builder::new()
             .prefix("retailflow-nats-")
             .tempdir()
-            .map_err(|e| ServerError::Start {
-                binary: binary.display().to_string(),
-                message: format!("temp dir: {e}"),
-            })?;
+            .map_err(|e| failed(format!("temp dir: {e}")))?;
         let store = tmp.path().join("jetstream");
         let log = tmp.path().join("nats-server.log");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(text) = config {
+            let file = tmp.path().join("server.conf");
+            std::fs::write(&file, text).map_err(|e| failed(format!("config file: {e}")))?;
+            args.push("-c".into());
+            args.push(file.display().to_string());
+        }
+        args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut server = NatsServer {
             binary,
             port,
@@ -177,7 +203,7 @@ impl NatsServer {
             _tmp: Some(tmp),
             child: None,
             log,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args: args,
         };
         server.spawn()?;
         Ok(server)

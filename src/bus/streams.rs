@@ -1,8 +1,11 @@
 //! Creates the streams retailflow needs, or verifies existing ones. An existing stream whose
 //! configuration differs in a way that matters is never changed: startup stops and says what
-//! differs. The one exception is the byte limit (`max_bytes`), added later: a stream that
-//! already holds less than the configured limit gets it set in place (and the log says so);
-//! one that holds more stops startup, since applying it would delete events.
+//! differs. Two exceptions are set in place, and the log says so. The byte limit
+//! (`max_bytes`), added later: a stream that already holds less than the configured limit gets
+//! it; one that holds more stops startup, since applying it would delete events. And the events
+//! stream's sources (`streams.sources`, stores on leaf nodes): the configured list replaces the
+//! stream's, so a store is added or removed by a restart. JetStream keeps each remaining
+//! source's position across the update.
 
 use super::BusError;
 use crate::config::{Storage, StreamsConfig};
@@ -17,6 +20,80 @@ pub fn storage(s: Storage) -> stream::StorageType {
     }
 }
 
+/// The events stream's sources: each configured stream through its domain's API prefix.
+///
+/// `external.api` is set here rather than through async-nats's `Source::domain`, which is sent
+/// to the server as a field of its own that strict servers (2.12 and later) refuse. Only the
+/// producers' systems are taken (one subject transform each, mapping a subject to itself,
+/// which JetStream treats as a filter): a store's stream could hold anything, and retailflow's
+/// own subjects (`retail.v1.api`, `retail.v1.ctl`) must not enter from outside. A sourced
+/// message keeps its subject and headers (`Nats-Msg-Id` included), so ingest reads it exactly
+/// as if the till had published at the hub.
+pub fn sources(cfg: &StreamsConfig) -> Option<Vec<stream::Source>> {
+    if cfg.sources.is_empty() {
+        return None;
+    }
+    let transforms: Vec<stream::SubjectTransform> = cfg
+        .systems
+        .iter()
+        .filter(|s| !subject::OWN_SYSTEMS.contains(&s.as_str()))
+        .map(|s| {
+            let subjects = format!("{}.{s}.>", subject::ROOT);
+            stream::SubjectTransform {
+                source: subjects.clone(),
+                destination: subjects,
+            }
+        })
+        .collect();
+    Some(
+        cfg.sources
+            .iter()
+            .map(|s| stream::Source {
+                name: s.stream.clone(),
+                external: Some(stream::External {
+                    api_prefix: s.api_prefix(),
+                    delivery_prefix: None,
+                }),
+                subject_transforms: transforms.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+/// What identifies a source for comparison: its stream, its API prefix and its transforms. The
+/// server may fill in other fields when it answers.
+fn source_key(s: &stream::Source) -> String {
+    let api = s.external.as_ref().map_or("", |e| e.api_prefix.as_str());
+    let mut transforms: Vec<String> = s
+        .subject_transforms
+        .iter()
+        .map(|t| format!("{}->{}", t.source, t.destination))
+        .collect();
+    transforms.sort();
+    format!(
+        "{} via {api} [{}]{}",
+        s.name,
+        transforms.join(", "),
+        s.filter_subject
+            .as_deref()
+            .map_or(String::new(), |f| format!(" filter {f}"))
+    )
+}
+
+/// The sources in `want` that `have` lacks, and those in `have` that `want` lacks.
+pub fn source_changes(have: &stream::Config, want: &stream::Config) -> (Vec<String>, Vec<String>) {
+    let keys = |c: &stream::Config| -> Vec<String> {
+        let mut k: Vec<String> = c.sources.iter().flatten().map(source_key).collect();
+        k.sort();
+        k
+    };
+    let (have, want) = (keys(have), keys(want));
+    let added = want.iter().filter(|k| !have.contains(k)).cloned().collect();
+    let removed = have.iter().filter(|k| !want.contains(k)).cloned().collect();
+    (added, removed)
+}
+
 /// The three stream configurations derived from the settings.
 pub fn desired(cfg: &StreamsConfig) -> Vec<stream::Config> {
     let events = stream::Config {
@@ -29,6 +106,7 @@ pub fn desired(cfg: &StreamsConfig) -> Vec<stream::Config> {
         duplicate_window: cfg.duplicate_window,
         storage: storage(cfg.storage),
         num_replicas: cfg.replicas,
+        sources: sources(cfg),
         ..Default::default()
     };
     let postings = stream::Config {
@@ -113,26 +191,43 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), 
                         differences: diff.join("; "),
                     });
                 }
-                if info.config.max_bytes != want.max_bytes {
-                    if want.max_bytes > 0 && info.state.bytes > want.max_bytes as u64 {
-                        return Err(BusError::StreamConflict {
-                            stream: want.name.clone(),
-                            differences: format!(
-                                "max_bytes {} holds {} bytes, more than the configured {}: setting it would delete the oldest messages; raise the setting or trim the stream first",
-                                info.config.max_bytes, info.state.bytes, want.max_bytes
-                            ),
-                        });
-                    }
-                    let mut config = info.config.clone();
-                    config.max_bytes = want.max_bytes;
-                    js.update_stream(&config).await.map_err(|e| {
-                        BusError::JetStream(format!("setting max_bytes on {}: {e}", want.name))
-                    })?;
+                let (added, removed) = source_changes(&info.config, &want);
+                let limit_changed = info.config.max_bytes != want.max_bytes;
+                if limit_changed && want.max_bytes > 0 && info.state.bytes > want.max_bytes as u64 {
+                    return Err(BusError::StreamConflict {
+                        stream: want.name.clone(),
+                        differences: format!(
+                            "max_bytes {} holds {} bytes, more than the configured {}: setting it would delete the oldest messages; raise the setting or trim the stream first",
+                            info.config.max_bytes, info.state.bytes, want.max_bytes
+                        ),
+                    });
+                }
+                let sources_changed = !added.is_empty() || !removed.is_empty();
+                if !limit_changed && !sources_changed {
+                    continue;
+                }
+                // One update with both changes: two, each from the stream's old configuration,
+                // would undo each other.
+                let mut config = info.config.clone();
+                config.max_bytes = want.max_bytes;
+                config.sources = want.sources.clone();
+                js.update_stream(&config)
+                    .await
+                    .map_err(|e| BusError::JetStream(format!("updating {}: {e}", want.name)))?;
+                if limit_changed {
                     tracing::info!(
                         stream = %want.name,
                         from = info.config.max_bytes,
                         to = want.max_bytes,
                         "set the stream's byte limit"
+                    );
+                }
+                if sources_changed {
+                    tracing::info!(
+                        stream = %want.name,
+                        ?added,
+                        ?removed,
+                        "set the stream's sources"
                     );
                 }
             }

@@ -9,16 +9,17 @@
 //! endpoint's from `ErpEndpointConfig::default()`), printed as it would be written in the file;
 //! a field the default leaves out (an unset `Option`) is `unset`.
 
-use super::{Config, ErpEndpointConfig};
+use super::{Config, ErpEndpointConfig, SourceConfig};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// The files whose structs the walk can descend into: the configuration itself, its leader
-/// section and the ERP rate limit it embeds.
-const SOURCES: [&str; 3] = [
+/// section, the ERP rate limit it embeds and the events stream's sources.
+const SOURCES: [&str; 4] = [
     include_str!("../config.rs"),
     include_str!("leader.rs"),
     include_str!("../post/ratelimit.rs"),
+    include_str!("sources.rs"),
 ];
 
 /// One setting: its path in the TOML file, its default and what it means.
@@ -122,6 +123,15 @@ pub fn rows() -> Vec<Row> {
     if let Some(table) = defaults.as_table_mut() {
         let endpoint = toml::Value::try_from(ErpEndpointConfig::default()).expect("serializes");
         table.insert("erp".into(), toml::Value::Array(vec![endpoint]));
+        // A source's defaults likewise, though the default configuration has none; its domain
+        // has no default (it is required) and shows as unset.
+        let mut source = toml::Value::try_from(SourceConfig::default()).expect("serializes");
+        if let Some(fields) = source.as_table_mut() {
+            fields.remove("domain");
+        }
+        if let Some(streams) = table.get_mut("streams").and_then(|s| s.as_table_mut()) {
+            streams.insert("sources".into(), toml::Value::Array(vec![source]));
+        }
     }
     let mut rows = Vec::new();
     walk(&structs, "Config", "", Some(&defaults), &mut rows);
@@ -238,5 +248,10 @@ pub struct Inner {
         assert_eq!(row("erp[].rate.window").unwrap().default, "`\"5m\"`");
         assert!(row("erp[].retry.max").is_some());
         assert!(row("erp").is_none() && row("erp[].rate").is_none());
+        assert_eq!(
+            row("streams.sources[].stream").unwrap().default,
+            "`\"STORE\"`"
+        );
+        assert_eq!(row("streams.sources[].domain").unwrap().default, "unset");
     }
 }

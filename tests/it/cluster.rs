@@ -40,22 +40,8 @@ async fn a_connection_skips_a_dead_server_in_the_list() {
 
 #[test]
 fn the_cluster_configuration_files_are_valid() {
-    let binary = retailflow::bus::server::find_binary().expect("nats-server");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/cluster");
     for n in 1..=3 {
-        let file = dir.join(format!("n{n}.conf"));
-        let out = std::process::Command::new(&binary)
-            .arg("-t")
-            .arg("-c")
-            .arg(&file)
-            .output()
-            .expect("nats-server runs");
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_server_config_valid(&format!("cluster/n{n}.conf"));
     }
 }
 

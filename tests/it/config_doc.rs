@@ -101,6 +101,14 @@ fn config_doc_table_documents_every_field_of_the_default_config() {
     leaves("", &default, &mut fields);
     assert!(fields.len() > 50, "the walk found the fields: {fields:?}");
     for (path, value) in fields {
+        // An array of tables empty by default (`streams.sources`) is documented by its
+        // elements' rows.
+        let elements = format!("{path}[].");
+        if value.as_array().is_some_and(Vec::is_empty)
+            && rows.keys().any(|k| k.starts_with(&elements))
+        {
+            continue;
+        }
         let Some((shown, meaning)) = rows.get(path.as_str()) else {
             panic!("`{path}` is in the default configuration but not in `retailflow config --doc`");
         };

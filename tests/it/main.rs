@@ -7,6 +7,7 @@ mod cluster;
 mod config_doc;
 mod dead_letters;
 mod direct_pull;
+mod edge;
 mod erp_faults;
 mod feed;
 mod hostile_headers;
