@@ -249,21 +249,18 @@ mod tests {
         let sku = Sku::new("SKU-1");
         // Inserted out of name order, as a shard meets them.
         let held = ["S2", "DC1", "S\"1", "DC2"];
-        {
-            let cell = view.cell(&sku);
-            let mut data = cell.data.write().unwrap();
-            for (i, l) in held.iter().enumerate() {
-                let i = i as i64;
-                data.insert(
-                    LocationId::new(*l),
-                    Position {
-                        on_hand: 10 * i - 5,
-                        reserved: i,
-                        safety_stock: 1,
-                        in_transit: 3 * i,
-                    },
-                );
-            }
+        for (i, l) in held.iter().enumerate() {
+            let i = i as i64;
+            view.put(
+                &sku,
+                &LocationId::new(*l),
+                Position {
+                    on_hand: 10 * i - 5,
+                    reserved: i,
+                    safety_stock: 1,
+                    in_transit: 3 * i,
+                },
+            );
         }
         view.set_applied(0, 42);
         let dcs: Vec<LocationId> = ["DC1", "DC2"].map(LocationId::new).to_vec();

@@ -2,7 +2,7 @@
 //! computed from the view alone; nothing here goes through an actor.
 
 use crate::domain::{ChannelId, Sku, ids::check_token};
-use crate::view::{CellData, ChannelView, View};
+use crate::view::{Cell, ChannelView, View};
 use retailflow_core::apply::ledger::Position;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -144,17 +144,16 @@ impl QueryRequest {
 /// One SKU's positions as the view holds them, looked up by location name (a binary search
 /// in the cell's name order).
 pub(crate) struct Positions<'a> {
-    cell: Option<&'a CellData>,
+    cell: Option<Cell<'a>>,
 }
 
 impl<'a> Positions<'a> {
-    pub(crate) fn new(cell: Option<&'a CellData>) -> Positions<'a> {
+    pub(crate) fn new(cell: Option<Cell<'a>>) -> Positions<'a> {
         Positions { cell }
     }
 
     pub(crate) fn get(&self, location: &str) -> Option<&'a Position> {
-        let cell = self.cell?;
-        cell.find(location).map(|i| &cell.entries()[i].1)
+        self.cell?.get(location)
     }
 
     /// Every location's answer, sorted by location.

@@ -122,7 +122,7 @@ impl Proc {
 }
 
 /// `GET /healthz`: Some(as_of) when the pipeline answers 200.
-async fn healthy(http: &reqwest::Client, base: &str) -> Option<u64> {
+pub(crate) async fn healthy(http: &reqwest::Client, base: &str) -> Option<u64> {
     let resp = http
         .get(format!("{base}/healthz"))
         .timeout(Duration::from_millis(500))

@@ -39,6 +39,25 @@ pub enum ScenarioCommand {
     },
     /// Recovery: restore a snapshot of many positions and replay a long tail, timed.
     Recovery(super::recovery_bench::RecoveryArgs),
+    /// Memory: resident size per (location, sku) position of a large chain in steady state,
+    /// measured on a `retailflow run` process of its own.
+    Memory {
+        /// Memory scenario file (TOML), e.g. scenarios/large-chain.toml.
+        file: PathBuf,
+        /// Run the small smoke version (no thresholds).
+        #[arg(long)]
+        smoke: bool,
+        /// Directory for report.json, the pipeline's configuration and its log.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// The `retailflow` binary to measure (default: the one beside this binary).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Instead of running the pipeline, build the same state in this process and print
+        /// what each structure holds.
+        #[arg(long)]
+        breakdown: bool,
+    },
     /// Reservations: retailflow against a PostgreSQL conditional UPDATE, side by side.
     Reserve {
         /// Scenario file (TOML), e.g. scenarios/reserve-vs-postgres.toml.
@@ -57,6 +76,39 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
         ScenarioCommand::Recovery(args) => {
             let report = super::recovery_bench::run(&args).await?;
             print!("{}", super::recovery_bench::summary(&report, &args.out));
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        ScenarioCommand::Memory {
+            file,
+            smoke,
+            out,
+            binary,
+            breakdown,
+        } => {
+            let spec = super::memory_bench::MemorySpec::load(&file)?;
+            if breakdown {
+                let spec = if smoke { spec.smoke() } else { spec };
+                print!("{}", super::memory_bench::breakdown(&spec));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (spec, out) = if smoke {
+                let s = spec.smoke();
+                let out = out.join(format!("{}-smoke", s.name));
+                (s, out)
+            } else {
+                let out = out.join(&spec.name);
+                (spec, out)
+            };
+            let binary = match binary {
+                Some(b) => b,
+                None => super::memory_bench::sibling_binary()?,
+            };
+            let report = super::memory_bench::run(&spec, &binary, &out).await?;
+            print!("{}", super::memory_bench::summary(&report, &out));
             Ok(if report.failures.is_empty() {
                 ExitCode::SUCCESS
             } else {

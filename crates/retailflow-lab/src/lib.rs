@@ -1,6 +1,6 @@
 //! retailflow-lab: generated or recorded retail peaks run through retailflow, verified against
-//! an independent oracle, measured and reported; capture and replay; chaos; the reservation and
-//! recovery benchmarks; the demo. The `retailflow-lab` binary runs them.
+//! an independent oracle, measured and reported; capture and replay; chaos; the reservation,
+//! recovery and memory benchmarks; the demo. The `retailflow-lab` binary runs them.
 
 pub mod capture;
 pub mod ceiling;
@@ -11,6 +11,7 @@ pub mod demo;
 pub mod generate;
 pub mod harness;
 pub mod measure;
+pub mod memory_bench;
 pub mod oracle;
 pub mod publish;
 pub mod recovery_bench;

@@ -60,7 +60,12 @@ pub struct Point {
 
 /// Resident memory now and at its peak, in MB (Linux `/proc/self/status`).
 pub fn rss_mb() -> (f64, f64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_rss_mb("/proc/self/status")
+}
+
+/// VmRSS and VmHWM in MB (MiB) from a `/proc/<pid>/status` file; zeros when unreadable.
+pub fn status_rss_mb(path: &str) -> (f64, f64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let field = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))

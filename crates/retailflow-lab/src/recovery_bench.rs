@@ -60,7 +60,8 @@ pub struct RecoveryReport {
 
 const OPENING: i64 = 1_000;
 
-fn sale(location: &str, sku: &str) -> Event {
+/// A one-line, one-unit till sale.
+pub(crate) fn sale(location: &str, sku: &str) -> Event {
     Event::Sale(Sale {
         location: location.into(),
         business_day: BusinessDay::parse("2026-11-27").expect("valid day"),
@@ -98,6 +99,29 @@ fn config(args: &RecoveryArgs, nats_url: String) -> Config {
     cfg
 }
 
+/// Opening stock: every location receives `qty` of every SKU, 500 lines a receipt.
+pub(crate) fn opening_stock<'a>(
+    locs: &'a [String],
+    skus: &'a [String],
+    qty: i64,
+) -> impl Iterator<Item = Event> + 'a {
+    locs.iter().flat_map(move |l| {
+        skus.chunks(500).map(move |chunk| {
+            Event::Receipt(Receipt {
+                location: l.as_str().into(),
+                lines: chunk
+                    .iter()
+                    .map(|s| QtyLine {
+                        sku: s.as_str().into(),
+                        qty,
+                    })
+                    .collect(),
+                reference: None,
+            })
+        })
+    })
+}
+
 /// Opening stock (every location holds every SKU) applied and snapshotted, then the pipeline
 /// stopped; the snapshot's sequence.
 async fn snapshot_stock(
@@ -108,23 +132,7 @@ async fn snapshot_stock(
 ) -> anyhow::Result<u64> {
     let pipeline = harness::start_pipeline(cfg.clone()).await?;
     let mut seq = 0;
-    let receipts = locs.iter().flat_map(|l| {
-        skus.chunks(500)
-            .map(|chunk| {
-                Event::Receipt(Receipt {
-                    location: l.as_str().into(),
-                    lines: chunk
-                        .iter()
-                        .map(|s| QtyLine {
-                            sku: s.as_str().into(),
-                            qty: OPENING,
-                        })
-                        .collect(),
-                    reference: None,
-                })
-            })
-            .collect::<Vec<_>>()
-    });
+    let receipts = opening_stock(locs, skus, OPENING);
     let receipts = receipts.map(|e| {
         seq += 1;
         envelope("wms/bench", seq, e)

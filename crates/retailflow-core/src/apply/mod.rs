@@ -3,4 +3,5 @@
 
 pub mod ledger;
 pub mod op;
+pub mod paged;
 pub mod slots;

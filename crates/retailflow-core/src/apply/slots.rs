@@ -7,6 +7,15 @@
 
 const EMPTY: u64 = u64::MAX;
 
+/// Entries a table needs for `n` keys: it is kept at most three quarters full. At half full
+/// (as it was) the table took 32 to 64 bytes per position; linear probing at three quarters
+/// still finds most keys in the first cache line (four entries per line), and lookups are of
+/// keys that are present, which need (1 + 1/(1 - load)) / 2 probes on average: 2.5 at most.
+#[inline]
+fn fitting(n: usize) -> usize {
+    n + n.div_ceil(3)
+}
+
 #[derive(Clone, Debug)]
 pub struct SlotTable {
     /// (key, value) side by side: a probe touches one cache line.
@@ -40,8 +49,9 @@ pub fn prefetch_ref<T>(r: &T) {
 }
 
 impl SlotTable {
+    /// A table that holds `n` keys without growing.
     pub fn with_capacity(n: usize) -> SlotTable {
-        let cap = (n.max(16) * 2).next_power_of_two();
+        let cap = fitting(n.max(12)).next_power_of_two();
         SlotTable {
             entries: vec![(EMPTY, 0); cap],
             len: 0,
@@ -55,6 +65,11 @@ impl SlotTable {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Heap bytes of the table.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u64, u32)>()
     }
 
     #[inline(always)]
@@ -88,7 +103,7 @@ impl SlotTable {
     /// Inserts a key that is not present yet.
     pub fn insert(&mut self, key: u64, value: u32) {
         debug_assert_ne!(key, EMPTY);
-        if (self.len + 1) * 2 > self.entries.len() {
+        if fitting(self.len + 1) > self.entries.len() {
             self.grow();
         }
         let mask = self.entries.len() - 1;
@@ -101,7 +116,7 @@ impl SlotTable {
     }
 
     fn grow(&mut self) {
-        let mut bigger = SlotTable::with_capacity(self.entries.len());
+        let mut bigger = SlotTable::with_capacity(self.entries.len() * 3 / 4 * 2);
         for &(k, v) in &self.entries {
             if k != EMPTY {
                 bigger.insert(k, v);

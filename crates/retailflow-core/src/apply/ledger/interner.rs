@@ -40,6 +40,12 @@ impl<K: Eq + Hash + Clone> Interner<K> {
         self.items.is_empty()
     }
 
+    /// Heap bytes of the key list and the index (keys' own heap data not followed).
+    pub fn heap_bytes(&self) -> usize {
+        let k = std::mem::size_of::<K>();
+        self.items.capacity() * k + self.index.capacity() * (k + 4 + 1)
+    }
+
     /// Rebuilds the lookup index after deserialisation.
     pub fn reindex(&mut self) {
         self.index = self

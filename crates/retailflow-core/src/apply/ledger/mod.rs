@@ -18,6 +18,7 @@
 //! - `reservations`: reservation decisions, their release, expiry and pruning.
 
 use crate::apply::op::Op;
+use crate::apply::paged::Paged;
 use crate::apply::slots::{SlotTable, prefetch_ref};
 use crate::domain::*;
 use cells::{DIRTY, LOC_MASK, MOVED, NO_KEY, NO_SLOT, SlotCell, slot_key};
@@ -85,8 +86,11 @@ pub struct Ledger {
     skus: Interner<Sku>,
     locs: Interner<LocationId>,
     reasons: Interner<ReasonCode>,
-    cells: Vec<SlotCell>,
-    slot_keys: Vec<(u32, u32)>,
+    /// Per slot: the cell, and its (sku, location) indices. Paged: a `Vec` doubling would
+    /// hold up to as much unused capacity as positions (docs/ARCHITECTURE.md, "State and its
+    /// size"); serialized as plain sequences all the same.
+    cells: Paged<SlotCell>,
+    slot_keys: Paged<(u32, u32)>,
     #[serde(skip)]
     slots: SlotTable,
     #[serde(skip)]
@@ -170,7 +174,7 @@ impl Ledger {
         for (i, &(s, l)) in self.slot_keys.iter().enumerate() {
             self.slots.insert(slot_key(s, l), i as u32);
         }
-        for (c, &(_, l)) in self.cells.iter_mut().zip(&self.slot_keys) {
+        for (c, &(_, l)) in self.cells.iter_mut().zip(self.slot_keys.iter()) {
             c.tag = l & LOC_MASK;
         }
         for &slot in &self.moved {
@@ -200,7 +204,7 @@ impl Ledger {
     pub fn positions(&self) -> impl Iterator<Item = (&LocationId, &Sku, &Position)> {
         self.slot_keys
             .iter()
-            .zip(&self.cells)
+            .zip(self.cells.iter())
             .map(|(&(s, l), c)| (self.locs.name(l), self.skus.name(s), &c.pos))
     }
 
@@ -407,6 +411,45 @@ impl Ledger {
                 None => Ok(()),
             },
         }
+    }
+
+    /// Heap bytes each structure holds (capacity times element size; a hash map counted by its
+    /// capacity with one control byte per entry), for the lab's memory breakdown. An estimate
+    /// of what the allocator holds, not a measurement: names and other indirect heap data are
+    /// not followed.
+    pub fn footprint(&self) -> Vec<(&'static str, usize)> {
+        use std::mem::size_of;
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        fn map<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
+            m.capacity() * (size_of::<(K, V)>() + 1)
+        }
+        vec![
+            ("ledger.cells", self.cells.heap_bytes()),
+            ("ledger.slot_keys", self.slot_keys.heap_bytes()),
+            ("ledger.slots (index)", self.slots.heap_bytes()),
+            (
+                "ledger.dirty+moved+scratch",
+                vec(&self.dirty)
+                    + vec(&self.moved)
+                    + vec(&self.scratch)
+                    + vec(&self.scratch_keys)
+                    + vec(&self.scratch_moves),
+            ),
+            (
+                "ledger.interners",
+                self.skus.heap_bytes() + self.locs.heap_bytes() + self.reasons.heap_bytes(),
+            ),
+            (
+                "ledger.orders+transfers+reservations",
+                map(&self.orders)
+                    + map(&self.order_skus)
+                    + map(&self.transfers)
+                    + map(&self.reservations)
+                    + map(&self.extra_moves),
+            ),
+        ]
     }
 
     /// Number of open order lines, in-flight transfers and remembered reservations.

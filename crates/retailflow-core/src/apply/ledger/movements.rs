@@ -151,9 +151,24 @@ impl Ledger {
                     }
                 }),
         );
-        self.scratch_moves = raw;
+        self.scratch_moves = shrunk(raw, out.len());
+        let moved = std::mem::take(&mut self.moved);
+        self.moved = shrunk(moved, out.len());
         out
     }
+}
+
+/// `v` (emptied) with its capacity cut back to twice `used` when it holds more than four times
+/// that. Flush after flush of a drain need about the same room, which is kept; one huge flush
+/// (the opening stock of a whole chain touches every position) must not leave its working
+/// lists allocated for good: at 16 bytes a line, tens of bytes per position.
+fn shrunk<T>(mut v: Vec<T>, used: usize) -> Vec<T> {
+    const KEEP: usize = 4096;
+    v.clear();
+    if v.capacity() > (4 * used).max(KEEP) {
+        v.shrink_to((2 * used).max(KEEP));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -190,5 +205,54 @@ mod tests {
         assert_eq!(get("receipt"), Some(3_000_000_000));
         assert_eq!(get("sale"), Some(-7));
         assert_eq!(std::mem::size_of::<SlotCell>(), 64);
+    }
+
+    /// The opening stock of a chain moves every position in one flush; the flushes after it
+    /// are small and must not keep that flush's working lists, nor the cells a doubling `Vec`
+    /// would have kept spare.
+    #[test]
+    fn a_huge_flush_leaves_no_huge_lists_behind() {
+        let n = 100_000u64;
+        let mut g = Ledger::new();
+        for i in 0..n {
+            let sku = format!("S{i}");
+            g.apply(
+                i + 1,
+                &Op::Receipt {
+                    loc: "DC1".into(),
+                    sku: sku.as_str().into(),
+                    qty: 5,
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(g.take_movements().len(), n as usize);
+        g.apply(
+            n + 1,
+            &Op::Sale {
+                loc: "DC1".into(),
+                sku: "S1".into(),
+                qty: 1,
+            },
+        )
+        .unwrap();
+        let m = g.take_movements();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].sku.as_str(), m[0].qty), ("S1", -1));
+        assert!(
+            g.scratch_moves.capacity() <= 4096,
+            "{}",
+            g.scratch_moves.capacity()
+        );
+        assert!(g.moved.capacity() <= 4096, "{}", g.moved.capacity());
+        // Cells: at most one page (4,096 cells) beyond what is used, plus the page table.
+        let cells = g.footprint()[0].1;
+        assert!(cells <= (n as usize + 4096) * 64 + 64 * 24, "{cells}");
+        // The slot index: at most three quarters full, at most twice the room it needs.
+        let index = g.footprint()[2].1;
+        assert!(
+            index <= (n as usize * 4 / 3 + 1).next_power_of_two() * 16,
+            "{index}"
+        );
     }
 }
