@@ -124,18 +124,24 @@ impl Lease {
         self.lease / 4
     }
 
-    /// One round: a leader renews, a follower tries to take the lease. Never waits longer than
-    /// the leader's remaining time or one interval, whichever is shorter.
+    /// One round: a leader renews, a follower tries to take the lease. Waits at most one
+    /// interval, and a leader no longer than the time it still counts on (the first round may
+    /// wait a whole lease).
     pub async fn round(&mut self) -> Role {
         let first = std::mem::replace(&mut self.first, false);
         let sent = Instant::now();
         let value = bytes::Bytes::from(self.me.clone());
         match self.held.take() {
             Some(held) => {
-                let budget = held
-                    .until
-                    .saturating_duration_since(sent)
-                    .min(self.interval());
+                // While counted on, a renewal may take what is left of that time; once that
+                // has run out (a stalled process), it may take an interval to learn where it
+                // stands: a renewal that still succeeds shows nobody else wrote meanwhile.
+                let left = held.until.saturating_duration_since(sent);
+                let budget = if left.is_zero() {
+                    self.interval()
+                } else {
+                    left.min(self.interval())
+                };
                 let renewed =
                     tokio::time::timeout(budget, self.kv.update(&self.key, value, held.revision))
                         .await;
@@ -170,8 +176,11 @@ impl Lease {
                 }
             }
             None => {
-                let taken =
-                    tokio::time::timeout(self.interval(), self.kv.create(&self.key, value)).await;
+                // The first round runs before anything else has started: it may wait a whole
+                // lease for an answer rather than start a lone replica as a follower because
+                // a loaded server answered late.
+                let budget = if first { self.lease } else { self.interval() };
+                let taken = tokio::time::timeout(budget, self.kv.create(&self.key, value)).await;
                 match taken {
                     Ok(Ok(revision)) => {
                         self.held = Some(Held {

@@ -277,6 +277,7 @@ async fn a_pipeline_survives_losing_the_node_it_reads_from() {
     let mut cfg = config(&format!("127.0.0.1:{},{}", free_port(), cluster.url()));
     cfg.streams.replicas = 3;
     cfg.snapshot.enabled = true;
+    cfg.leader.elect = true;
     let mut pipeline = Pipeline::start(cfg)
         .await
         .expect("starts with a dead server listed first");

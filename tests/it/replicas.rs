@@ -82,6 +82,7 @@ async fn erp() -> ErpSim {
 
 fn replica(url: &str, instance: &str, sim: &ErpSim) -> Config {
     let mut cfg = config(url);
+    cfg.leader.elect = true;
     cfg.leader.instance = instance.into();
     cfg.leader.lease = Duration::from_secs(2);
     cfg.erp = vec![erp_endpoint(sim.postings_url())];
