@@ -227,6 +227,22 @@ pub fn assert_server_config_valid(relative: &str) {
     );
 }
 
+/// A sale line taxed 20% (`VAT20`, rounded down), without discount.
+pub fn taxed_line(sku: &str, qty: i64, price: i64) -> ItemLine {
+    ItemLine {
+        sku: sku.into(),
+        qty,
+        unit_price: price,
+        discount: 0,
+        tax_code: "VAT20".into(),
+        taxes: vec![TaxLine {
+            code: "VAT20".into(),
+            amount: qty * price / 5,
+        }],
+        restock: None,
+    }
+}
+
 /// A card sale of one line on 2026-11-27 in EUR, taxed 20% (`VAT20`, rounded down).
 pub fn card_sale(store: &str, sku: &str, qty: i64, price: i64) -> Event {
     let tax = qty * price / 5;
@@ -234,18 +250,7 @@ pub fn card_sale(store: &str, sku: &str, qty: i64, price: i64) -> Event {
         location: store.into(),
         business_day: BusinessDay::parse("2026-11-27").expect("a valid day"),
         currency: Currency::parse("EUR").expect("a valid currency"),
-        lines: vec![ItemLine {
-            sku: sku.into(),
-            qty,
-            unit_price: price,
-            discount: 0,
-            tax_code: "VAT20".into(),
-            taxes: vec![TaxLine {
-                code: "VAT20".into(),
-                amount: tax,
-            }],
-            restock: None,
-        }],
+        lines: vec![taxed_line(sku, qty, price)],
         tenders: vec![Tender {
             kind: "card".into(),
             amount: qty * price + tax,

@@ -260,28 +260,3 @@ impl Lease {
         Role::Follower { leader }
     }
 }
-
-/// Runs rounds until `stop` turns true, publishing every change of role; resigns at the end.
-pub async fn run(
-    mut lease: Lease,
-    role: tokio::sync::watch::Sender<Role>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let now = lease.round().await;
-        role.send_if_modified(|r| {
-            let changed = *r != now;
-            *r = now;
-            changed
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(lease.interval()) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            break;
-        }
-    }
-    lease.resign().await;
-    role.send_replace(Role::Follower { leader: None });
-}

@@ -121,7 +121,14 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
+    /// Publishes `event` under this publisher's next sequence; its `Nats-Msg-Id` is the
+    /// envelope's id unless `msg_id` names another.
+    async fn publish(
+        &self,
+        token: &str,
+        event: Event,
+        msg_id: Option<&str>,
+    ) -> Result<u64, ReserveError> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let kind = event.kind();
         let env = Envelope {
@@ -136,15 +143,7 @@ impl Publisher {
         let payload = crate::domain::codec::encode_msgpack(&env)
             .map_err(|e| ReserveError::Unavailable(format!("encoding: {e}")))?;
         let mut headers = async_nats::HeaderMap::new();
-        match &env.event {
-            // Whichever replica leads sends the expiry; two leaders at once (a lease is not a
-            // lock) send it with the same id, and the stream keeps one.
-            Event::ReservationExpired(e) => headers.insert(
-                "Nats-Msg-Id",
-                format!("expire/{}", e.reservation_id).as_str(),
-            ),
-            _ => headers.insert("Nats-Msg-Id", env.id.as_str()),
-        }
+        headers.insert("Nats-Msg-Id", msg_id.unwrap_or(env.id.as_str()));
         let subj = format!("{}.{token}.{kind}", subject::API_EVENTS);
         let ack = self
             .js
@@ -207,11 +206,11 @@ async fn publish_batch(publisher: Arc<Publisher>, batch: Vec<Pending>) {
     let result = if batch.len() == 1 {
         let p = &batch[0];
         let event = Event::ReservationRequested(p.request.clone());
-        publisher.publish(&p.token, event).await
+        publisher.publish(&p.token, event, None).await
     } else {
         let requests = batch.iter().map(|p| p.request.clone()).collect();
         let event = Event::ReservationBatch(ReservationBatch { requests });
-        publisher.publish("many", event).await
+        publisher.publish("many", event, None).await
     };
     for p in batch {
         let _ = p.published.send(result.clone().map(|_| ()));
@@ -250,7 +249,7 @@ impl Reservations {
     }
 
     async fn publish(&self, token: &str, event: Event) -> Result<u64, ReserveError> {
-        self.publisher.publish(token, event).await
+        self.publisher.publish(token, event, None).await
     }
 
     /// Publishes the expiry of reservation `id` (what the leader's expiry timer does once it
@@ -262,7 +261,12 @@ impl Reservations {
             reservation_id: id.clone(),
             sku: sku.clone(),
         });
-        self.publish(sku.as_str(), event).await
+        // Whichever replica leads sends the expiry; two leaders at once (a lease is not a
+        // lock) send it under the same id, and the stream keeps one.
+        let msg_id = format!("expire/{id}");
+        self.publisher
+            .publish(sku.as_str(), event, Some(&msg_id))
+            .await
     }
 
     async fn decide(

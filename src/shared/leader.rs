@@ -2,15 +2,17 @@
 //! loop in `supervise` sets it; with `leader.elect = false` it always leads.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(feature = "lab")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 
 pub struct Leadership {
     instance: String,
-    leads: AtomicBool,
     term: AtomicU64,
     /// Who leads, when known (this replica's own name while it leads).
     leader: Mutex<Option<String>>,
+    /// Whether it leads; watched by the rooms that start and stop work with it.
     changed: watch::Sender<bool>,
     /// Lab hook: lead whatever the lease says (to show that two leaders at once stay safe).
     #[cfg(feature = "lab")]
@@ -25,7 +27,6 @@ impl Leadership {
         Leadership {
             leader: Mutex::new(leads.then(|| instance.clone())),
             instance,
-            leads: AtomicBool::new(leads),
             term: AtomicU64::new(0),
             changed: watch::channel(leads).0,
             #[cfg(feature = "lab")]
@@ -34,7 +35,7 @@ impl Leadership {
     }
 
     pub fn leads(&self) -> bool {
-        self.leads.load(Ordering::Acquire)
+        *self.changed.borrow()
     }
 
     pub fn instance(&self) -> &str {
@@ -64,9 +65,7 @@ impl Leadership {
         } else {
             leader
         };
-        let before = self.leads.swap(leads, Ordering::AcqRel);
-        self.changed.send_replace(leads);
-        before != leads
+        self.changed.send_replace(leads) != leads
     }
 
     /// Changes of `leads`, for the rooms that start and stop work with it.

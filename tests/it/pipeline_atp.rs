@@ -131,19 +131,7 @@ impl Model {
 }
 
 fn item(sku: &str, qty: i64, price: i64) -> ItemLine {
-    let tax = qty * price / 5;
-    ItemLine {
-        sku: sku.into(),
-        qty,
-        unit_price: price,
-        discount: 0,
-        tax_code: "VAT20".into(),
-        taxes: vec![TaxLine {
-            code: "VAT20".into(),
-            amount: tax,
-        }],
-        restock: None,
-    }
+    taxed_line(sku, qty, price)
 }
 
 /// Events in publication order, each tagged with its source.
