@@ -225,6 +225,16 @@ async fn a_failing_snapshot_store_pauses_ingest_at_the_bound_until_the_retry_suc
         m.snapshot_failures.load(Relaxed)
     );
     assert!(m.snapshot_pending_postings.load(Relaxed) > 2);
+    // Ingest stops at its next batch boundary: a read already waiting when the pause began
+    // may still take one batch. Once ingest has counted a paused step it reads nothing more.
+    let seen = m.ingest_paused.load(Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            m.ingest_paused.load(Relaxed) > seen
+        })
+        .await,
+        "ingest saw the pause"
+    );
     feed.receipt(&js, "S1", "B", 5).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
