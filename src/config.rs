@@ -441,7 +441,9 @@ pub struct ReservationConfig {
     /// How long a finished reservation id is remembered for idempotent retries.
     #[serde(with = "duration")]
     pub remember: Duration,
-    /// How long the API waits for a decision before answering 503 (a retry is safe).
+    /// How long the API waits for a decision before answering 503 (a retry is safe); as long
+    /// again it keeps sending a request the events stream cannot store yet (a cluster
+    /// electing the stream's leader).
     #[serde(with = "duration")]
     pub decision_timeout: Duration,
     /// How long past its would-be expiry a rejection is remembered for retries (granted

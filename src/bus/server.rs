@@ -7,7 +7,7 @@
 mod cluster;
 mod edge;
 mod proxy;
-pub use cluster::{CLUSTER_NAME, NatsCluster};
+pub use cluster::{CLUSTER_NAME, NODES, NatsCluster};
 pub use edge::{LINK_DENY, NatsHub, NatsLeaf};
 pub use proxy::TcpProxy;
 

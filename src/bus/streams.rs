@@ -192,7 +192,8 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), 
                     });
                 }
                 let (added, removed) = source_changes(&info.config, &want);
-                let limit_changed = info.config.max_bytes != want.max_bytes;
+                // No limit reads back as -1 from the server and is 0 in a stream config.
+                let limit_changed = info.config.max_bytes.max(0) != want.max_bytes.max(0);
                 if limit_changed && want.max_bytes > 0 && info.state.bytes > want.max_bytes as u64 {
                     return Err(BusError::StreamConflict {
                         stream: want.name.clone(),

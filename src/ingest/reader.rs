@@ -198,10 +198,11 @@ impl Drop for Reader {
 /// the offset).
 async fn consumer(ctx: &IngestContext, from: u64) -> Result<consumer::PullConsumer, String> {
     let name = &ctx.config.streams.events;
-    let stream = ctx
-        .js
-        .get_stream(name)
+    // Bounded like the create below: a request sent to a node just as it died is never
+    // answered, and the client's own timeout would leave ingest idle for seconds.
+    let stream = tokio::time::timeout(CREATE_CONSUMER_WITHIN, ctx.js.get_stream(name))
         .await
+        .map_err(|_| format!("events stream {name}: no answer within {CREATE_CONSUMER_WITHIN:?}"))?
         .map_err(|e| format!("events stream {name}: {e}"))?;
     let create = stream.create_consumer(consumer::pull::Config {
         deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -221,9 +222,9 @@ async fn consumer(ctx: &IngestContext, from: u64) -> Result<consumer::PullConsum
         .map_err(|e| format!("creating the ingest consumer: {e}"))
 }
 
-/// How long a consumer create may take before it is asked again. In a cluster the request
-/// goes to the JetStream meta leader; one lost with a crashed leader is never answered, and
-/// waiting out the client's own timeout added seconds to every failover.
+/// How long looking up the stream or creating a consumer may take before it is asked again.
+/// In a cluster the request goes to the JetStream meta leader; one lost with a crashed node is
+/// never answered, and waiting out the client's own timeout added seconds to every failover.
 const CREATE_CONSUMER_WITHIN: Duration = Duration::from_secs(3);
 
 impl Reader {

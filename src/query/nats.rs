@@ -93,17 +93,22 @@ type Answering = std::pin::Pin<
     Box<dyn std::future::Future<Output = (async_nats::Subject, bytes::Bytes)> + Send>,
 >;
 
-/// Subscribes responders for `subjects` on `client`, answered by one task of the runtime that
-/// polls the returned future. Queries run on tasks of their own (each is CPU work on the view).
-/// Reservations and releases wait for a shard's decision: their waits are gathered in that
-/// task instead of a task each, so a shard batch deciding a hundred requests wakes one task
-/// once, not a hundred tasks, and their replies leave together.
+/// Subscribes responders for `subjects` on `client` once the view holds the restored state,
+/// answered by one task of the runtime that polls the returned future. Until then this
+/// replica is not in the queue group, so the requests go to the replicas that can answer
+/// them. Queries run on tasks of their own (each is CPU work on the view). Reservations and
+/// releases wait for a shard's decision: their waits are gathered in that task instead of a
+/// task each, so a shard batch deciding a hundred requests wakes one task once, not a hundred
+/// tasks, and their replies leave together.
 pub async fn serve(
     ctx: Arc<QueryContext>,
     reservations: Arc<Reservations>,
     client: async_nats::Client,
     subjects: &[&str],
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    while !ctx.view.is_ready() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let mut subs = Vec::new();
     for s in subjects {
         subs.push(

@@ -118,7 +118,16 @@ struct Publisher {
     js: async_nats::jetstream::Context,
     source: SourceId,
     seq: AtomicU64,
+    /// How long a publish the stream did not take is sent again (`reservations.
+    /// decision_timeout`): on a cluster, a stream whose leader died takes no message until
+    /// the others have elected a new one, a few seconds.
+    patience: Duration,
+    /// The events stream: a publish it did not take is sent again only while it exists.
+    stream: String,
 }
+
+/// Pause before a publish the stream did not take is sent again.
+const REPUBLISH_PAUSE: Duration = Duration::from_millis(200);
 
 impl Publisher {
     /// Publishes `event` under this publisher's next sequence; its `Nats-Msg-Id` is the
@@ -145,9 +154,45 @@ impl Publisher {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.unwrap_or(env.id.as_str()));
         let subj = format!("{}.{token}.{kind}", subject::API_EVENTS);
+        let payload = bytes::Bytes::from(payload);
+        let started = std::time::Instant::now();
+        loop {
+            // The same message under the same id each time: the stream keeps one copy.
+            match self.store(&subj, &headers, &payload).await {
+                Ok(seq) => return Ok(seq),
+                Err(e) if started.elapsed() + REPUBLISH_PAUSE >= self.patience => return Err(e),
+                Err(e) if self.gone().await => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reservation event not stored; sending it again");
+                    tokio::time::sleep(REPUBLISH_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// JetStream says the events stream does not exist (deleted, or never created): sending
+    /// again cannot help. A stream without a leader, or a cluster without a meta leader,
+    /// does not answer that.
+    async fn gone(&self) -> bool {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        let asked = tokio::time::timeout(Duration::from_secs(1), self.js.get_stream(&self.stream));
+        match asked.await {
+            Ok(Err(e)) => matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND),
+            _ => false,
+        }
+    }
+
+    /// One attempt: the stream sequence the message was stored at.
+    async fn store(
+        &self,
+        subj: &str,
+        headers: &async_nats::HeaderMap,
+        payload: &bytes::Bytes,
+    ) -> Result<u64, ReserveError> {
         let ack = self
             .js
-            .publish_with_headers(subj, headers, payload.into())
+            .publish_with_headers(subj.to_string(), headers.clone(), payload.clone())
             .await
             .map_err(|e| ReserveError::Unavailable(format!("cannot publish the request: {e}")))?
             .await
@@ -238,6 +283,8 @@ impl Reservations {
             js,
             source: SourceId::from(source.as_str()),
             seq: AtomicU64::new(0),
+            patience: ctx.config.reservations.decision_timeout,
+            stream: ctx.config.streams.events.clone(),
         });
         let (requests, rx) = tokio::sync::mpsc::channel(ctx.config.reservations.max_queued.max(1));
         tokio::spawn(batcher(publisher.clone(), rx));

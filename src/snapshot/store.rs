@@ -80,11 +80,16 @@ impl SnapshotStore {
                 .await
                 .map_err(|e| storage_err(format!("creating KV bucket {ptr}: {e}")))?,
         };
-        Ok(SnapshotStore {
+        let store = SnapshotStore {
             objects,
             kv,
             keep: cfg.keep.max(1),
-        })
+        };
+        // A bucket another replica has just created on a cluster answers "no responders"
+        // until its replicas have elected a leader: open only once the pointer can be read,
+        // so that the caller's retry covers that wait and recovery reads a live bucket.
+        store.pointer().await?;
+        Ok(store)
     }
 
     /// Uploads the snapshot, then moves the pointer to it, then prunes old ones.

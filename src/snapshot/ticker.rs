@@ -180,6 +180,9 @@ impl Cadence {
     }
 }
 
+/// How long the ticker waits for the events stream's info before it tries again next tick.
+const STREAM_INFO_WITHIN: Duration = Duration::from_secs(2);
+
 /// Runs until the pipeline stops: decides when to publish barriers and whether ingest pauses.
 /// A follower only watches progress and pauses: barriers are the leader's.
 pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
@@ -226,10 +229,17 @@ pub async fn run(ctx: Arc<SnapshotContext>, publisher: Arc<BarrierPublisher>) {
         }
         cadence.erp_slow(pending > cfg.barrier.backlog_slow);
 
-        let last_seq = match stream.info().await {
-            Ok(info) => info.state.last_sequence,
-            Err(error) => {
+        // Bounded: a request lost with a NATS node that died is never answered, and the
+        // client's own timeout would hold the barriers (and, while leading, the releases)
+        // for seconds.
+        let last_seq = match tokio::time::timeout(STREAM_INFO_WITHIN, stream.info()).await {
+            Ok(Ok(info)) => info.state.last_sequence,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "barrier ticker: stream info failed");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("barrier ticker: no stream info within {STREAM_INFO_WITHIN:?}");
                 continue;
             }
         };
