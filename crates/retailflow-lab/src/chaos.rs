@@ -60,19 +60,23 @@ impl ChaosOptions {
     }
 }
 
-/// The pipeline process and how it is started.
-struct Proc {
-    binary: PathBuf,
-    config: PathBuf,
-    logs: PathBuf,
-    starts: u32,
-    child: Option<Child>,
+/// A `retailflow run` process and how it is started.
+pub(crate) struct Proc {
+    /// Prefix of its log files (one per start).
+    pub(crate) name: String,
+    pub(crate) binary: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) logs: PathBuf,
+    pub(crate) starts: u32,
+    pub(crate) child: Option<Child>,
 }
 
 impl Proc {
-    fn start(&mut self) -> Result<(), RunError> {
+    pub(crate) fn start(&mut self) -> Result<(), RunError> {
         self.starts += 1;
-        let log = self.logs.join(format!("pipeline-{:03}.log", self.starts));
+        let log = self
+            .logs
+            .join(format!("{}-{:03}.log", self.name, self.starts));
         let file = std::fs::File::create(&log)
             .map_err(|e| RunError::Setup(format!("creating {}: {e}", log.display())))?;
         let child = tokio::process::Command::new(&self.binary)
@@ -94,7 +98,7 @@ impl Proc {
         Ok(())
     }
 
-    async fn kill9(&mut self) {
+    pub(crate) async fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
             let _ = c.wait().await;
@@ -102,7 +106,7 @@ impl Proc {
     }
 
     /// SIGTERM and wait (bounded); the exit code, or None when it had to be killed.
-    async fn terminate(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) async fn terminate(&mut self, limit: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
         if let Some(pid) = c.id() {
             // SAFETY: kill(2) on a pid we own; no memory is touched.
@@ -121,18 +125,28 @@ impl Proc {
     }
 }
 
-/// `GET /healthz`: Some(as_of) when the pipeline answers 200.
-pub(crate) async fn healthy(http: &reqwest::Client, base: &str) -> Option<u64> {
+/// `GET /healthz` with a bound of half a second: the status and the body, whatever the
+/// status; None when the pipeline does not answer.
+pub(crate) async fn healthz(
+    http: &reqwest::Client,
+    base: &str,
+) -> Option<(reqwest::StatusCode, serde_json::Value)> {
     let resp = http
         .get(format!("{base}/healthz"))
         .timeout(Duration::from_millis(500))
         .send()
         .await
         .ok()?;
-    if !resp.status().is_success() {
+    let status = resp.status();
+    Some((status, resp.json().await.ok()?))
+}
+
+/// `GET /healthz`: Some(as_of) when the pipeline answers 200.
+pub(crate) async fn healthy(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let (status, body) = healthz(http, base).await?;
+    if !status.is_success() {
         return None;
     }
-    let body: serde_json::Value = resp.json().await.ok()?;
     body["as_of"].as_u64()
 }
 
@@ -174,7 +188,7 @@ async fn outbox_backlog(js: &async_nats::jetstream::Context, cfg: &Config) -> Re
 }
 
 /// ATP per (location, sku) read over the HTTP API, compared with the oracle.
-async fn verify_atp_http(
+pub(crate) async fn verify_atp_http(
     http: &reqwest::Client,
     base: &str,
     oracle: &Oracle,
@@ -294,7 +308,11 @@ fn configure(stage: &Stage, out: &Path) -> Result<(Config, PathBuf, String), Run
 }
 
 /// Waits (up to 60 s) for the first start of the pipeline process to answer /healthz.
-async fn first_healthy(http: &reqwest::Client, base: &str, out: &Path) -> Result<(), RunError> {
+pub(crate) async fn first_healthy(
+    http: &reqwest::Client,
+    base: &str,
+    out: &Path,
+) -> Result<(), RunError> {
     let start = Instant::now();
     while healthy(http, base).await.is_none() {
         if start.elapsed() > Duration::from_secs(60) {
@@ -385,7 +403,7 @@ async fn stop_and_start_again(
 
 /// Waits until the ERP has answered every posting (the outbox consumers have nothing pending);
 /// how long that took.
-async fn settle(
+pub(crate) async fn settle(
     js: &async_nats::jetstream::Context,
     cfg: &Config,
     limit: Duration,
@@ -402,6 +420,17 @@ async fn settle(
     }
 }
 
+/// The scenario's expectations that hold whatever is killed: exactness, not speed.
+pub(crate) fn exactness(spec: &Scenario) -> crate::spec::Expect {
+    let mut expect = spec.expect.clone();
+    expect.min_drain_ratio = None;
+    expect.max_query_p99_ms = None;
+    expect.max_e2e_p99_ms = None;
+    expect.min_throughput = None;
+    expect.max_settle_s = None;
+    expect
+}
+
 /// The scenario's expectations that hold under chaos (not its speed), and what chaos did.
 fn check(
     report: &mut Report,
@@ -410,13 +439,7 @@ fn check(
     s: &ChaosStats,
     final_code: Option<i32>,
 ) {
-    let mut expect = spec.expect.clone();
-    expect.min_drain_ratio = None;
-    expect.max_query_p99_ms = None;
-    expect.max_e2e_p99_ms = None;
-    expect.min_throughput = None;
-    expect.max_settle_s = None;
-    report.check_expectations(&expect);
+    report.check_expectations(&exactness(spec));
     report.check(
         "pipeline killed with SIGKILL and restarted",
         format!("{}", opts.kills),
@@ -452,6 +475,7 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
     let mut stage = Stage::start(spec, opts.smoke, None).await?;
     let (cfg, cfg_path, base) = configure(&stage, &opts.out)?;
     let proc = Arc::new(Mutex::new(Proc {
+        name: "pipeline".into(),
         binary: opts.binary.clone(),
         config: cfg_path,
         logs: opts.out.join("logs"),
@@ -498,9 +522,4 @@ pub async fn run(spec: &Scenario, opts: &ChaosOptions) -> Result<Report, RunErro
     stage.stop().await?;
     harness::write_report(&report, &opts.out)?;
     Ok(report)
-}
-
-/// The `retailflow` binary next to the running one (for the CLI: itself).
-pub fn own_binary() -> Result<PathBuf, RunError> {
-    std::env::current_exe().map_err(|e| RunError::Setup(format!("locating retailflow: {e}")))
 }

@@ -41,7 +41,12 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// A horizontal reference line (value, label), e.g. a limit.
     pub reference: Option<(f64, String)>,
+    /// Vertical lines at moments (x, label), e.g. when a process was killed.
+    pub markers: Vec<(f64, String)>,
 }
+
+/// Colour of the vertical markers.
+const MARK: (u8, u8, u8) = (90, 90, 90);
 
 pub const COLORS: [(u8, u8, u8); 5] = [
     (31, 119, 180),
@@ -59,7 +64,8 @@ impl Chart {
             .flat_map(|s| s.points.iter().map(|p| p.0));
         // An axis with nothing above zero still gets a unit scale, not five labels of 0.00.
         let unit = |m: f64| if m > 0.0 { m } else { 1.0 };
-        let x_max = unit(xs.fold(0.0f64, f64::max));
+        let marks = self.markers.iter().map(|m| m.0);
+        let x_max = unit(xs.chain(marks).fold(0.0f64, f64::max));
         let ys = self
             .series
             .iter()
@@ -172,6 +178,7 @@ pub fn svg(c: &Chart, w: u32, h: u32) -> String {
             esc(label)
         );
     }
+    svg_markers(&mut s, c, &x, t, ph);
     for (i, se) in c.series.iter().enumerate() {
         let (cr, cg, cb) = se.color;
         for run in se.runs() {
@@ -212,6 +219,27 @@ pub fn svg(c: &Chart, w: u32, h: u32) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+/// The markers as dashed vertical lines with their labels, stepped down so that neighbouring
+/// ones do not overlap.
+fn svg_markers(s: &mut String, c: &Chart, x: &dyn Fn(f64) -> f64, t: f64, ph: f64) {
+    let (mr, mg, mb) = MARK;
+    for (n, (at, label)) in c.markers.iter().enumerate() {
+        let xx = x(*at);
+        let _ = write!(
+            s,
+            r#"<line x1="{xx:.1}" y1="{t}" x2="{xx:.1}" y2="{:.1}" stroke="rgb({mr},{mg},{mb})" stroke-dasharray="3 3"/>"#,
+            t + ph
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="rgb({mr},{mg},{mb})">{}</text>"#,
+            xx + 3.0,
+            t + 28.0 + 12.0 * (n % 8) as f64,
+            esc(label)
+        );
+    }
 }
 
 fn esc(t: &str) -> String {
@@ -334,6 +362,20 @@ pub fn png(c: &Chart, w: u32, h: u32) -> Result<Vec<u8>, String> {
             red,
         );
     }
+    for (n, (at, label)) in c.markers.iter().enumerate() {
+        let xx = x(*at);
+        let mut yy = t;
+        while yy < t + ph {
+            cv.line((xx, yy), (xx, (yy + 3.0).min(t + ph)), MARK, 1);
+            yy += 6.0;
+        }
+        cv.text(
+            xx as i64 + 3,
+            (t + 24.0 + 10.0 * (n % 8) as f64) as i64,
+            label,
+            MARK,
+        );
+    }
     for (i, se) in c.series.iter().enumerate() {
         let width = if se.width > 2.5 { 3 } else { 2 };
         for run in se.runs() {
@@ -385,7 +427,19 @@ mod tests {
                 (0..50).map(|i| (i as f64, (i * i) as f64)).collect(),
             )],
             reference: Some((1000.0, "limit".into())),
+            markers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn markers_are_drawn_and_widen_the_axis() {
+        let mut c = chart();
+        c.markers = vec![(80.0, "leader killed".into())];
+        assert_eq!(c.bounds().1, 80.0);
+        let s = svg(&c, 600, 300);
+        assert!(s.contains("leader killed") && s.contains("stroke-dasharray=\"3 3\""));
+        let p = png(&c, 600, 300).unwrap();
+        assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
     }
 
     #[test]

@@ -147,10 +147,23 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default();
             let out = out.join(if smoke { format!("{name}-smoke") } else { name });
-            let report = if let Some(kills) = chaos_kills {
+            let report = if spec.cluster.is_some() {
+                // A failover run: replicas as processes of their own on a 3-node cluster.
+                let mut opts = super::failover::FailoverOptions::new(
+                    super::memory_bench::sibling_binary()?,
+                    out.clone(),
+                );
+                opts.smoke = smoke;
+                super::failover::run(&spec, &opts)
+                    .await
+                    .context("failover run")?
+            } else if let Some(kills) = chaos_kills {
                 let out = out.join("chaos");
-                let mut opts =
-                    super::chaos::ChaosOptions::new(super::chaos::own_binary()?, kills, out);
+                let mut opts = super::chaos::ChaosOptions::new(
+                    super::memory_bench::sibling_binary()?,
+                    kills,
+                    out,
+                );
                 opts.smoke = smoke;
                 opts.nats_restarts = chaos_nats_restarts;
                 super::chaos::run(&spec, &opts).await.context("chaos run")?
@@ -165,25 +178,34 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 };
                 run_scenario(&spec, &opts).await.context("scenario run")?
             };
-            print!("{}", report.summary());
-            println!(
-                "  report: {}/report.html, report.json, chart.png",
-                out.display()
-            );
-            if report.passed {
-                Ok(ExitCode::SUCCESS)
+            let out = if chaos_kills.is_some() && spec.cluster.is_none() {
+                out.join("chaos")
             } else {
-                let failed: Vec<String> = report
-                    .failed_checks()
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect();
-                eprintln!("FAILED: {}", failed.join("; "));
-                for p in &report.problems {
-                    eprintln!("FAILED: {p}");
-                }
-                Ok(ExitCode::FAILURE)
-            }
+                out
+            };
+            Ok(verdict(&report, &out))
         }
     }
+}
+
+/// Prints the report's summary and where it is; the exit code names the outcome.
+fn verdict(report: &super::report::Report, out: &std::path::Path) -> ExitCode {
+    print!("{}", report.summary());
+    println!(
+        "  report: {}/report.html, report.json, chart.png",
+        out.display()
+    );
+    if report.passed {
+        return ExitCode::SUCCESS;
+    }
+    let failed: Vec<String> = report
+        .failed_checks()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    eprintln!("FAILED: {}", failed.join("; "));
+    for p in &report.problems {
+        eprintln!("FAILED: {p}");
+    }
+    ExitCode::FAILURE
 }

@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod chart;
 pub mod cli;
 pub mod demo;
+pub mod failover;
 pub mod generate;
 pub mod harness;
 pub mod measure;

@@ -38,9 +38,42 @@ pub struct Oracle {
     order_skus: HashMap<String, Vec<String>>,
     transfers: HashMap<(String, String), i64>,
     pub events: u64,
+    /// Events held back with their stream sequence, to be applied in stream order.
+    held: Option<Vec<(u64, Event)>>,
 }
 
 impl Oracle {
+    /// From now on events are applied in the order the stream stored them, not the order
+    /// they were generated: where a producer had to publish again (a cluster node died under
+    /// it), the two differ, and what retailflow applies is the stream's order.
+    pub fn hold_for_stream_order(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    pub fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// `e` was stored at stream sequence `seq` (when holding; applied at once otherwise).
+    pub fn stored(&mut self, seq: u64, e: Event) {
+        match &mut self.held {
+            Some(held) => held.push((seq, e)),
+            None => self.apply(&e),
+        }
+    }
+
+    /// Applies the held events in stream order.
+    pub fn apply_held(&mut self) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        held.sort_by_key(|(seq, _)| *seq);
+        for (_, e) in held.drain(..) {
+            self.apply(&e);
+        }
+        self.held = Some(held);
+    }
+
     fn at(&mut self, loc: &LocationId, sku: &Sku) -> &mut Stock {
         self.stock
             .entry((loc.to_string(), sku.to_string()))

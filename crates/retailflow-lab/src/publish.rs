@@ -1,6 +1,9 @@
 //! Publishing generated messages with a bounded number of acks in flight, optionally paced.
 //! JetStream stores a connection's publishes in the order they were sent, so the stream order
-//! is the generator's order, which is the order the oracle applies.
+//! is the generator's order, which is the order the oracle applies. A publish whose ack fails
+//! (the stream's leader died and a cluster is electing another) is sent again with the same
+//! `Nats-Msg-Id`, as a producer should, for up to [`REPUBLISH_FOR`]; it then lands later in
+//! the stream than its neighbours, which per-source ordering in retailflow absorbs.
 
 use super::generate::{Generator, OutKind, Outgoing};
 use super::oracle::Oracle;
@@ -24,6 +27,77 @@ pub struct Published {
     /// Payload sizes of stored messages, for the ceiling run.
     pub sizes: Vec<u32>,
     pub elapsed: Duration,
+}
+
+/// How long a publish whose ack failed is tried again before the run gives up.
+pub const REPUBLISH_FOR: Duration = Duration::from_secs(60);
+
+/// A message in flight: kept until its ack comes, to be sent again if the ack fails.
+struct InFlight {
+    at: Instant,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+    /// The event, when the oracle applies events in stream order (see [`Oracle::holds`]).
+    event: Option<retailflow::domain::Event>,
+}
+
+type Ack = futures::future::BoxFuture<
+    'static,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+>;
+
+/// Sends `m`; its ack to come. One that could not even be sent (the connection's buffer is
+/// full) is an ack that failed, so [`confirmed`] sends it again.
+async fn send(js: &jetstream::Context, m: &InFlight) -> Ack {
+    let sent = js
+        .publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
+        .await;
+    match sent {
+        Ok(ack) => std::future::IntoFuture::into_future(ack).boxed(),
+        Err(e) => {
+            let kind = jetstream::context::PublishErrorKind::Other;
+            let e = jetstream::context::PublishError::with_source(kind, e);
+            futures::future::ready(Err(e)).boxed()
+        }
+    }
+}
+
+/// The ack of a message, sending it again while acks fail, for up to [`REPUBLISH_FOR`].
+/// Returns the ack and whether it came from a repeat (whose `duplicate` then means that an
+/// earlier attempt was stored after all).
+async fn confirmed(
+    js: &jetstream::Context,
+    first: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    m: &InFlight,
+) -> Result<(jetstream::publish::PublishAck, bool), String> {
+    let mut error = match first {
+        Ok(ack) => return Ok((ack, false)),
+        Err(e) => e.to_string(),
+    };
+    let until = Instant::now() + REPUBLISH_FOR;
+    let mut sent_at = m.at;
+    while Instant::now() < until {
+        // An attempt that failed at once (no stream leader yet) waits a little before the
+        // next; one that failed by timing out is sent again straight away.
+        let pause = Duration::from_millis(250).saturating_sub(sent_at.elapsed());
+        tokio::time::sleep(pause).await;
+        sent_at = Instant::now();
+        let sent = js
+            .publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
+            .await;
+        match sent {
+            Ok(ack) => match ack.await {
+                Ok(ack) => return Ok((ack, true)),
+                Err(e) => error = e.to_string(),
+            },
+            Err(e) => error = e.to_string(),
+        }
+    }
+    Err(format!(
+        "publishing to {} failed for {REPUBLISH_FOR:?}: {error}",
+        m.subject
+    ))
 }
 
 /// Sampling hook: called with (stream sequence, publish instant) for every stored message.
@@ -57,28 +131,28 @@ pub async fn publish(
     let start = Instant::now();
     let mut out = Published::default();
     let mut acks = FuturesOrdered::new();
-    let mut sent_at: std::collections::VecDeque<(Instant, u32)> = Default::default();
+    let mut sent_at: std::collections::VecDeque<InFlight> = Default::default();
     let mut credit = 0.0f64;
     let mut last = Instant::now();
-    let mut settle = |r: Result<jetstream::publish::PublishAck, _>,
-                      at: Instant,
-                      size: u32,
-                      out: &mut Published|
-     -> Result<(), String> {
-        let ack: jetstream::publish::PublishAck =
-            r.map_err(|e: jetstream::context::PublishError| e.to_string())?;
-        if !ack.duplicate {
+    let mut settle = |(ack, repeated): (jetstream::publish::PublishAck, bool),
+                      m: InFlight,
+                      out: &mut Published,
+                      oracle: &mut Oracle| {
+        // A repeat's duplicate was stored by an earlier attempt: it counts as stored.
+        if !ack.duplicate || repeated {
+            if let Some(e) = m.event {
+                oracle.stored(ack.sequence, e);
+            }
             out.stored += 1;
             if out.first_seq == 0 {
                 out.first_seq = ack.sequence;
             }
-            out.last_seq = ack.sequence;
+            out.last_seq = out.last_seq.max(ack.sequence);
             if keep_sizes {
-                out.sizes.push(size);
+                out.sizes.push(m.payload.len() as u32);
             }
-            on_stored(ack.sequence, at);
+            on_stored(ack.sequence, m.at);
         }
-        Ok(())
     };
     loop {
         if matches!(until, Until::SetupDone) && generator.setup_len() == 0 {
@@ -100,8 +174,8 @@ pub async fn publish(
                     tokio::select! {
                         _ = &mut sleep => break,
                         Some(r) = acks.next(), if !acks.is_empty() => {
-                            if let Some((at, size)) = sent_at.pop_front() {
-                                settle(r, at, size, &mut out)?;
+                            if let Some(m) = sent_at.pop_front() {
+                                settle(confirmed(js, r, &m).await?, m, &mut out, oracle);
                             }
                         }
                     }
@@ -113,8 +187,13 @@ pub async fn publish(
         let Some((msg, env)) = generator.next_message() else {
             break;
         };
-        if let Some(env) = &env {
-            oracle.apply(&env.event);
+        let mut event = None;
+        if let Some(env) = env {
+            if oracle.holds() {
+                event = Some(env.event);
+            } else {
+                oracle.apply(&env.event);
+            }
         }
         let Outgoing {
             subject,
@@ -130,28 +209,31 @@ pub async fn publish(
         }
         out.messages += 1;
         out.bytes += payload.len() as u64;
-        let size = payload.len() as u32;
-        let ack = js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        acks.push_back(std::future::IntoFuture::into_future(ack));
-        sent_at.push_back((Instant::now(), size));
+        let m = InFlight {
+            at: Instant::now(),
+            subject,
+            headers,
+            payload,
+            event,
+        };
+        acks.push_back(send(js, &m).await);
+        sent_at.push_back(m);
         // Acks already in: settle them now, for the same reason.
         while let Some(Some(r)) = acks.next().now_or_never() {
-            if let Some((at, size)) = sent_at.pop_front() {
-                settle(r, at, size, &mut out)?;
+            if let Some(m) = sent_at.pop_front() {
+                settle(confirmed(js, r, &m).await?, m, &mut out, oracle);
             }
         }
         while acks.len() >= in_flight {
-            if let (Some(r), Some((at, size))) = (acks.next().await, sent_at.pop_front()) {
-                settle(r, at, size, &mut out)?;
+            if let (Some(r), Some(m)) = (acks.next().await, sent_at.pop_front()) {
+                settle(confirmed(js, r, &m).await?, m, &mut out, oracle);
             }
         }
     }
-    while let (Some(r), Some((at, size))) = (acks.next().await, sent_at.pop_front()) {
-        settle(r, at, size, &mut out)?;
+    while let (Some(r), Some(m)) = (acks.next().await, sent_at.pop_front()) {
+        settle(confirmed(js, r, &m).await?, m, &mut out, oracle);
     }
+    oracle.apply_held();
     out.elapsed = start.elapsed();
     Ok(out)
 }

@@ -38,6 +38,10 @@ pub struct Scenario {
     pub pipeline: PipelineSpec,
     #[serde(default)]
     pub expect: Expect,
+    /// Run on a 3-node NATS cluster with several replica processes, killing the leader, a
+    /// NATS node and every replica in turn (`cluster-failover`).
+    #[serde(default)]
+    pub cluster: Option<ClusterSpec>,
     /// A smaller version for the test suite; `--smoke` uses it.
     #[serde(default)]
     pub smoke: Option<Smoke>,
@@ -362,6 +366,70 @@ pub struct Expect {
     pub max_peak_rss_mb: Option<f64>,
 }
 
+/// A failover run: replicas on a 3-node cluster, shoppers spread over them, and what is
+/// killed when (times after the trading load starts).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// `retailflow run` processes, each with its own instance name and HTTP port.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// `leader.lease` of every replica.
+    #[serde(with = "duration", default = "default_lease")]
+    pub lease: Duration,
+    /// SIGKILL of the replica that leads.
+    #[serde(with = "duration")]
+    pub kill_leader_at: Duration,
+    /// How long the killed leader stays down before it is started again.
+    #[serde(with = "duration")]
+    pub leader_down: Duration,
+    /// SIGKILL of the NATS node that leads the events stream.
+    #[serde(with = "duration")]
+    pub kill_node_at: Duration,
+    /// How long that node stays down before it is restarted on its store.
+    #[serde(with = "duration")]
+    pub node_down: Duration,
+    /// A rolling upgrade: each replica in turn is stopped with SIGTERM and started again once
+    /// the one before it has caught up.
+    #[serde(with = "duration")]
+    pub rolling_at: Duration,
+    /// Units of the one SKU shoppers reserve (at the first DC); more are asked for than this.
+    pub hot_stock: i64,
+    /// Reservations per second, spread over the replicas.
+    pub reserve_rate: u64,
+    /// Goals the report checks.
+    #[serde(default)]
+    pub goals: FailoverGoals,
+}
+
+fn default_replicas() -> usize {
+    3
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(3)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverGoals {
+    /// Longest time from the leader's death to the next barrier and to the next posting.
+    pub max_takeover_s: f64,
+    /// Most failed queries and reservations (after the one retry), as a share of all.
+    pub max_failed_share: f64,
+    /// Longest time a live replica applies nothing while the stream holds more.
+    pub max_apply_gap_s: f64,
+}
+
+impl Default for FailoverGoals {
+    fn default() -> Self {
+        FailoverGoals {
+            max_takeover_s: 5.0,
+            max_failed_share: 0.001,
+            max_apply_gap_s: 5.0,
+        }
+    }
+}
+
 /// Overrides for the smoke version run in CI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -446,6 +514,19 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(c) = &self.cluster {
+            if c.replicas < 2 {
+                return Err(
+                    "cluster.replicas must be at least 2 (one to kill, one to take over)".into(),
+                );
+            }
+            if w.dcs == 0 || c.hot_stock <= 0 {
+                return Err("cluster.hot_stock needs world.dcs > 0 and a positive stock".into());
+            }
+            if !(c.kill_leader_at < c.kill_node_at && c.kill_node_at < c.rolling_at) {
+                return Err("cluster: kill_leader_at < kill_node_at < rolling_at".into());
+            }
+        }
         Ok(())
     }
 
@@ -469,6 +550,18 @@ impl Scenario {
             {
                 w.at = scale(w.at);
                 w.length = scale(w.length);
+            }
+            if let Some(c) = &mut s.cluster {
+                for d in [
+                    &mut c.kill_leader_at,
+                    &mut c.leader_down,
+                    &mut c.kill_node_at,
+                    &mut c.node_down,
+                    &mut c.rolling_at,
+                ] {
+                    *d = scale(*d);
+                }
+                c.reserve_rate = c.reserve_rate.min(50);
             }
             s.load.profile.clear();
             s.queries.rate = s.queries.rate.min(200);

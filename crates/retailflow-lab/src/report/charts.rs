@@ -40,6 +40,7 @@ impl Report {
                     .ceiling
                     .as_ref()
                     .map(|c| (c.rate, format!("JetStream ceiling {:.0}/s", c.rate))),
+                markers: Vec::new(),
             },
             Chart {
                 title: "consumer lag".into(),
@@ -47,6 +48,7 @@ impl Report {
                 y_label: "messages".into(),
                 series: vec![series("consumer lag (messages)", 1, &|p| p.lag as f64)],
                 reference: None,
+                markers: Vec::new(),
             },
         ];
         // A run without queries (and not live) has no latency to draw.
@@ -57,6 +59,7 @@ impl Report {
                 y_label: "ms".into(),
                 series: latency,
                 reference: None,
+                markers: Vec::new(),
             });
         }
         charts.push(Chart {
@@ -67,6 +70,7 @@ impl Report {
                 p.postings_pending as f64
             })],
             reference: None,
+            markers: Vec::new(),
         });
         for e in &self.erp {
             // The simulator records only the seconds in which something happened; an idle
@@ -103,6 +107,7 @@ impl Report {
                     e.limit_requests as f64,
                     format!("limit {} per {:.0} s", e.limit_requests, e.limit_window_s),
                 )),
+                markers: Vec::new(),
             });
             charts.push(Chart {
                 title: format!("ERP {}: requests per second", e.endpoint),
@@ -110,8 +115,15 @@ impl Report {
                 y_label: "requests/s".into(),
                 series: vec![requests, per_second(1, &|p| p.2), per_second(2, &|p| p.3)],
                 reference: None,
+                markers: Vec::new(),
             });
         }
+        // A run whose pipeline is a process of its own (chaos, failover) samples no timeline:
+        // its charts would be empty.
+        if self.timeline.is_empty() {
+            charts.retain(|c| c.x_label != "seconds");
+        }
+        self.mark_failover(&mut charts);
         charts
     }
 }

@@ -2,7 +2,10 @@
 //! and a summary on the terminal. Every threshold is checked and named when it fails.
 
 mod charts;
+mod failover;
 mod render;
+
+pub use failover::{FailoverPoint, FailoverStats, Mark, Requests, Takeover};
 
 use crate::chart;
 use crate::measure::{Percentiles, Point};
@@ -266,6 +269,9 @@ pub struct Report {
     /// Set by a chaos run (`--chaos-kills`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos: Option<ChaosStats>,
+    /// Set by a failover run (a scenario with `[cluster]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStats>,
     pub timeline: Vec<Point>,
 }
 

@@ -12,6 +12,7 @@ impl Report {
         r.extend(self.latency_rows());
         r.extend(self.erp_rows());
         r.extend(self.process_rows());
+        r.extend(self.failover_rows());
         r
     }
 

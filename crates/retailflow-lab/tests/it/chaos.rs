@@ -43,7 +43,7 @@ async fn twenty_kills_and_a_nats_restart_end_exact() {
 
 /// The `retailflow` binary the chaos run starts and kills: built beside the lab's own binary
 /// when the workspace's tests are built (`cargo test` at the root).
-fn service_binary() -> PathBuf {
+pub fn service_binary() -> PathBuf {
     let lab = Path::new(env!("CARGO_BIN_EXE_retailflow-lab"));
     let service = lab.with_file_name("retailflow");
     assert!(

@@ -3,6 +3,7 @@
 
 mod capture;
 mod chaos;
+mod failover;
 mod fastpack;
 mod fuzz_seeds;
 mod interrupt;
