@@ -34,6 +34,8 @@ pub struct Done {
     pub marks: Vec<Mark>,
     /// The killed leader's name and when.
     killed: Option<(String, Instant)>,
+    /// The first other replica that said it led after the kill.
+    new_leader: Option<String>,
     pub node_restart_s: Option<f64>,
     pub rolling_s: Vec<f64>,
     pub rolling_exit_codes: Vec<Option<i32>>,
@@ -44,16 +46,10 @@ impl Done {
     pub fn takeover(&self, watch: &Watch) -> Option<Takeover> {
         let (killed, at) = self.killed.clone()?;
         let (barrier_after_s, posting_after_s) = watch.next_after(at);
-        // The first leader named after the kill, as the marks recorded it.
-        let new_leader = self
-            .marks
-            .iter()
-            .find_map(|m| m.label.strip_suffix(" leads").map(str::to_string))
-            .unwrap_or_default();
         Some(Takeover {
             killed,
             killed_at_s: watch.t(at),
-            new_leader,
+            new_leader: self.new_leader.clone().unwrap_or_default(),
             barrier_after_s,
             posting_after_s,
         })
@@ -100,11 +96,12 @@ impl Schedule {
         self.mark(done, format!("{} (leader) killed", name(l)));
         // Who takes over: the first other replica to say it leads.
         let until = Instant::now() + self.spec.leader_down;
-        let mut named = false;
         while Instant::now() < until {
-            if !named && let Some(n) = self.watch.leader().filter(|n| *n != l) {
+            if done.new_leader.is_none()
+                && let Some(n) = self.watch.leader().filter(|n| *n != l)
+            {
+                done.new_leader = Some(name(n));
                 self.mark(done, format!("{} leads", name(n)));
-                named = true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -153,6 +153,12 @@ impl FailoverStats {
     }
 }
 
+/// Seconds with `places` decimals, joined by `sep`.
+fn seconds(values: &[f64], places: usize, sep: &str) -> String {
+    let shown: Vec<String> = values.iter().map(|s| format!("{s:.places$}")).collect();
+    shown.join(sep)
+}
+
 fn requests(r: &Requests) -> String {
     format!(
         "{} sent, {} answered on the retry, {} failed",
@@ -193,11 +199,7 @@ impl Report {
             "rolling restart".into(),
             format!(
                 "{} (seconds per replica, SIGTERM to caught up); exit codes {:?}",
-                f.rolling_s
-                    .iter()
-                    .map(|s| format!("{s:.1}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                seconds(&f.rolling_s, 1, ", "),
                 f.rolling_exit_codes
             ),
         ));
@@ -216,14 +218,7 @@ impl Report {
         ));
         r.push((
             "longest apply gap".into(),
-            format!(
-                "{} s per replica",
-                f.max_apply_gap_s
-                    .iter()
-                    .map(|s| format!("{s:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-            ),
+            format!("{} s per replica", seconds(&f.max_apply_gap_s, 2, " / ")),
         ));
         r
     }
