@@ -4,7 +4,7 @@
 
 /// The allocator the `retailflow` binary ships with (see `src/main.rs`): glibc's malloc costs
 /// the allocating paths differently. The binary also keeps freed memory for 30 s
-/// (`supervise::memory::keep_freed_memory`); the benches keep mimalloc's default 1 s.
+/// (`memory::keep_freed_memory`); the benches keep mimalloc's default 1 s.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -22,6 +22,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod memory;
 pub use retailflow_core::domain;
 #[doc(hidden)]
 pub mod fuzzing;

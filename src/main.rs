@@ -7,6 +7,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    retailflow::supervise::memory::keep_freed_memory();
+    retailflow::memory::keep_freed_memory();
     retailflow::cli::main()
 }

@@ -69,6 +69,10 @@ pub struct ShardState {
     marked: crate::shared::changes::Marked,
     /// Exceptions already reported to metrics.
     reported: retailflow_core::apply::ledger::Exceptions,
+    /// Size of the last snapshot part: the next one is encoded into a buffer that large and a
+    /// little more, instead of one grown by doubling (each step copies the part again and
+    /// leaves the smaller buffer behind, together about as much again as the part).
+    last_part: usize,
 }
 
 impl ShardState {
@@ -186,6 +190,7 @@ impl Actor for ShardActor {
             writer: ViewWriter::default(),
             marked: Default::default(),
             reported,
+            last_part: 0,
         };
         state.publish(args.from_seq);
         Ok(state)
@@ -260,9 +265,13 @@ impl Actor for ShardActor {
                     (Vec::new(), Vec::new())
                 };
                 let state_bytes = if snapshot {
-                    Some(retailflow_core::snapshot::format::encode_part(
+                    let room = state.last_part + state.last_part / 16;
+                    let part = retailflow_core::snapshot::format::encode_part_into(
+                        Vec::with_capacity(room),
                         &state.ledger,
-                    )?)
+                    )?;
+                    state.last_part = part.len();
+                    Some(part)
                 } else {
                     None
                 };

@@ -253,6 +253,8 @@ impl CoordState {
                 self.unreleased = std::mem::take(&mut snap.unreleased);
                 match written {
                     Ok(ptr) => {
+                        drop(snap);
+                        crate::memory::hand_back();
                         self.retry = None;
                         self.ctx.metrics.snapshots.fetch_add(1, Relaxed);
                         self.ctx.metrics.snapshot_failing_since_ms.store(0, Relaxed);
@@ -306,12 +308,15 @@ impl CoordState {
         let m = &self.ctx.metrics;
         match written {
             Ok(_) => {
+                let seq = snap.seq;
+                drop(snap);
+                crate::memory::hand_back();
                 m.snapshots.fetch_add(1, Relaxed);
                 m.snapshot_failing_since_ms.store(0, Relaxed);
-                self.status.last_snapshot = self.status.last_snapshot.max(snap.seq);
+                self.status.last_snapshot = self.status.last_snapshot.max(seq);
                 self.unsnapshotted = !rest.is_empty();
-                tracing::info!(seq = snap.seq, "snapshot written on retry");
-                self.release(snap.seq).await;
+                tracing::info!(seq, "snapshot written on retry");
+                self.release(seq).await;
             }
             Err(error) => {
                 m.snapshot_failures.fetch_add(1, Relaxed);

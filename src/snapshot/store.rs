@@ -21,6 +21,36 @@ fn storage_err(e: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::Storage(e.to_string())
 }
 
+/// Reads a snapshot's runs one after the other: the upload takes its chunks from the parts
+/// themselves, so no buffer holds the whole snapshot.
+struct RunsReader<'a> {
+    runs: std::collections::VecDeque<&'a [u8]>,
+    /// Bytes of the front run already read.
+    at: usize,
+}
+
+impl tokio::io::AsyncRead for RunsReader<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        while buf.remaining() > 0 {
+            let Some(run) = me.runs.front() else { break };
+            let rest = &run[me.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            me.at += n;
+            if me.at == run.len() {
+                me.runs.pop_front();
+                me.at = 0;
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pointer {
     pub seq: u64,
@@ -94,14 +124,18 @@ impl SnapshotStore {
 
     /// Uploads the snapshot, then moves the pointer to it, then prunes old ones.
     pub async fn write(&self, snap: &Snapshot) -> Result<Pointer, SnapshotError> {
-        let bytes = snap.encode()?;
+        let runs = snap.runs()?;
+        let bytes = runs.len();
         let name = object_name(snap.seq);
         let meta = object_store::ObjectMetadata {
             name: name.clone(),
             chunk_size: Some(512 * 1024),
             ..Default::default()
         };
-        let mut reader: &[u8] = &bytes;
+        let mut reader = RunsReader {
+            runs: runs.iter().collect(),
+            at: 0,
+        };
         self.objects
             .put(meta, &mut reader)
             .await
@@ -109,7 +143,7 @@ impl SnapshotStore {
         let ptr = Pointer {
             seq: snap.seq,
             object: name,
-            bytes: bytes.len() as u64,
+            bytes: bytes as u64,
             taken_at_ms: snap.taken_at_ms,
         };
         let json = serde_json::to_vec(&ptr).map_err(storage_err)?;

@@ -2,7 +2,6 @@
 //! pipeline and cuts each actor's narrow context from them.
 
 pub mod leading;
-pub mod memory;
 pub mod pipeline;
 pub mod recovery;
 pub mod settle;

@@ -36,7 +36,7 @@ pub struct MemorySpec {
     pub trickle_rate: u64,
     #[serde(default = "trickle_seconds")]
     pub trickle_seconds: u64,
-    /// How long the resident size is sampled (once a second): the last seconds of the
+    /// How long the resident size is sampled (20 reads a second): the last seconds of the
     /// trickle. Sampled while events still flow, because the allocator returns freed memory
     /// to the system only as the threads that freed it allocate again.
     #[serde(default = "sample_seconds")]
@@ -131,7 +131,7 @@ pub struct MemoryReport {
     pub steady_rss_mb: f64,
     pub steady_mean_rss_mb: f64,
     pub steady_min_rss_mb: f64,
-    /// Every sample of the window, once a second.
+    /// Every sample of the window: each second's highest of its reads, 20 a second.
     pub samples_mb: Vec<f64>,
     /// VmHWM at the end: the peak, loading and snapshots included.
     pub peak_rss_mb: f64,
@@ -325,8 +325,11 @@ async fn trickle(
     Ok((last, sold, events))
 }
 
-/// Runs the trickle and samples the process's VmRSS once a second over its last
-/// `sample_seconds`. Returns the samples and what [`trickle`] returns.
+/// How often the resident size is read while sampling.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Runs the trickle and samples the process's VmRSS every [`SAMPLE_EVERY`] over its last
+/// `sample_seconds`, one sample (the highest read) per second. Returns the samples and what [`trickle`] returns.
 async fn trickle_sampled(
     spec: &MemorySpec,
     js: &async_nats::jetstream::Context,
@@ -346,8 +349,15 @@ async fn trickle_sampled(
     tokio::time::sleep(Duration::from_secs(sample_from)).await;
     let mut samples = Vec::new();
     while !trickling.is_finished() || samples.is_empty() {
-        samples.push(process_rss_mb(pid).0);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A snapshot's buffers live for half a second or so: read often enough to see them,
+        // keep each second's highest.
+        let second = Instant::now();
+        let mut highest = 0.0f64;
+        while second.elapsed() < Duration::from_secs(1) {
+            highest = highest.max(process_rss_mb(pid).0);
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+        samples.push(highest);
     }
     let trickled = trickling.await??;
     anyhow::ensure!(

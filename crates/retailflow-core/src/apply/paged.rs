@@ -123,7 +123,15 @@ impl<T> IndexMut<usize> for Paged<T> {
 
 impl<T: Serialize> Serialize for Paged<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
+        // The length up front: `collect_seq` over the pages' flattened iterator announces no
+        // exact length, and MessagePack then encodes the whole array into a buffer of its own
+        // to count it first (for 5 M positions, the snapshot part twice over, grown by doubling).
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for v in self.iter() {
+            seq.serialize_element(v)?;
+        }
+        seq.end()
     }
 }
 
@@ -189,5 +197,29 @@ mod tests {
         // A MessagePack array header announcing 2^32-1 elements and then none.
         let bytes = [0xdd, 0xff, 0xff, 0xff, 0xff];
         assert!(rmp_serde::from_slice::<Paged<u64>>(&bytes).is_err());
+    }
+
+    /// The encoder writes elements as they come: it is told the length up front, so it does
+    /// not encode the whole array into a buffer of its own first (which shows as one write of
+    /// the whole body).
+    #[test]
+    fn serializes_without_a_second_buffer() {
+        struct Largest(usize);
+        impl std::io::Write for Largest {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 = self.0.max(b.len());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut p: Paged<u64> = Paged::new();
+        for i in 0..(2 * PAGE as u64 + 5) {
+            p.push(i);
+        }
+        let mut w = Largest(0);
+        rmp_serde::encode::write(&mut w, &p).unwrap();
+        assert!(w.0 <= 16, "largest single write {} bytes", w.0);
     }
 }

@@ -8,6 +8,7 @@ use crate::ingest::dedupe::Dedupe;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use std::borrow::Cow;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -19,6 +20,8 @@ pub enum FormatError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("snapshot format {found} is not supported by this build (expects {FORMAT_VERSION})")]
     Version { found: u32 },
+    #[error("a snapshot part or list of {n} bytes or items is more than the format's 2^32")]
+    TooLarge { n: usize },
     #[error(
         "snapshot was taken with {found} shards; the configuration says {configured}. Shard count can only change with a fresh start (replay from the stream)"
     )]
@@ -51,25 +54,94 @@ pub fn encode_part<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
     Ok(rmp_serde::to_vec(value)?)
 }
 
+/// [`encode_part`] appended to `out`: a buffer sized for what is coming is not grown by copying.
+pub fn encode_part_into<T: Serialize>(mut out: Vec<u8>, value: &T) -> Result<Vec<u8>, FormatError> {
+    rmp_serde::encode::write(&mut out, value)?;
+    Ok(out)
+}
+
 pub fn decode_part<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
     Ok(rmp_serde::from_slice(bytes)?)
 }
 
+/// A snapshot's encoding as byte runs that, written one after the other, are exactly the
+/// MessagePack of the [`Snapshot`]: the runs it encodes itself (the header, the length prefixes,
+/// the unreleased postings: small) and the parts, borrowed. A 5 M-position snapshot is a few
+/// hundred MB of parts; writing them from here needs no second copy of them in memory.
+pub struct Runs<'a> {
+    done: Vec<Cow<'a, [u8]>>,
+    /// The run being encoded (headers and prefixes), closed by the next borrowed part.
+    head: Vec<u8>,
+}
+
+impl<'a> Runs<'a> {
+    /// A `bin` value: its length prefix ends the current run, its bytes are borrowed.
+    fn bin(&mut self, bytes: &'a [u8]) -> Result<(), FormatError> {
+        let len = count(bytes.len())?;
+        rmp::encode::write_bin_len(&mut self.head, len).map_err(rmp_serde::encode::Error::from)?;
+        if !bytes.is_empty() {
+            self.done.push(Cow::Owned(std::mem::take(&mut self.head)));
+            self.done.push(Cow::Borrowed(bytes));
+        }
+        Ok(())
+    }
+
+    /// Every run in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.done
+            .iter()
+            .map(|r| r.as_ref())
+            .chain(std::iter::once(self.head.as_slice()))
+            .filter(|r| !r.is_empty())
+    }
+
+    /// Bytes in all runs.
+    pub fn len(&self) -> usize {
+        self.iter().map(<[u8]>::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Snapshot {
+    /// The encoding in one buffer (tests and small snapshots; a store writes [`Snapshot::runs`]).
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
-        // The parts are most of a snapshot (tens of MB at peak); sizing the buffer up front
-        // saves growing it by doubling, which copies everything again and faults in fresh
-        // pages each time. The quarter on top is room for the unreleased postings.
-        let parts = self.ingest.len()
-            + self.shards.iter().map(|s| s.len()).sum::<usize>()
-            + self
-                .stores
-                .iter()
-                .map(|(l, s)| l.as_str().len() + s.len() + 16)
-                .sum::<usize>();
-        let mut out = Vec::with_capacity(parts + parts / 4 + 64 * 1024);
-        rmp_serde::encode::write(&mut out, self)?;
+        let runs = self.runs()?;
+        let mut out = Vec::with_capacity(runs.len());
+        for r in runs.iter() {
+            out.extend_from_slice(r);
+        }
         Ok(out)
+    }
+
+    /// The encoding as runs, the parts borrowed (see [`Runs`]). Field by field as serde
+    /// derives it for this struct, positional: the round-trip test holds the two together.
+    pub fn runs(&self) -> Result<Runs<'_>, FormatError> {
+        use rmp::encode::write_array_len;
+        let array = |e| FormatError::Encode(rmp_serde::encode::Error::from(e));
+        let mut runs = Runs {
+            done: Vec::new(),
+            head: Vec::with_capacity(256),
+        };
+        write_array_len(&mut runs.head, 7).map_err(array)?;
+        rmp_serde::encode::write(&mut runs.head, &self.format)?;
+        rmp_serde::encode::write(&mut runs.head, &self.seq)?;
+        rmp_serde::encode::write(&mut runs.head, &self.taken_at_ms)?;
+        runs.bin(&self.ingest)?;
+        write_array_len(&mut runs.head, count(self.shards.len())?).map_err(array)?;
+        for part in &self.shards {
+            runs.bin(part)?;
+        }
+        write_array_len(&mut runs.head, count(self.stores.len())?).map_err(array)?;
+        for (location, part) in &self.stores {
+            write_array_len(&mut runs.head, 2).map_err(array)?;
+            rmp_serde::encode::write(&mut runs.head, location)?;
+            runs.bin(part)?;
+        }
+        rmp_serde::encode::write(&mut runs.head, &self.unreleased)?;
+        Ok(runs)
     }
 
     pub fn decode(bytes: &[u8], shards: usize) -> Result<Snapshot, FormatError> {
@@ -87,6 +159,10 @@ impl Snapshot {
         }
         Ok(snap)
     }
+}
+
+fn count(n: usize) -> Result<u32, FormatError> {
+    u32::try_from(n).map_err(|_| FormatError::TooLarge { n })
 }
 
 /// Rewrites the array header of an encoded snapshot so only its first element is read.
@@ -143,5 +219,43 @@ mod tests {
             Snapshot::decode(&bytes, 2),
             Err(FormatError::Version { found: 9 })
         ));
+    }
+
+    /// The runs, concatenated, are byte for byte what serde's own encoder makes of the struct,
+    /// for empty and large parts, several stores and unreleased postings.
+    #[test]
+    fn runs_are_the_serde_encoding() {
+        use crate::aggregate::posting::{Draft, Lineage};
+        let mut snap = sample(3);
+        snap.shards[1] = ByteBuf::from(Vec::new());
+        snap.shards[2] = ByteBuf::from((0..70_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        snap.stores = vec![
+            ("S1".into(), ByteBuf::from(vec![9; 300])),
+            ("S2".into(), ByteBuf::from(Vec::new())),
+        ];
+        snap.unreleased = PostingDoc::address(
+            Draft {
+                location: "S1".into(),
+                business_day: None,
+                currency: None,
+                part: 0,
+                lineage: Lineage::default(),
+                body: crate::aggregate::posting::DocBody::TenderSummary(vec![Default::default()]),
+            },
+            "erp",
+            42,
+        );
+        let serde = rmp_serde::to_vec(&snap).unwrap();
+        let runs = snap.runs().unwrap();
+        assert_eq!(runs.len(), serde.len());
+        assert!(
+            runs.iter().any(|r| r.len() == 70_000),
+            "a part is lent, not copied"
+        );
+        assert_eq!(runs.iter().collect::<Vec<_>>().concat(), serde);
+        assert_eq!(snap.encode().unwrap(), serde);
+        let back = Snapshot::decode(&serde, 3).unwrap();
+        assert_eq!(back.stores.len(), 2);
+        assert_eq!(back.unreleased, snap.unreleased);
     }
 }

@@ -7,6 +7,7 @@ mod failover;
 mod fastpack;
 mod fuzz_seeds;
 mod interrupt;
+mod memory_bench;
 mod recovery_bench;
 mod reserve_bench;
 mod scenarios;

@@ -26,9 +26,17 @@ pub(super) const NO_KEY: u64 = u64::MAX;
 #[repr(C, align(64))]
 pub(super) struct SlotCell {
     pub(super) pos: Position,
+    /// Left out of a snapshot when all zero, as it is for most cells: the tally only lives
+    /// from one flush to the next. A cell without it reads back as zeros, and snapshots that
+    /// carry it always (before this) read as they did.
+    #[serde(default, skip_serializing_if = "no_moves")]
     pub(super) moves: [i32; FIXED_REASONS.len()],
     #[serde(skip)]
     pub(super) tag: u32,
+}
+
+fn no_moves(moves: &[i32; FIXED_REASONS.len()]) -> bool {
+    moves.iter().all(|m| *m == 0)
 }
 
 impl SlotCell {
@@ -106,5 +114,45 @@ impl Ledger {
             loc: self.locs.name(l).clone(),
             sku: self.skus.name(s).clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(moves: [i32; FIXED_REASONS.len()]) -> SlotCell {
+        SlotCell {
+            pos: Position {
+                on_hand: 40,
+                reserved: 2,
+                safety_stock: 0,
+                in_transit: 7,
+            },
+            moves,
+            tag: 5,
+        }
+    }
+
+    #[test]
+    fn a_cell_without_movements_is_encoded_without_its_tally() {
+        let quiet = cell([0; FIXED_REASONS.len()]);
+        let mut moved = quiet;
+        moved.moves[3] = -2;
+        let quiet_bytes = rmp_serde::to_vec(&quiet).unwrap();
+        let moved_bytes = rmp_serde::to_vec(&moved).unwrap();
+        assert_eq!(
+            moved_bytes.len() - quiet_bytes.len(),
+            8,
+            "[i32; 7] of small values"
+        );
+        for (c, bytes) in [(quiet, quiet_bytes), (moved, moved_bytes)] {
+            let back: SlotCell = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!((back.pos, back.moves, back.tag), (c.pos, c.moves, 0));
+        }
+        // As every snapshot wrote it before: the tally always there, zeros included.
+        let old = rmp_serde::to_vec(&(quiet.pos, [0i32; FIXED_REASONS.len()])).unwrap();
+        let back: SlotCell = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!((back.pos, back.moves), (quiet.pos, quiet.moves));
     }
 }
