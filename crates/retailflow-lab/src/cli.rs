@@ -42,22 +42,16 @@ pub enum ScenarioCommand {
     /// Memory: resident size per (location, sku) position of a large chain in steady state,
     /// measured on a `retailflow run` process of its own.
     Memory {
-        /// Memory scenario file (TOML), e.g. scenarios/large-chain.toml.
-        file: PathBuf,
-        /// Run the small smoke version (no thresholds).
-        #[arg(long)]
-        smoke: bool,
-        /// Directory for report.json, the pipeline's configuration and its log.
-        #[arg(long, default_value = "out")]
-        out: PathBuf,
-        /// The `retailflow` binary to measure (default: the one beside this binary).
-        #[arg(long)]
-        binary: Option<PathBuf>,
+        #[command(flatten)]
+        on: ProcessArgs,
         /// Instead of running the pipeline, build the same state in this process and print
         /// what each structure holds.
         #[arg(long)]
         breakdown: bool,
     },
+    /// Query capacity: the same closed-loop shoppers against one replica and against
+    /// several, each count on a fresh 3-node cluster.
+    Capacity(ProcessArgs),
     /// Reservations: retailflow against a PostgreSQL conditional UPDATE, side by side.
     Reserve {
         /// Scenario file (TOML), e.g. scenarios/reserve-vs-postgres.toml.
@@ -71,6 +65,32 @@ pub enum ScenarioCommand {
     },
 }
 
+/// A scenario run against `retailflow run` processes of its own.
+#[derive(clap::Args)]
+pub struct ProcessArgs {
+    /// Scenario file (TOML): scenarios/large-chain.toml for `memory`,
+    /// scenarios/query-capacity.toml for `capacity`.
+    file: PathBuf,
+    /// Run the small smoke version (no thresholds).
+    #[arg(long)]
+    smoke: bool,
+    /// Directory for report.json and the processes' configurations and logs.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// The `retailflow` binary to run (default: the one beside this binary).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+impl ProcessArgs {
+    fn binary(&self) -> Result<PathBuf> {
+        match &self.binary {
+            Some(b) => Ok(b.clone()),
+            None => super::memory_bench::sibling_binary(),
+        }
+    }
+}
+
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     match cmd {
         ScenarioCommand::Recovery(args) => {
@@ -82,39 +102,8 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        ScenarioCommand::Memory {
-            file,
-            smoke,
-            out,
-            binary,
-            breakdown,
-        } => {
-            let spec = super::memory_bench::MemorySpec::load(&file)?;
-            if breakdown {
-                let spec = if smoke { spec.smoke() } else { spec };
-                print!("{}", super::memory_bench::breakdown(&spec));
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (spec, out) = if smoke {
-                let s = spec.smoke();
-                let out = out.join(format!("{}-smoke", s.name));
-                (s, out)
-            } else {
-                let out = out.join(&spec.name);
-                (spec, out)
-            };
-            let binary = match binary {
-                Some(b) => b,
-                None => super::memory_bench::sibling_binary()?,
-            };
-            let report = super::memory_bench::run(&spec, &binary, &out).await?;
-            print!("{}", super::memory_bench::summary(&report, &out));
-            Ok(if report.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        ScenarioCommand::Capacity(on) => capacity(on).await,
+        ScenarioCommand::Memory { on, breakdown } => memory(on, breakdown).await,
         ScenarioCommand::Reserve { file, smoke, out } => {
             let spec = super::reserve_bench::ReserveSpec::load(&file)?;
             let out = out.join(if smoke {
@@ -186,6 +175,48 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
             Ok(verdict(&report, &out))
         }
     }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `scenario capacity`: fails if any shopper's query failed.
+async fn capacity(on: ProcessArgs) -> Result<ExitCode> {
+    let spec = super::capacity::CapacitySpec::load(&on.file)?;
+    let spec = if on.smoke { spec.smoke() } else { spec };
+    let out = on.out.join(&spec.name);
+    let binary = on.binary()?;
+    let report = super::capacity::run(&spec, &binary, &out).await?;
+    print!("{}", super::capacity::summary(&report, &out));
+    Ok(exit(report.steps.iter().all(|s| s.failed == 0)))
+}
+
+/// `scenario memory`: fails below the scenario's positions per GiB or on a wrong position.
+async fn memory(on: ProcessArgs, breakdown: bool) -> Result<ExitCode> {
+    let (smoke, out) = (on.smoke, &on.out);
+    let spec = super::memory_bench::MemorySpec::load(&on.file)?;
+    if breakdown {
+        let spec = if smoke { spec.smoke() } else { spec };
+        print!("{}", super::memory_bench::breakdown(&spec));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (spec, out) = if smoke {
+        let s = spec.smoke();
+        let out = out.join(format!("{}-smoke", s.name));
+        (s, out)
+    } else {
+        let out = out.join(&spec.name);
+        (spec, out)
+    };
+    let binary = on.binary()?;
+    let report = super::memory_bench::run(&spec, &binary, &out).await?;
+    print!("{}", super::memory_bench::summary(&report, &out));
+    Ok(exit(report.failures.is_empty()))
 }
 
 /// Prints the report's summary and where it is; the exit code names the outcome.

@@ -2,6 +2,7 @@
 //! an independent oracle, measured and reported; capture and replay; chaos; the reservation,
 //! recovery and memory benchmarks; the demo. The `retailflow-lab` binary runs them.
 
+pub mod capacity;
 pub mod capture;
 pub mod ceiling;
 pub mod chaos;

@@ -149,18 +149,18 @@ pub struct MemoryReport {
 
 const OPENING: i64 = 1_000;
 
-fn location_name(i: usize) -> String {
+pub(crate) fn location_name(i: usize) -> String {
     format!("S{i:05}")
 }
 
-fn sku_name(i: usize) -> String {
+pub(crate) fn sku_name(i: usize) -> String {
     format!("SKU-{i:07}")
 }
 
 /// The `retailflow` process under measurement.
-struct Child {
+pub(crate) struct Child {
     child: tokio::process::Child,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 /// `(VmRSS, VmHWM)` of a process in MB (MiB), from `/proc/<pid>/status`.
@@ -169,7 +169,7 @@ pub fn process_rss_mb(pid: u32) -> (f64, f64) {
 }
 
 impl Child {
-    fn start(binary: &Path, cfg: &Path, log: &Path) -> anyhow::Result<Child> {
+    pub(crate) fn start(binary: &Path, cfg: &Path, log: &Path) -> anyhow::Result<Child> {
         let file = std::fs::File::create(log)?;
         let child = tokio::process::Command::new(binary)
             .arg("run")
@@ -212,7 +212,7 @@ impl Child {
         Ok(child)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // SAFETY: kill(2) on the pid of a child we own; no memory is touched.
         unsafe {
             libc::kill(self.pid as i32, libc::SIGTERM);
@@ -228,11 +228,11 @@ impl Child {
 }
 
 /// `GET /healthz`'s `as_of`, when it answers 200.
-async fn as_of(http: &reqwest::Client, base: &str) -> Option<u64> {
+pub(crate) async fn as_of(http: &reqwest::Client, base: &str) -> Option<u64> {
     crate::chaos::healthy(http, base).await
 }
 
-async fn wait_applied(
+pub(crate) async fn wait_applied(
     http: &reqwest::Client,
     base: &str,
     seq: u64,
@@ -278,13 +278,16 @@ fn config(spec: &MemorySpec, nats_url: String, http: &str) -> Config {
 }
 
 /// Opening stock: every location receives [`OPENING`] units of every SKU.
-fn opening_stock<'a>(locs: &'a [String], skus: &'a [String]) -> impl Iterator<Item = Event> + 'a {
+pub(crate) fn opening_stock<'a>(
+    locs: &'a [String],
+    skus: &'a [String],
+) -> impl Iterator<Item = Event> + 'a {
     crate::recovery_bench::opening_stock(locs, skus, OPENING)
 }
 
 /// One-unit sales at `rate` per second for `seconds`, at positions chosen by a fixed
 /// xorshift; returns the last stream sequence and the units sold per (location, sku) index.
-async fn trickle(
+pub(crate) async fn trickle(
     js: &async_nats::jetstream::Context,
     systems: &[String],
     locs: &[String],

@@ -1,6 +1,8 @@
 //! The lab's integration tests, one binary: scenarios end to end, chaos, capture and replay,
-//! the reservation and recovery benchmarks at smoke size, interrupting a run.
+//! the reservation, recovery, memory and query-capacity benchmarks at smoke size,
+//! interrupting a run.
 
+mod capacity;
 mod capture;
 mod chaos;
 mod failover;
