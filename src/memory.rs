@@ -22,11 +22,14 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
 }
 
-/// Hands memory that is free but still mapped back to the OS now, not after the purge delay:
-/// for one-off buffers far larger than a barrier's, a snapshot's parts above all (hundreds of
-/// MB for millions of positions). With snapshots every 30 s and a 30 s delay they would never
-/// leave the process. It also purges what barriers freed in the last 30 s, which the next ones
-/// fault in again: that is one round of faults per snapshot, not per barrier.
+/// Hands memory that mimalloc holds free but mapped back to the OS now, not after the purge
+/// delay: what has come back to its arenas, and the calling thread's own empty pages. Meant
+/// for one-off buffers far larger than a barrier's, a snapshot's parts above all (tens to
+/// hundreds of MB for millions of positions): with snapshots every 30 s and a 30 s delay they
+/// would never leave the process. Blocks freed by this thread but allocated by another go back
+/// when their owner next collects, so this is not a guarantee for every byte; the memory
+/// scenario measures what it achieves. It also purges what barriers freed lately, which the
+/// next ones fault in again: one round of faults per snapshot, not per barrier.
 pub fn hand_back() {
     // SAFETY: mi_collect takes no pointers; it collects the calling thread's heap and purges
     // the arenas' free memory, which is safe from any thread at any time.

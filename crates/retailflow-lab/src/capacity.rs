@@ -314,14 +314,9 @@ async fn step(
     let url = cluster.url();
     let replicas = configs(spec, &url, n, &out)?;
     let http = reqwest::Client::new();
-    let mut children = Vec::new();
-    for (i, (cfg, _)) in replicas.iter().enumerate() {
-        children.push(Child::start(
-            binary,
-            cfg,
-            &out.join(format!("r{}.log", i + 1)),
-        )?);
-    }
+    let children = (replicas.iter().enumerate())
+        .map(|(i, (cfg, _))| Child::start(binary, cfg, &out.join(format!("r{}.log", i + 1))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let nats = async_nats::connect(retailflow::bus::servers(&url)).await?;
     let version = nats.server_info().version;
     let js = load_context(nats.clone(), 2_000);
@@ -381,7 +376,8 @@ async fn step(
     let wall = load_from.2.elapsed().as_secs_f64();
     let load = shares(&pids, &load_from.0, wall);
     let generator = shares(&me, &load_from.1, wall)[0];
-    let _ = trickling.await?;
+    // A trickle that failed would leave the replicas idle: no report then.
+    trickling.await??;
 
     let rss_mb = children
         .iter()

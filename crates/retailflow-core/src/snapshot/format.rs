@@ -1,4 +1,4 @@
-//! The snapshot format. Version 1: a MessagePack (compact, positional) `Snapshot` whose parts
+//! The snapshot format ([`FORMAT_VERSION`]): a MessagePack (compact, positional) `Snapshot` whose parts
 //! are themselves MessagePack blobs, one per shard and per store, so each actor encodes its
 //! own state while the others keep working.
 
@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this build writes. 2 leaves a cell's movement tally out when it is all zeros;
+/// 1 always wrote it. This build reads both; a build that knows only 1 refuses a 2 by its
+/// version, so an older binary started on newer snapshots says so instead of "corrupt".
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads.
+pub const OLDEST_READABLE: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -18,7 +23,9 @@ pub enum FormatError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("snapshot is corrupt: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
-    #[error("snapshot format {found} is not supported by this build (expects {FORMAT_VERSION})")]
+    #[error(
+        "snapshot format {found} is not one this build reads ({OLDEST_READABLE} to {FORMAT_VERSION}); a newer format comes from a newer retailflow: run that version, or delete the snapshot bucket to start from the stream"
+    )]
     Version { found: u32 },
     #[error("a snapshot part or list of {n} bytes or items is more than the format's 2^32")]
     TooLarge { n: usize },
@@ -147,7 +154,7 @@ impl Snapshot {
     pub fn decode(bytes: &[u8], shards: usize) -> Result<Snapshot, FormatError> {
         // The version is the first field; read it alone so a future layout fails clearly.
         let (found,): (u32,) = rmp_serde::from_slice(&header_prefix(bytes)).unwrap_or((0,));
-        if found != FORMAT_VERSION {
+        if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&found) {
             return Err(FormatError::Version { found });
         }
         let snap: Snapshot = rmp_serde::from_slice(bytes)?;
@@ -212,6 +219,13 @@ mod tests {
                 configured: 3
             })
         ));
+        // Format 1 (every cell with its tally) still reads.
+        let mut v1 = sample(2);
+        v1.format = 1;
+        assert_eq!(
+            Snapshot::decode(&v1.encode().unwrap(), 2).unwrap().format,
+            1
+        );
         let mut future = sample(2);
         future.format = 9;
         let bytes = future.encode().unwrap();
