@@ -140,6 +140,16 @@ fn aggregation(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("aggregate");
     g.throughput(Throughput::Elements(sales.len() as u64));
+    // Each sale from one of eight tills per store, in sequence: the day's completeness check
+    // runs as in the pipeline.
+    let tills: Vec<(SourceId, u64)> = (0..sales.len())
+        .map(|i| {
+            (
+                SourceId::from(format!("pos/t{}", i % 8).as_str()),
+                1 + i as u64 / 8,
+            )
+        })
+        .collect();
     g.bench_function("store_add_sales", |b| {
         b.iter(|| {
             let mut aggs: std::collections::HashMap<&str, StoreAggregator> = Default::default();
@@ -148,6 +158,7 @@ fn aggregation(c: &mut Criterion) {
                     .or_insert_with(|| StoreAggregator::new(s.location.clone()))
                     .add(
                         i as u64,
+                        Some(&tills[i]),
                         s.business_day,
                         s.currency,
                         &s.lines,
@@ -171,6 +182,8 @@ fn aggregation(c: &mut Criterion) {
         page: 1,
         pages: 1,
         lineage: Lineage::default(),
+        final_doc: false,
+        corrects: None,
         body: DocBody::SalesSummary(
             (0..MAX_LINES)
                 .map(|i| SalesLine {
@@ -293,6 +306,7 @@ fn pipeline_cpu(c: &mut Criterion) {
                             for e in &evs {
                                 a.add(
                                     e.seq,
+                                    e.till.as_ref(),
                                     e.business_day,
                                     e.currency,
                                     &e.lines,

@@ -11,7 +11,7 @@ set -euo pipefail
 seconds="${1:-30}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/fuzz"
-targets=(nats_protocol fastpack_vs_serde json_envelope http_requests posting_document)
+targets=(nats_protocol fastpack_vs_serde json_envelope http_requests posting_document finance_record)
 cargo +nightly fuzz build
 for t in "${targets[@]}"; do
     scratch="$(mktemp -d)"

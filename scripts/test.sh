@@ -6,6 +6,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/install-nats-server.sh
 export RETAILFLOW_NATS_SERVER="$root/.tools/nats-server/bin/nats-server"
+# The dashboard test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null; then
+    as_root=""
+    [ "$(id -u)" -eq 0 ] || as_root="sudo"
+    $as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium
+fi
 cargo fmt --check
 scripts/check-layers.sh
 cargo clippy --workspace --all-targets --quiet -- -D warnings

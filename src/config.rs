@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 pub mod doc;
+pub mod finance;
 pub mod leader;
 pub mod nats_url;
 mod sources;
 pub use sources::SourceConfig;
 
+pub use finance::FinanceConfig;
 pub use leader::LeaderConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,7 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     pub runtime: RuntimeConfig,
     pub leader: LeaderConfig,
+    pub finance: FinanceConfig,
     /// ERP endpoints postings are delivered to.
     pub erp: Vec<ErpEndpointConfig>,
 }
@@ -61,6 +64,7 @@ impl Default for Config {
             supervision: SupervisionConfig::default(),
             runtime: RuntimeConfig::default(),
             leader: LeaderConfig::default(),
+            finance: FinanceConfig::default(),
             erp: vec![ErpEndpointConfig::default()],
         }
     }
@@ -140,7 +144,7 @@ pub struct StreamsConfig {
     /// Stream holding every retail event (the source of truth).
     pub events: String,
     /// Systems whose subjects `retail.v1.<system>.>` the events stream captures; `api` and `ctl`
-    /// (retailflow's own) are always added, and `atp`, `dlq` and `postings` are reserved.
+    /// (retailflow's own) are always added, and `atp`, `dlq`, `postings` and `finance` are reserved.
     pub systems: Vec<String>,
     /// Outbox of posting documents.
     pub postings: String,
@@ -676,7 +680,7 @@ impl Config {
         for s in &self.streams.systems {
             crate::domain::ids::check_token("streams.systems", s)
                 .map_err(|err| ConfigError::Invalid(err.to_string()))?;
-            if matches!(s.as_str(), "atp" | "dlq" | "postings") {
+            if matches!(s.as_str(), "atp" | "dlq" | "postings" | "finance") {
                 return bad(format!(
                     "streams.systems may not contain {s:?}: retailflow uses retail.v1.{s} itself"
                 ));

@@ -14,12 +14,13 @@ use retailflow_core::aggregate::posting::PostingDoc;
 pub type Body = fn(&[u8]);
 
 /// Target name and body, for the replay test and `fuzz/`.
-pub const TARGETS: [(&str, Body); 5] = [
+pub const TARGETS: [(&str, Body); 6] = [
     ("nats_protocol", nats_protocol),
     ("fastpack_vs_serde", fastpack_vs_serde),
     ("json_envelope", json_envelope),
     ("http_requests", http_requests),
     ("posting_document", posting_document),
+    ("finance_record", finance_record),
 ];
 
 /// The direct reader's parser over a buffer of operations, and what ingest does with each
@@ -172,6 +173,36 @@ pub fn posting_document(data: &[u8]) {
     let packed = codec::encode_msgpack(&doc).expect("a decoded document encodes");
     let back: PostingDoc = codec::decode(Format::MsgPack, &packed).expect("and decodes again");
     assert_eq!(back, doc, "MessagePack round trip changed the document");
+}
+
+/// A record of the finance stream as every replica's reader takes it in (an answer recorded
+/// twice counts once), and the reconciliation's query string and document ids.
+pub fn finance_record(data: &[u8]) {
+    use crate::finance::books::{Answer, Books, Filter, parse_id};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which % 2 == 0 {
+        let text = String::from_utf8_lossy(rest);
+        let _ = crate::query::finance::filter(Some(&text));
+        let _ = parse_id(&text);
+        return;
+    }
+    let Ok(a) = serde_json::from_slice::<Answer>(rest) else {
+        return;
+    };
+    let endpoint = crate::config::ErpEndpointConfig {
+        name: a.endpoint.clone(),
+        ..Default::default()
+    };
+    let books = Books::new(&[endpoint], 4);
+    books.answer(1, a.clone());
+    let once = serde_json::to_value(books.list(&Filter::default())).expect("a listing encodes");
+    books.answer(2, a.clone());
+    let twice = serde_json::to_value(books.list(&Filter::default())).expect("a listing encodes");
+    assert_eq!(once, twice, "an answer recorded twice was counted twice");
+    let _ = serde_json::to_value(books.detail(&a.location, a.business_day));
+    let _ = crate::query::finance::csv(&books.list(&Filter::default()));
 }
 
 #[cfg(test)]

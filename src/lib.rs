@@ -9,6 +9,7 @@
 //! - [`aggregate`]: per-store sales/tender/tax aggregation and posting documents.
 //! - [`snapshot`]: barriers, the coordinator, durable snapshots, release of postings.
 //! - [`post`]: the outbox, rate limiting and HTTP delivery to ERP endpoints.
+//! - [`finance`]: business-day close and reconciliation: the ERP's answers, the API.
 //! - [`query`]: availability and reservations over HTTP and NATS.
 //! - [`supervise`]: the root actor and its restart policy.
 //! - [`erp_sim`]: a simulated, rate-limited ERP endpoint for tests and benchmarks.
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod finance;
 pub mod memory;
 pub use retailflow_core::domain;
 #[doc(hidden)]

@@ -7,7 +7,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use retailflow_core::aggregate::store::StoreAggregator;
 use retailflow_core::ingest::route::StoreEvent;
 use std::sync::Arc;
-#[cfg(feature = "lab")]
 use std::sync::atomic::Ordering::Relaxed;
 
 pub enum StoreMsg {
@@ -17,6 +16,8 @@ pub enum StoreMsg {
     },
     Barrier {
         seq: u64,
+        /// The barrier's time (ms), from the stream: closing grace is measured in it.
+        at_ms: i64,
         flush: bool,
         snapshot: bool,
         reply: ActorRef<CoordMsg>,
@@ -34,6 +35,10 @@ pub struct StoreActor;
 pub struct StoreContext {
     pub flow: Arc<Flow>,
     pub metrics: Arc<Metrics>,
+    /// Where the store's days are shown to finance (reconciliation).
+    pub finance: Arc<crate::finance::books::Books>,
+    /// `finance.close_grace` in milliseconds.
+    pub close_grace_ms: i64,
 }
 
 pub struct StoreArgs {
@@ -44,6 +49,8 @@ pub struct StoreArgs {
 pub struct StoreState {
     ctx: StoreContext,
     agg: StoreAggregator,
+    /// The aggregator's `days_dropped` already counted in the metrics.
+    days_dropped: u64,
 }
 
 impl Actor for StoreActor {
@@ -56,9 +63,13 @@ impl Actor for StoreActor {
         _myself: ActorRef<StoreMsg>,
         args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
+        let mut agg = args.aggregator;
+        let days = agg.all_days();
+        args.ctx.finance.update(agg.location(), days);
         Ok(StoreState {
             ctx: args.ctx,
-            agg: args.aggregator,
+            days_dropped: agg.days_dropped,
+            agg,
         })
     }
 
@@ -82,8 +93,13 @@ impl Actor for StoreActor {
                         if e.seq == hook {
                             panic!("test hook: panic aggregating stream sequence {}", e.seq);
                         }
+                        if let Some(close) = &e.close {
+                            state.agg.declare(e.seq, close);
+                            continue;
+                        }
                         state.agg.add(
                             e.seq,
+                            e.till.as_ref(),
                             e.business_day,
                             e.currency,
                             &e.lines,
@@ -108,11 +124,24 @@ impl Actor for StoreActor {
             }
             StoreMsg::Barrier {
                 seq,
+                at_ms,
                 flush,
                 snapshot,
                 reply,
             } => {
-                let drafts = if flush { state.agg.flush() } else { Vec::new() };
+                let grace = state.ctx.close_grace_ms;
+                let drafts = state.agg.barrier(seq, at_ms, flush, grace);
+                let days = state.agg.changed_days();
+                state.ctx.finance.update(state.agg.location(), days);
+                let dropped = state.agg.days_dropped;
+                if dropped > state.days_dropped {
+                    state
+                        .ctx
+                        .metrics
+                        .finance_days_dropped
+                        .fetch_add(dropped - state.days_dropped, Relaxed);
+                    state.days_dropped = dropped;
+                }
                 let bytes = if snapshot {
                     Some(retailflow_core::snapshot::format::encode_part(&state.agg)?)
                 } else {

@@ -15,9 +15,10 @@ use std::fmt::Write as _;
 
 /// The files whose structs the walk can descend into: the configuration itself, its leader
 /// section, the ERP rate limit it embeds and the events stream's sources.
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 5] = [
     include_str!("../config.rs"),
     include_str!("leader.rs"),
+    include_str!("finance.rs"),
     include_str!("../post/ratelimit.rs"),
     include_str!("sources.rs"),
 ];

@@ -289,7 +289,8 @@ impl IngestState {
                 Step::Next(seq)
             }
             event => {
-                self.routed.route(seq, event);
+                let till = Some((envelope.source, envelope.seq));
+                self.routed.route_from(seq, till, event);
                 Step::Next(seq)
             }
         }
@@ -452,6 +453,7 @@ impl IngestState {
         for store in self.stores.values() {
             store.send_message(StoreMsg::Barrier {
                 seq,
+                at_ms,
                 flush,
                 snapshot,
                 reply: self.coordinator.clone(),

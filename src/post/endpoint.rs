@@ -20,6 +20,8 @@ use super::ratelimit::RateLimiter;
 use crate::config::{ErpEndpointConfig, RetryConfig};
 use crate::deadletter::{DeadLetters, Letter, Reason};
 use crate::domain::{codec, subject};
+use crate::finance::books::DocStatus;
+use crate::finance::journal::{answer_of, record};
 use crate::shared::Flow;
 use crate::telemetry::{EndpointMetrics, Metrics};
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -224,9 +226,10 @@ impl Answer {
     async fn settle(
         &self,
         msg: jetstream::Message,
-        doc_id: &str,
+        doc: &PostingDoc,
         outcome: Outcome,
     ) -> Result<(), ActorProcessingErr> {
+        let doc_id = doc.id.as_str();
         let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
         let m = &self.metrics;
         match outcome {
@@ -234,6 +237,13 @@ impl Answer {
                 m.accepted.fetch_add(1, Relaxed);
                 if replay {
                     m.replays.fetch_add(1, Relaxed);
+                }
+                // The answer is recorded before the posting leaves the outbox: if recording
+                // fails, the posting comes back and the ERP answers it as a replay.
+                if let Some(a) = answer_of(doc, DocStatus::Accepted, None) {
+                    record(&self.ctx.js, &a)
+                        .await
+                        .map_err(|e| format!("recording the ERP's answer: {e}"))?;
                 }
                 // If this ack is lost the posting comes back and the ERP answers it as a replay.
                 if let Err(error) = msg.ack().await {
@@ -253,6 +263,16 @@ impl Answer {
             Outcome::Rejected { status, message } => {
                 m.rejected.fetch_add(1, Relaxed);
                 tracing::warn!(endpoint = %self.name, doc = %doc_id, status, error = %message, "ERP rejected posting");
+                let answer = answer_of(
+                    doc,
+                    DocStatus::Rejected,
+                    Some(format!("ERP answered {status}: {message}")),
+                );
+                if let Some(a) = answer {
+                    record(&self.ctx.js, &a)
+                        .await
+                        .map_err(|e| format!("recording the ERP's answer: {e}"))?;
+                }
                 self.dead_letter(
                     &msg,
                     &format!("ERP answered {status}"),
@@ -394,7 +414,7 @@ impl EndpointState {
                         }
                     }
                 };
-                if let Err(error) = answer.settle(msg, &doc_id, outcome).await {
+                if let Err(error) = answer.settle(msg, &doc, outcome).await {
                     tracing::warn!(%error, doc = %doc_id, "posting not settled; JetStream offers it again after the ack wait");
                 }
                 // A restarted actor no longer counts this task; nothing to tell it then.

@@ -1,4 +1,5 @@
-//! API tokens: who may query, reserve, administer or scrape metrics over HTTP.
+//! API tokens: who may query, reserve, read the reconciliation, administer or scrape metrics
+//! over HTTP.
 //!
 //! The tokens file holds one token a line, `<secret> <scope>[,<scope>...]`, with blank lines
 //! and `#` comments. Only SHA-256 digests of the secrets are kept in memory, and a presented
@@ -21,6 +22,8 @@ pub enum Scope {
     Reserve = 2,
     Admin = 4,
     Metrics = 8,
+    /// Reconciliation and document lineage (finance users, the dashboard).
+    Finance = 16,
 }
 
 impl Scope {
@@ -30,6 +33,7 @@ impl Scope {
             "reserve" => Scope::Reserve,
             "admin" => Scope::Admin,
             "metrics" => Scope::Metrics,
+            "finance" => Scope::Finance,
             _ => return None,
         })
     }
@@ -117,7 +121,7 @@ impl TokenSet {
                     Some(scope) => bits |= scope as u8,
                     None => {
                         return Err(bad(format!(
-                            "unknown scope {s:?}; scopes are query, reserve, admin, metrics"
+                            "unknown scope {s:?}; scopes are query, reserve, finance, admin, metrics"
                         )));
                     }
                 }

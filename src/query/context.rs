@@ -25,4 +25,6 @@ pub struct QueryContext {
     pub feed: Arc<ChangeFeed>,
     /// Reservation expiry and the change feed are the leader's.
     pub leader: Arc<Leadership>,
+    /// Store days and the ERP's answers (reconciliation).
+    pub finance: Arc<crate::finance::books::Books>,
 }

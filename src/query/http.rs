@@ -3,8 +3,10 @@
 
 use super::auth::{ApiAuth, Refusal, Scope};
 use super::context::QueryContext;
+use super::finance::{self, FinanceState};
 use super::listener;
 use super::model::{self, QueryError, QueryRequest};
+pub use super::reply::{error, json};
 use super::reserve::{self, Reservations, ReserveError, ReserveRequest};
 use axum::Router;
 use axum::body::Bytes;
@@ -13,7 +15,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -46,12 +47,24 @@ pub fn router(state: ApiState) -> Router {
             get(get_reservation).delete(release_reservation),
         );
     let metrics_route = Router::new().route("/metrics", get(metrics));
+    let finance = Router::new()
+        .route("/v1/reconciliation", get(finance::list))
+        .route(
+            "/v1/reconciliation/{store}/{business_day}",
+            get(finance::detail),
+        )
+        .route("/v1/documents/{id}/lineage", get(super::finance::lineage))
+        .route("/ui", get(super::ui::overview))
+        .route("/ui/", get(super::ui::overview))
+        .route("/ui/day/{store}/{business_day}", get(super::ui::day))
+        .route("/ui/lineage", get(super::ui::lineage));
     let body_limit = state.ctx.config.api.max_body_bytes;
     let metrics_for_413 = state.ctx.metrics.clone();
     Router::new()
         .merge(guarded(Scope::Query, queries))
         .merge(guarded(Scope::Reserve, reservations))
         .merge(guarded(Scope::Metrics, metrics_route))
+        .merge(guarded(Scope::Finance, finance))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::map_response(move |r: Response| {
@@ -65,6 +78,16 @@ pub fn router(state: ApiState) -> Router {
         }))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+impl axum::extract::FromRef<ApiState> for FinanceState {
+    fn from_ref(st: &ApiState) -> FinanceState {
+        FinanceState {
+            books: st.ctx.finance.clone(),
+            js: st.ctx.js.clone(),
+            events_stream: st.ctx.config.streams.events.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -104,28 +127,6 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
             r
         }
     }
-}
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the answer: {e}"),
-        ),
-    }
-}
-
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json(status, &serde_json::json!({ "error": message.into() }))
 }
 
 fn query_error(e: QueryError) -> Response {

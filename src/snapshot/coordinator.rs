@@ -174,6 +174,8 @@ pub fn movement_drafts(parts: &mut [Option<ShardPart>]) -> Vec<Draft> {
             part: 0,
             lineage,
             body: DocBody::InventoryMovements(lines),
+            final_doc: false,
+            corrects: None,
         })
         .collect()
 }

@@ -154,6 +154,17 @@ async fn storage(shared: &Shared) -> Result<Option<SnapshotStore>, StartError> {
         bus::streams::ensure(&shared.js, &config.streams)
     })
     .await?;
+    let finance = crate::finance::journal::desired(
+        &config.finance,
+        config.streams.storage,
+        config.streams.replicas,
+    );
+    patiently("creating the finance stream", bus_retry, || async {
+        crate::finance::journal::ensure(&shared.js, finance.clone())
+            .await
+            .map_err(BusError::JetStream)
+    })
+    .await?;
     if !config.snapshot.enabled {
         return Ok(None);
     }
@@ -363,6 +374,12 @@ impl Pipeline {
             data.spawn(reserve::expiry_loop(query.clone())),
             data.spawn(crate::query::feed::run(query.clone())),
             data.spawn(forward),
+            api.spawn(crate::finance::journal::follow(
+                async_nats::jetstream::new(api_client.clone()),
+                config.finance.stream.clone(),
+                shared.finance.clone(),
+                shared.metrics.clone(),
+            )),
         ];
         let front = FrontEnds::start(FrontEndArgs {
             shared: &shared,

@@ -39,6 +39,8 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
     /// Whether this replica performs the side effects.
     pub leadership: Arc<Leadership>,
+    /// Store days and the ERP's answers, for reconciliation.
+    pub finance: Arc<crate::finance::books::Books>,
 }
 
 impl Shared {
@@ -60,6 +62,10 @@ impl Shared {
             leadership: Arc::new(Leadership::new(
                 config.leader.instance_name(),
                 config.leader.elect,
+            )),
+            finance: Arc::new(crate::finance::books::Books::new(
+                &config.erp,
+                config.finance.max_listed_documents,
             )),
             config,
             client,
@@ -85,6 +91,9 @@ impl Shared {
         StoreContext {
             flow: self.flow.clone(),
             metrics: self.metrics.clone(),
+            finance: self.finance.clone(),
+            close_grace_ms: i64::try_from(self.config.finance.close_grace.as_millis())
+                .unwrap_or(i64::MAX),
         }
     }
 
@@ -133,6 +142,7 @@ impl Shared {
             active: self.active.clone(),
             feed: self.feed.clone(),
             leader: self.leadership.clone(),
+            finance: self.finance.clone(),
         })
     }
 }

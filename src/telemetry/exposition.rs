@@ -220,6 +220,16 @@ const COUNTERS: &[Counter] = &[
         |m| &m.leader_changes,
     ),
     (
+        "finance_days_dropped",
+        "Store business days forgotten because a store kept more than 400 (the oldest first).",
+        |m| &m.finance_days_dropped,
+    ),
+    (
+        "finance_records_undecodable",
+        "Records of the finance stream (the ERP's answers) that did not decode and were skipped.",
+        |m| &m.finance_records_undecodable,
+    ),
+    (
         "snapshot_fallbacks",
         "Start-ups that skipped an unusable latest snapshot and used an older kept one.",
         |m| &m.snapshot_fallbacks,

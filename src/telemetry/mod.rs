@@ -153,6 +153,10 @@ pub struct Metrics {
     // --- Snapshot recovery (issue 25, H5). ---
     /// Start-ups that skipped an unusable latest snapshot and used an older kept one.
     pub snapshot_fallbacks: AtomicU64,
+    /// Store days forgotten because a store kept more than its most (oldest first).
+    pub finance_days_dropped: AtomicU64,
+    /// Records of the finance stream that did not decode (skipped).
+    pub finance_records_undecodable: AtomicU64,
 }
 
 impl Metrics {

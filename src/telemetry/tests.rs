@@ -78,6 +78,8 @@ fn populated() -> Arc<Metrics> {
         &m.leader,
         &m.leader_term,
         &m.leader_changes,
+        &m.finance_days_dropped,
+        &m.finance_records_undecodable,
     ];
     for (i, c) in counters.into_iter().enumerate() {
         c.store(101 + i as u64, Relaxed);
@@ -256,6 +258,12 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("retailflow_snapshot_backpressure_total", "counter", &[]),
     ("retailflow_snapshot_failures_total", "counter", &[]),
     ("retailflow_snapshot_fallbacks_total", "counter", &[]),
+    ("retailflow_finance_days_dropped_total", "counter", &[]),
+    (
+        "retailflow_finance_records_undecodable_total",
+        "counter",
+        &[],
+    ),
     ("retailflow_snapshot_pending_postings", "gauge", &[]),
     ("retailflow_stream_last_seq", "gauge", &[]),
     ("retailflow_leader", "gauge", &[]),

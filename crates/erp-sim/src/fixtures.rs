@@ -20,6 +20,8 @@ pub(crate) fn doc(id: &str, location: &str, body: DocBody) -> PostingDoc {
         page: 1,
         pages: 1,
         lineage: Lineage::default(),
+        final_doc: false,
+        corrects: None,
         body,
     }
 }

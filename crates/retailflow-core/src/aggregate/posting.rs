@@ -186,6 +186,12 @@ pub struct Draft {
     pub part: u32,
     pub lineage: Lineage,
     pub body: DocBody,
+    /// Formed at the barrier that closed its business day: the day's last regular document.
+    #[serde(default)]
+    pub final_doc: bool,
+    /// A correction for a day already closed, at this barrier.
+    #[serde(default)]
+    pub corrects: Option<u64>,
 }
 
 /// A document addressed to one ERP endpoint; `id` is also the HTTP `Idempotency-Key`.
@@ -211,6 +217,13 @@ pub struct PostingDoc {
     pub page: u32,
     pub pages: u32,
     pub lineage: Lineage,
+    /// The last regular document of its kind for a closed business day.
+    #[serde(rename = "final", default, skip_serializing_if = "std::ops::Not::not")]
+    pub final_doc: bool,
+    /// A correction for a business day that closed at this barrier: it adds to the day's
+    /// documents up to that barrier (those marked `final` and before), never replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<u64>,
     #[serde(flatten)]
     pub body: DocBody,
 }
@@ -228,6 +241,9 @@ enum DocField {
     Page,
     Pages,
     Lineage,
+    #[serde(rename = "final")]
+    Final,
+    Corrects,
     Kind,
     Lines,
     #[serde(other)]
@@ -256,6 +272,7 @@ impl<'de> serde::de::Visitor<'de> for DocVisitor {
         let (mut business_day, mut currency) = (None, None);
         let (mut barrier_seq, mut part, mut page, mut pages) = (None, None, None, None);
         let (mut lineage, mut kind, mut body) = (None, None::<DocKind>, None);
+        let (mut final_doc, mut corrects) = (None, None);
         while let Some(field) = map.next_key::<DocField>()? {
             match field {
                 DocField::Id => once(&mut id, map.next_value()?, "id")?,
@@ -270,6 +287,8 @@ impl<'de> serde::de::Visitor<'de> for DocVisitor {
                 DocField::Page => once(&mut page, map.next_value()?, "page")?,
                 DocField::Pages => once(&mut pages, map.next_value()?, "pages")?,
                 DocField::Lineage => once(&mut lineage, map.next_value()?, "lineage")?,
+                DocField::Final => once(&mut final_doc, map.next_value()?, "final")?,
+                DocField::Corrects => once(&mut corrects, map.next_value()?, "corrects")?,
                 DocField::Kind => once(&mut kind, map.next_value()?, "kind")?,
                 DocField::Lines => {
                     let Some(k) = kind else {
@@ -301,6 +320,8 @@ impl<'de> serde::de::Visitor<'de> for DocVisitor {
             page: page.unwrap_or(1),
             pages: pages.unwrap_or(1),
             lineage: lineage.ok_or_else(|| A::Error::missing_field("lineage"))?,
+            final_doc: final_doc.unwrap_or(false),
+            corrects: corrects.flatten(),
             body: match (kind, body) {
                 (_, Some(body)) => body,
                 (None, None) => return Err(A::Error::missing_field("kind")),
@@ -351,6 +372,8 @@ impl PostingDoc {
                     page,
                     pages: n,
                     lineage: draft.lineage,
+                    final_doc: draft.final_doc,
+                    corrects: draft.corrects,
                     body,
                 }
             })
@@ -377,6 +400,8 @@ mod tests {
             part: 0,
             lineage: Lineage::default(),
             body: DocBody::TenderSummary(lines),
+            final_doc: false,
+            corrects: None,
         };
         let docs = PostingDoc::address(draft, "erp", 7);
         assert_eq!(
@@ -409,6 +434,8 @@ mod tests {
                 refunded: 0,
                 transactions: 2,
             }]),
+            final_doc: false,
+            corrects: None,
         };
         let doc = PostingDoc::address(draft, "erp", 10).remove(0);
         assert_eq!(doc.id, "erp/tender_summary/S1/2026-11-27/EUR/10/0/1");

@@ -9,11 +9,12 @@
 //! the volume past `i64::MAX`, the day's buckets are sealed into a separate part and a new part
 //! starts, so nothing wraps, nothing is refused, and the common path needs no checks.
 
+use super::day::{DayBook, Money};
 use super::posting::*;
 use crate::domain::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 type DayKey = (BusinessDay, Currency);
 
@@ -46,6 +47,32 @@ pub struct StoreAggregator {
     days: FxHashMap<DayKey, DayBuckets>,
     sealed: Vec<Draft>,
     totals: BTreeMap<DayKey, DayTotals>,
+    /// Finance's view of each day: Z report, state, documents formed, exceptions.
+    #[serde(default)]
+    books: BTreeMap<DayKey, DayBook>,
+    /// Days being closed (waiting out their grace).
+    #[serde(default)]
+    closing: BTreeSet<DayKey>,
+    /// Days whose book changed other than by a new event since the view last took them.
+    #[serde(skip)]
+    touched: BTreeSet<DayKey>,
+    /// Day books forgotten because the store kept more than [`MAX_DAYS`].
+    #[serde(default)]
+    pub days_dropped: u64,
+}
+
+/// Day books one store keeps; beyond it the oldest is forgotten (`days_dropped`).
+pub const MAX_DAYS: usize = 400;
+
+/// One store day as the reconciliation shows it, taken at a barrier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayView {
+    pub business_day: BusinessDay,
+    pub currency: Currency,
+    pub totals: DayTotals,
+    /// Money of the events applied: formed into documents plus what waits for the next flush.
+    pub source: Money,
+    pub book: DayBook,
 }
 
 /// Sum of absolute values an event adds to a day's buckets (saturating).
@@ -81,10 +108,13 @@ impl StoreAggregator {
         &self.location
     }
 
-    /// Folds a sale (`returning = false`) or a return into the buckets.
+    /// Folds a sale (`returning = false`) or a return into the buckets; `till` is its
+    /// producer and sequence.
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         seq: u64,
+        till: Option<&(SourceId, u64)>,
         day: BusinessDay,
         currency: Currency,
         lines: &[ItemLine],
@@ -92,6 +122,7 @@ impl StoreAggregator {
         returning: bool,
     ) {
         let key = (day, currency);
+        self.book(key).applied(till);
         let buckets = self.days.entry(key).or_default();
         let v = volume(lines, tenders);
         if buckets.volume.checked_add(v).is_none() {
@@ -127,6 +158,107 @@ impl StoreAggregator {
         }
     }
 
+    /// The day's book, made on first use; the oldest goes when there are more than MAX_DAYS.
+    fn book(&mut self, key: DayKey) -> &mut DayBook {
+        if !self.books.contains_key(&key) && self.books.len() >= MAX_DAYS {
+            if let Some((old, _)) = self.books.pop_first() {
+                self.closing.remove(&old);
+                self.days_dropped += 1;
+            }
+        }
+        self.books.entry(key).or_default()
+    }
+
+    /// Takes in a store's Z report for a day (`seq`: its stream sequence).
+    pub fn declare(&mut self, seq: u64, close: &DayClosed) {
+        let key = (close.business_day, close.currency);
+        let book = self.book(key);
+        book.declare(seq, close);
+        if book.state == super::day::DayState::Closing {
+            self.closing.insert(key);
+        }
+        self.touched.insert(key);
+    }
+
+    /// A barrier at `seq`, stamped `at_ms`: starts or ends the grace of closing days and, when
+    /// it flushes, forms the documents and closes the days whose grace is over. A closing day's
+    /// events wait for the close: the documents formed then are the day's final ones. Closed
+    /// days' documents are corrections.
+    pub fn barrier(&mut self, seq: u64, at_ms: i64, flush: bool, grace_ms: i64) -> Vec<Draft> {
+        let mut due = Vec::new();
+        for key in &self.closing {
+            if let Some(book) = self.books.get_mut(key) {
+                if book.due(at_ms, grace_ms) {
+                    due.push(*key);
+                }
+            }
+        }
+        if !flush {
+            return Vec::new();
+        }
+        // A closing day keeps what arrives during its grace for its final documents.
+        let held: Vec<(DayKey, DayBuckets)> = self
+            .closing
+            .iter()
+            .filter(|k| !due.contains(k))
+            .filter_map(|k| self.days.remove(k).map(|b| (*k, b)))
+            .collect();
+        let mut drafts = self.flush();
+        self.days.extend(held);
+        let mut corrected = BTreeSet::new();
+        for d in drafts.iter_mut() {
+            let (Some(day), Some(cur)) = (d.business_day, d.currency) else {
+                continue;
+            };
+            let key = (day, cur);
+            let closing = due.contains(&key);
+            let book = self.book(key);
+            book.formed_drafts(std::slice::from_mut(d), closing);
+            if d.corrects.is_some() {
+                corrected.insert(key);
+            }
+            self.touched.insert(key);
+        }
+        for key in due {
+            self.closing.remove(&key);
+            self.book(key).close(seq);
+            self.touched.insert(key);
+        }
+        for key in corrected {
+            self.book(key).recheck();
+        }
+        drafts
+    }
+
+    /// The days that changed since the last call (new events, a Z report, a flush, a close),
+    /// as the reconciliation shows them.
+    pub fn changed_days(&mut self) -> Vec<DayView> {
+        let mut keys = std::mem::take(&mut self.touched);
+        keys.extend(self.days.keys().copied());
+        keys.into_iter()
+            .filter_map(|key| {
+                let book = self.books.get(&key)?;
+                let mut source = book.formed.clone();
+                if let Some(b) = self.days.get(&key) {
+                    source.add(&b.money());
+                }
+                Some(DayView {
+                    business_day: key.0,
+                    currency: key.1,
+                    totals: self.totals.get(&key).cloned().unwrap_or_default(),
+                    source,
+                    book: book.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every day book, as the reconciliation shows it (after a restore).
+    pub fn all_days(&mut self) -> Vec<DayView> {
+        self.touched.extend(self.books.keys().copied());
+        self.changed_days()
+    }
+
     /// Whether anything waits to be flushed.
     pub fn is_dirty(&self) -> bool {
         !self.days.is_empty() || !self.sealed.is_empty()
@@ -153,6 +285,23 @@ impl StoreAggregator {
 }
 
 impl DayBuckets {
+    /// The money folded in since the last flush, as the documents would carry it.
+    fn money(&self) -> Money {
+        let mut m = Money::default();
+        for l in self.sales.values() {
+            m.sales = m.sales.saturating_add(l.net_amount());
+        }
+        for t in self.tenders.values() {
+            let v = m.tenders.entry(t.tender.clone()).or_default();
+            *v = v.saturating_add(t.paid).saturating_sub(t.refunded);
+        }
+        for t in self.tax.values() {
+            let v = m.taxes.entry(t.code.clone()).or_default();
+            *v = v.saturating_add(t.tax_amount);
+        }
+        m
+    }
+
     /// Folds one event in. The caller has checked the volume bound, so plain arithmetic
     /// cannot overflow.
     fn fold(&mut self, lines: &[ItemLine], tenders: &[Tender], returning: bool) {
@@ -221,6 +370,8 @@ impl DayBuckets {
             part: self.part,
             lineage: self.lineage,
             body,
+            final_doc: false,
+            corrects: None,
         };
         if !self.sales.is_empty() {
             let mut v: Vec<_> = self.sales.into_values().collect();
@@ -280,6 +431,7 @@ mod tests {
         let mut a = StoreAggregator::new("S1".into());
         a.add(
             3,
+            None,
             day(),
             eur(),
             &[line("A", 2, 500, 100, 180)],
@@ -288,6 +440,7 @@ mod tests {
         );
         a.add(
             7,
+            None,
             day(),
             eur(),
             &[line("A", 1, 500, 0, 100), line("B", 1, 200, 0, 40)],
@@ -296,6 +449,7 @@ mod tests {
         );
         a.add(
             9,
+            None,
             day(),
             eur(),
             &[line("A", 1, 500, 0, 100)],
@@ -348,6 +502,7 @@ mod tests {
         for seq in 1..=n as u64 {
             a.add(
                 seq,
+                None,
                 day(),
                 eur(),
                 std::slice::from_ref(&big),
@@ -366,5 +521,86 @@ mod tests {
             })
             .sum();
         assert_eq!(sold, n, "no unit lost across parts");
+    }
+
+    fn close_of(till: &str, last: u64, n: u64, card: i64, tax: i64) -> DayClosed {
+        DayClosed {
+            location: "S1".into(),
+            business_day: day(),
+            currency: eur(),
+            tills: vec![TillClose {
+                till: till.into(),
+                last_seq: last,
+                transactions: n,
+            }],
+            tenders: vec![tender("card", card)],
+            taxes: vec![TaxLine {
+                code: "VAT20".into(),
+                amount: tax,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_closing_day_holds_its_events_for_final_documents_and_a_late_one_is_a_correction() {
+        let mut a = StoreAggregator::new("S1".into());
+        let t1 = (SourceId::from("pos/s1/t1"), 1);
+        let sale = |a: &mut StoreAggregator, till: &(SourceId, u64), seq: u64| {
+            a.add(
+                seq,
+                Some(till),
+                day(),
+                eur(),
+                &[line("A", 1, 500, 0, 100)],
+                &[tender("card", 600)],
+                false,
+            )
+        };
+        sale(&mut a, &t1, 10);
+        assert_eq!(
+            a.barrier(11, 1_000, true, 5_000).len(),
+            3,
+            "open: posted at once"
+        );
+        a.declare(12, &close_of("pos/s1/t1", 2, 2, 1200, 200));
+        let t2 = (SourceId::from("pos/s1/t1"), 2);
+        sale(&mut a, &t2, 13);
+        assert!(
+            a.barrier(14, 2_000, true, 5_000).is_empty(),
+            "held while closing"
+        );
+        // Through a snapshot: the restored aggregator closes the day the same way.
+        let bytes = crate::snapshot::format::encode_part(&a).unwrap();
+        let mut b: StoreAggregator = crate::snapshot::format::decode_part(&bytes).unwrap();
+        let finals = b.barrier(15, 7_000, true, 5_000);
+        assert_eq!(finals.len(), 3);
+        assert!(finals.iter().all(|d| d.final_doc && d.corrects.is_none()));
+        let days = b.changed_days();
+        assert_eq!(days.len(), 1);
+        let book = &days[0].book;
+        assert_eq!(book.state, super::super::day::DayState::Closed);
+        assert_eq!(book.closed_at, Some(15));
+        assert!(book.exceptions.is_empty(), "{:?}", book.exceptions);
+        assert_eq!(days[0].source.sales, 1000);
+        // A third sale for the closed day: late, and its documents correct barrier 15.
+        let t3 = (SourceId::from("pos/s1/t1"), 3);
+        sale(&mut b, &t3, 16);
+        let corrections = b.barrier(17, 8_000, true, 5_000);
+        assert_eq!(corrections.len(), 3);
+        assert!(
+            corrections
+                .iter()
+                .all(|d| d.corrects == Some(15) && !d.final_doc)
+        );
+        let book = &b.changed_days()[0].book;
+        assert_eq!(book.late_events, 1);
+        assert_eq!(book.corrections, 3);
+        let kinds: Vec<&str> = book.exceptions.iter().map(|e| e.status()).collect();
+        assert_eq!(
+            kinds,
+            ["variance", "variance", "late_correction"],
+            "{:?}",
+            book.exceptions
+        );
     }
 }

@@ -168,7 +168,7 @@ pub fn ops_of(event: &Event, mut push: impl FnMut(Op)) {
             reservation: r.reservation_id.clone(),
             sku: r.sku.clone(),
         }),
-        Event::Barrier(_) => {}
+        Event::Barrier(_) | Event::DayClosed(_) => {}
     }
 }
 

@@ -58,6 +58,8 @@ pub enum Event {
     /// Several reservation requests the API received at about the same time, in one stream
     /// message; decided one after the other, in this order, as if published one by one.
     ReservationBatch(ReservationBatch),
+    /// A store's business day is over: the tills' Z reports (see [`DayClosed`]).
+    DayClosed(DayClosed),
     /// Control marker published by retailflow itself: all actors cut state at this sequence.
     Barrier(Barrier),
 }
@@ -83,6 +85,7 @@ impl Event {
             Event::ReservationReleased(_) => "reservation_released",
             Event::ReservationExpired(_) => "reservation_expired",
             Event::ReservationBatch(_) => "reservation_batch",
+            Event::DayClosed(_) => "day_closed",
             Event::Barrier(_) => "barrier",
         }
     }
@@ -128,6 +131,7 @@ impl Event {
             Event::ReservationReleased(r) => r.sku.as_str(),
             Event::ReservationExpired(r) => r.sku.as_str(),
             Event::ReservationBatch(_) => "many",
+            Event::DayClosed(d) => d.location.as_str(),
             Event::Barrier(_) => "all",
         }
     }
@@ -223,6 +227,40 @@ pub struct Tender {
     pub kind: TenderKind,
     /// Amount paid (for sales) or refunded (for returns), minor units, net of change given.
     pub amount: i64,
+}
+
+/// The close of one store's business day: what its tills declared in their Z reports.
+///
+/// retailflow compares it with what it applied: the tills' transaction sequences (a gap is
+/// missing transactions) and the totals per tender and per tax code (a difference is a
+/// variance). A second `day_closed` for the same store, day and currency replaces the first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DayClosed {
+    pub location: LocationId,
+    pub business_day: BusinessDay,
+    pub currency: Currency,
+    /// One entry per till that sold that day.
+    pub tills: Vec<TillClose>,
+    /// Declared money per tender kind: paid less refunded, minor units.
+    #[serde(default)]
+    pub tenders: Vec<Tender>,
+    /// Declared tax per tax component code: charged on sales less given back on returns.
+    #[serde(default)]
+    pub taxes: Vec<TaxLine>,
+}
+
+/// One till's part of a Z report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TillClose {
+    /// The till's source id, as in its events' `source` (e.g. `pos/s0042/t03`).
+    pub till: SourceId,
+    /// Sequence of the till's last transaction of the day (its envelope `seq`).
+    pub last_seq: u64,
+    /// Transactions (sales and returns) the till made that day: its sequences of the day
+    /// are `last_seq - transactions + 1 ..= last_seq`.
+    pub transactions: u64,
 }
 
 /// A completed till transaction. Decrements stock at `location`.

@@ -20,6 +20,8 @@ pub const DLQ: &str = "retail.v1.dlq";
 /// Prefix of the postings outbox: `retail.v1.postings.<endpoint>.<document kind>`.
 pub const POSTINGS: &str = "retail.v1.postings";
 /// Barriers published by retailflow into its own events stream.
+/// The ERP's answers per document: `retail.v1.finance.outcome.<endpoint>`.
+pub const FINANCE_OUTCOME: &str = "retail.v1.finance.outcome";
 pub const BARRIER: &str = "retail.v1.ctl.all.barrier";
 /// Reservation requests and releases published by the API into the events stream.
 pub const API_EVENTS: &str = "retail.v1.api";

@@ -158,7 +158,63 @@ fn check_event(event: &Event) -> Result<(), ValidationError> {
             r.sku.check()?;
             Ok(())
         }
+        Event::DayClosed(d) => d.check(),
         Event::Barrier(_) => Ok(()),
+    }
+}
+
+/// Tills in one `day_closed` at most.
+pub const MAX_CLOSE_TILLS: usize = 1000;
+/// Declared tender or tax lines in one `day_closed` at most.
+pub const MAX_CLOSE_LINES: usize = 64;
+/// Transactions one till declares for a day at most.
+pub const MAX_TILL_TRANSACTIONS: u64 = 10_000_000;
+
+impl DayClosed {
+    fn check(&self) -> Result<(), ValidationError> {
+        self.location.check()?;
+        if self.tills.len() > MAX_CLOSE_TILLS {
+            return Err(bad(format!("tills: more than {MAX_CLOSE_TILLS}")));
+        }
+        if self.tenders.len() > MAX_CLOSE_LINES || self.taxes.len() > MAX_CLOSE_LINES {
+            return Err(bad(format!(
+                "tenders and taxes: at most {MAX_CLOSE_LINES} lines each"
+            )));
+        }
+        for (i, t) in self.tills.iter().enumerate() {
+            t.till.check()?;
+            if t.transactions > MAX_TILL_TRANSACTIONS || t.transactions > t.last_seq {
+                return Err(bad(format!(
+                    "tills[{i}]: {} transactions cannot end at sequence {} (at most {MAX_TILL_TRANSACTIONS}, and sequences start at 1)",
+                    t.transactions, t.last_seq
+                )));
+            }
+            if self.tills[..i].iter().any(|o| o.till == t.till) {
+                return Err(bad(format!("tills[{i}]: till {} twice", t.till)));
+            }
+        }
+        // Declared day totals may be negative (more refunded than paid) and may exceed one
+        // line's bound; MAX_AMOUNT x 100 keeps every sum of them far from overflow.
+        let limit = MAX_AMOUNT.saturating_mul(100);
+        for (i, t) in self.tenders.iter().enumerate() {
+            t.kind.check()?;
+            if t.amount.unsigned_abs() > limit as u64 {
+                return Err(bad(format!("tenders[{i}]: amount beyond {limit}")));
+            }
+            if self.tenders[..i].iter().any(|o| o.kind == t.kind) {
+                return Err(bad(format!("tenders[{i}]: tender {} twice", t.kind)));
+            }
+        }
+        for (i, t) in self.taxes.iter().enumerate() {
+            t.code.check()?;
+            if t.amount.unsigned_abs() > limit as u64 {
+                return Err(bad(format!("taxes[{i}]: amount beyond {limit}")));
+            }
+            if self.taxes[..i].iter().any(|o| o.code == t.code) {
+                return Err(bad(format!("taxes[{i}]: tax code {} twice", t.code)));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,10 @@ use rustc_hash::FxHashMap;
 #[derive(Clone, Debug)]
 pub struct StoreEvent {
     pub seq: u64,
+    /// The producer (a till) and its sequence, for the day's completeness check.
+    pub till: Option<(SourceId, u64)>,
+    /// Set for a `day_closed`, whose lines and tenders are empty.
+    pub close: Option<Box<DayClosed>>,
     pub business_day: BusinessDay,
     pub currency: Currency,
     pub lines: Vec<ItemLine>,
@@ -49,6 +53,12 @@ impl Routed {
 
     /// Splits `event` (already validated and deduplicated) into this batch.
     pub fn route(&mut self, seq: u64, event: Event) {
+        self.route_from(seq, None, event)
+    }
+
+    /// As [`Routed::route`], naming the producer and its sequence (kept per store and day to
+    /// find missing till transactions).
+    pub fn route_from(&mut self, seq: u64, till: Option<(SourceId, u64)>, event: Event) {
         let shards = self.shard_ops.len();
         let mut work = 0;
         ops_of(&event, |op| {
@@ -83,11 +93,30 @@ impl Routed {
                 r.tenders,
                 true,
             )),
+            Event::DayClosed(d) => {
+                self.stores
+                    .entry(d.location.clone())
+                    .or_default()
+                    .push(StoreEvent {
+                        seq,
+                        till: None,
+                        business_day: d.business_day,
+                        currency: d.currency,
+                        close: Some(Box::new(d)),
+                        lines: Vec::new(),
+                        tenders: Vec::new(),
+                        returning: false,
+                    });
+                self.store_work += 1;
+                None
+            }
             _ => None,
         };
         if let Some((loc, business_day, currency, lines, tenders, returning)) = store {
             self.stores.entry(loc).or_default().push(StoreEvent {
                 seq,
+                till,
+                close: None,
                 business_day,
                 currency,
                 lines,

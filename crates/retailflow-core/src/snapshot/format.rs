@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::borrow::Cow;
 
-/// The format this build writes. 2 leaves a cell's movement tally out when it is all zeros;
-/// 1 always wrote it. This build reads both; a build that knows only 1 refuses a 2 by its
-/// version, so an older binary started on newer snapshots says so instead of "corrupt".
-pub const FORMAT_VERSION: u32 = 2;
+/// The format this build writes. 3 adds the stores' business-day books (finance); 2 leaves a
+/// cell's movement tally out when it is all zeros; 1 always wrote it. This build reads all
+/// three; an older build refuses a newer format by its version, so an older binary started on
+/// newer snapshots says so instead of "corrupt".
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this build reads.
 pub const OLDEST_READABLE: u32 = 1;
 
@@ -255,6 +256,8 @@ mod tests {
                 part: 0,
                 lineage: Lineage::default(),
                 body: crate::aggregate::posting::DocBody::TenderSummary(vec![Default::default()]),
+                final_doc: false,
+                corrects: None,
             },
             "erp",
             42,

@@ -161,6 +161,8 @@ fn write_fuzz_seeds() {
                 last_seq: 9,
             },
             body,
+            final_doc: false,
+            corrects: None,
         };
         for doc in PostingDoc::address(draft, "erp", 10) {
             let kind = doc.body.kind().as_str();
