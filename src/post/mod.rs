@@ -3,4 +3,6 @@
 pub mod delivery;
 pub mod endpoint;
 pub mod outbox;
+pub mod postgres;
 pub mod ratelimit;
+pub mod sink;
