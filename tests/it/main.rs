@@ -18,6 +18,7 @@ mod nats_auth;
 mod pgdb;
 mod pipeline_atp;
 mod pipeline_postings;
+mod postgres_crash;
 mod postgres_tables;
 mod replicas;
 mod reservations;
