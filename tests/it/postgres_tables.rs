@@ -481,3 +481,24 @@ async fn postgres_down_pauses_the_endpoint_and_dead_letters_nothing() {
     assert_eq!(Expected::read(&db).await, expected);
     pipeline.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_migrate_once_and_all_deliver() {
+    let db = TestDb::create().await;
+    // Each sink is a process's first connection: all of them migrate at the same moment.
+    let sinks: Vec<PgSink> = (0..6).map(|_| sink(&db)).collect();
+    let docs: Vec<PostingDoc> = (0..6)
+        .map(|n| doc(&format!("erp/sales_summary/S1/r{n}"), vec![line("A", 1, n)]))
+        .collect();
+    let outcomes =
+        futures::future::join_all(sinks.iter().zip(&docs).map(|(s, d)| s.deliver(d))).await;
+    for o in outcomes {
+        assert_eq!(o, Outcome::Accepted { replay: false });
+    }
+    assert_eq!(
+        db.number("SELECT count(*) FROM rf_schema_history").await,
+        1,
+        "the one migration recorded once"
+    );
+    assert_eq!(db.number("SELECT count(*) FROM rf_document").await, 6);
+}
