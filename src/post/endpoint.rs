@@ -2,7 +2,8 @@
 //! within the endpoint's limits.
 //!
 //! The actor fetches only as many postings as it has free concurrency; each delivery runs as
-//! its own task (waiting for the rate limiter, then the HTTP call), answers JetStream for its
+//! its own task (waiting for the rate limiter, then the sink: an HTTP call or a PostgreSQL
+//! transaction, see [`super::sink`]), answers JetStream for its
 //! posting itself and then tells the actor it is done. The task holds the message, so the
 //! answer does not depend on the actor still being there: a restarted actor's postings go
 //! back to the outbox at once instead of waiting out the ack wait. The rate limiter lives

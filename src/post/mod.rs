@@ -1,4 +1,5 @@
-//! Delivering postings to ERP endpoints: the outbox, rate limiting, HTTP delivery.
+//! Delivering postings to ERP endpoints: the outbox, rate limiting, the sinks (HTTP delivery,
+//! PostgreSQL interface tables).
 
 pub mod delivery;
 pub mod endpoint;
