@@ -502,3 +502,39 @@ async fn replicas_starting_at_once_migrate_once_and_all_deliver() {
     );
     assert_eq!(db.number("SELECT count(*) FROM rf_document").await, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_port_a_missing_database_or_a_silent_server_is_the_endpoints_fault() {
+    let db = TestDb::create().await;
+    let d = doc("erp/sales_summary/S1/x", vec![line("A", 1, 10)]);
+    // A silent server: accepts, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    for dsn in [
+        "host=127.0.0.1 port=1 user=postgres dbname=test".to_string(),
+        format!("{} dbname=rf_no_such_database", db.dsn()),
+        format!("host=127.0.0.1 port={silent_port} user=postgres dbname=test"),
+    ] {
+        let s = PgSink::new("erp", &dsn, Duration::from_millis(700), 1).unwrap();
+        let started = tokio::time::Instant::now();
+        match s.deliver(&d).await {
+            Outcome::Unavailable {
+                status: None,
+                reason,
+            } => assert!(!reason.is_empty()),
+            other => panic!("{dsn}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{dsn}: bounded by the timeout"
+        );
+    }
+    held.abort();
+    assert!(PgSink::new("erp", "host=x port=notaport", Duration::from_secs(1), 1).is_err());
+}
