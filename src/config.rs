@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 pub mod doc;
+mod erp_kind;
 pub mod finance;
 pub mod leader;
 pub mod nats_url;
 mod sources;
 pub use sources::SourceConfig;
 
+pub use erp_kind::ErpKind;
 pub use finance::FinanceConfig;
 pub use leader::LeaderConfig;
 
@@ -564,7 +566,11 @@ impl Default for RetryConfig {
 pub struct ErpEndpointConfig {
     /// Name; part of posting ids and subjects, so keep it stable.
     pub name: String,
-    /// Where documents are POSTed.
+    /// How documents reach the ERP: `"http"` (one POST per document to `url`) or `"postgres"`
+    /// (one transaction per document into the interface tables of the database `dsn_env`
+    /// names; see docs/ERP.md).
+    pub kind: ErpKind,
+    /// Where documents are POSTed (kind `"http"`; not used by `"postgres"`).
     pub url: String,
     /// Document kinds this endpoint takes.
     pub documents: Vec<DocKind>,
@@ -573,18 +579,27 @@ pub struct ErpEndpointConfig {
     pub rate: RateLimit,
     /// Requests in flight at most.
     pub max_concurrent: usize,
-    /// Longest wait for one request's answer.
+    /// Longest wait for one request's answer (kind `"postgres"`: for connecting, and for
+    /// writing one document).
     #[serde(with = "duration")]
     pub timeout: Duration,
     pub retry: RetryConfig,
-    /// Environment variable holding a bearer token (optional).
+    /// Environment variable holding a bearer token (optional; kind `"http"`).
     pub token_env: String,
+    /// Environment variable holding the PostgreSQL connection string (kind `"postgres"`,
+    /// required), as `host=db port=5432 user=retailflow dbname=erp` or a `postgresql://` URL.
+    /// The connection is not encrypted: keep the database on a trusted network or a local socket.
+    pub dsn_env: String,
+    /// How often the import statuses the ERP's import job sets are read back (kind `"postgres"`).
+    #[serde(with = "duration")]
+    pub status_poll: Duration,
 }
 
 impl Default for ErpEndpointConfig {
     fn default() -> Self {
         ErpEndpointConfig {
             name: "erp-main".into(),
+            kind: ErpKind::Http,
             url: "http://127.0.0.1:8090/api/v1/postings".into(),
             documents: DocKind::ALL.to_vec(),
             locations: vec![],
@@ -597,6 +612,8 @@ impl Default for ErpEndpointConfig {
             timeout: Duration::from_secs(10),
             retry: RetryConfig::default(),
             token_env: String::new(),
+            dsn_env: String::new(),
+            status_poll: Duration::from_secs(5),
         }
     }
 }
@@ -621,6 +638,7 @@ impl Config {
                 config.nats.url = url;
             }
         }
+        erp_kind::check_env(&config.erp).map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -668,9 +686,7 @@ impl Config {
                     e.name
                 ));
             }
-            if !e.url.starts_with("http://") && !e.url.starts_with("https://") {
-                return bad(format!("erp {:?}: url {:?} is not http(s)", e.name, e.url));
-            }
+            erp_kind::check(e).map_err(ConfigError::Invalid)?;
         }
         if self.streams.events_max_bytes <= 0 || self.streams.dead_letters_max_bytes <= 0 {
             return bad(

@@ -2,7 +2,8 @@
 //! within the endpoint's limits.
 //!
 //! The actor fetches only as many postings as it has free concurrency; each delivery runs as
-//! its own task (waiting for the rate limiter, then the HTTP call), answers JetStream for its
+//! its own task (waiting for the rate limiter, then the sink: an HTTP call or a PostgreSQL
+//! transaction, see [`super::sink`]), answers JetStream for its
 //! posting itself and then tells the actor it is done. The task holds the message, so the
 //! answer does not depend on the actor still being there: a restarted actor's postings go
 //! back to the outbox at once instead of waiting out the ack wait. The rate limiter lives
@@ -16,7 +17,9 @@
 //! when it ends, and counted in `retailflow_erp_paused` and `erp_paused_endpoints`.
 
 use super::delivery::{self, Outcome};
+use super::postgres::status::{ImportStatus, StatusPoller};
 use super::ratelimit::RateLimiter;
+use super::sink::Sink;
 use crate::config::{ErpEndpointConfig, RetryConfig};
 use crate::deadletter::{DeadLetters, Letter, Reason};
 use crate::domain::{codec, subject};
@@ -59,6 +62,9 @@ pub struct EndpointContext {
     pub dead_letters: DeadLetters,
     pub metrics: Arc<Metrics>,
     pub flow: Arc<Flow>,
+    /// Where a postgres endpoint hands the import statuses it reads back; without it, none
+    /// are read.
+    pub import_status: Option<tokio::sync::mpsc::Sender<ImportStatus>>,
 }
 
 pub struct EndpointArgs {
@@ -73,8 +79,9 @@ pub struct EndpointState {
     cfg: ErpEndpointConfig,
     /// Also holds the endpoint's limiter and metrics, which the actor uses too.
     answer: Arc<Answer>,
-    http: reqwest::Client,
-    token: Option<String>,
+    sink: Arc<Sink>,
+    /// A postgres endpoint's import status read-back; stops with the actor.
+    _status: Option<StatusPoller>,
     consumer: Option<consumer::PullConsumer>,
     in_flight: usize,
     tick_queued: bool,
@@ -125,18 +132,11 @@ impl Answer {
     /// Delivers `doc` until the ERP accepts or refuses it, pausing the whole endpoint through
     /// the limiter on a 429 or an endpoint fault. Gives up only when the pipeline stops, with
     /// the last outcome (the caller NAKs it back to the outbox).
-    async fn deliver(
-        &self,
-        http: &reqwest::Client,
-        url: &str,
-        token: Option<&str>,
-        doc: &PostingDoc,
-        timeout: Duration,
-    ) -> Outcome {
+    async fn deliver(&self, sink: &Sink, doc: &PostingDoc) -> Outcome {
         loop {
             acquire(&self.limiter, &self.resumed).await;
             self.metrics.requests.fetch_add(1, Relaxed);
-            let outcome = delivery::deliver(http, url, token, doc, timeout, &self.retry).await;
+            let outcome = sink.deliver(doc).await;
             let now = tokio::time::Instant::now();
             match &outcome {
                 Outcome::Accepted { .. } | Outcome::Rejected { .. } => {
@@ -391,15 +391,12 @@ impl EndpointState {
             };
             self.in_flight += 1;
             self.answer.metrics.in_flight.fetch_add(1, Relaxed);
-            let http = self.http.clone();
-            let url = self.cfg.url.clone();
-            let token = self.token.clone();
-            let timeout = self.cfg.timeout;
+            let sink = self.sink.clone();
             let me = myself.clone();
             let answer = self.answer.clone();
             let doc_id = doc.id.clone();
             tokio::spawn(async move {
-                let work = answer.deliver(&http, &url, token.as_deref(), &doc, timeout);
+                let work = answer.deliver(&sink, &doc);
                 tokio::pin!(work);
                 let mut beat = tokio::time::interval_at(
                     tokio::time::Instant::now() + PROGRESS_EVERY,
@@ -440,6 +437,23 @@ impl EndpointState {
     }
 }
 
+/// Starts a postgres endpoint's import status read-back when someone takes the statuses.
+fn status_poller(
+    cfg: &ErpEndpointConfig,
+    sink: &Sink,
+    ctx: &EndpointContext,
+) -> Option<StatusPoller> {
+    let (Sink::Postgres(pg), Some(out)) = (sink, &ctx.import_status) else {
+        return None;
+    };
+    Some(StatusPoller::spawn(
+        cfg.name.clone(),
+        pg.connection().clone(),
+        cfg.status_poll,
+        out.clone(),
+    ))
+}
+
 impl Actor for EndpointActor {
     type Msg = EndpointMsg;
     type State = EndpointState;
@@ -450,17 +464,8 @@ impl Actor for EndpointActor {
         myself: ActorRef<EndpointMsg>,
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
-        let token = if args.config.token_env.is_empty() {
-            None
-        } else {
-            std::env::var(&args.config.token_env)
-                .ok()
-                .filter(|t| !t.is_empty())
-        };
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.config.max_concurrent)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let sink = Arc::new(Sink::new(&args.config)?);
+        let status = status_poller(&args.config, &sink, &args.ctx);
         myself.send_message(EndpointMsg::Tick)?;
         let answer = Arc::new(Answer {
             ctx: args.ctx.clone(),
@@ -474,8 +479,8 @@ impl Actor for EndpointActor {
             answer,
             ctx: args.ctx,
             cfg: args.config,
-            http,
-            token,
+            sink,
+            _status: status,
             consumer: None,
             in_flight: 0,
             tick_queued: true,

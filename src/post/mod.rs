@@ -1,6 +1,9 @@
-//! Delivering postings to ERP endpoints: the outbox, rate limiting, HTTP delivery.
+//! Delivering postings to ERP endpoints: the outbox, rate limiting, the sinks (HTTP delivery,
+//! PostgreSQL interface tables).
 
 pub mod delivery;
 pub mod endpoint;
 pub mod outbox;
+pub mod postgres;
 pub mod ratelimit;
+pub mod sink;

@@ -116,6 +116,8 @@ impl Shared {
             dead_letters: self.dead_letters.clone(),
             metrics: self.metrics.clone(),
             flow: self.flow.clone(),
+            // Reconciliation takes these once it is wired; until then none are read back.
+            import_status: None,
         }
     }
 
