@@ -82,6 +82,19 @@ pub struct Answer {
 pub enum DocStatus {
     Accepted,
     Rejected,
+    /// Written to an interface table (a `postgres` endpoint), waiting for the ERP's import
+    /// job: pending until it reports `imported` (accepted) or `error` (rejected).
+    Staged,
+}
+
+impl DocStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocStatus::Accepted => "accepted",
+            DocStatus::Rejected => "rejected",
+            DocStatus::Staged => "staged",
+        }
+    }
 }
 
 /// What one endpoint answered for a store day.
@@ -102,6 +115,8 @@ struct Entry {
     seen: FxHashMap<u64, DocStatus>,
     /// The newest answered documents, for the detail view.
     listed: VecDeque<Answer>,
+    /// Documents written to an interface table, waiting for the import's verdict.
+    staged: FxHashMap<u64, Answer>,
 }
 
 /// Key of a store day: business day first, so a listing comes out by day, then store.
@@ -184,7 +199,21 @@ impl Books {
         let side = entry.answers.entry(a.endpoint.clone()).or_default();
         match (entry.seen.get(&h).copied(), a.status) {
             (Some(DocStatus::Accepted), _) => return,
-            (Some(DocStatus::Rejected), DocStatus::Rejected) => return,
+            (Some(DocStatus::Rejected), DocStatus::Rejected | DocStatus::Staged) => return,
+            (Some(DocStatus::Staged), DocStatus::Staged) => return,
+            (None, DocStatus::Staged) => {
+                entry.staged.insert(h, a.clone());
+            }
+            (Some(DocStatus::Staged), DocStatus::Accepted) => {
+                entry.staged.remove(&h);
+                side.accepted.add(&a.money);
+                side.accepted_documents += 1;
+            }
+            (Some(DocStatus::Staged), DocStatus::Rejected) => {
+                entry.staged.remove(&h);
+                side.rejected.add(&a.money);
+                side.rejected_documents += 1;
+            }
             (Some(DocStatus::Rejected), DocStatus::Accepted) => {
                 side.rejected = sub(&side.rejected, &a.money);
                 side.rejected_documents = side.rejected_documents.saturating_sub(1);
@@ -207,7 +236,7 @@ impl Books {
             let at = entry
                 .listed
                 .iter()
-                .position(|d| d.status == DocStatus::Accepted)
+                .position(|d| d.status != DocStatus::Rejected)
                 .unwrap_or(0);
             entry.listed.remove(at);
         }
@@ -234,6 +263,13 @@ impl Books {
             .filter(|((d, loc, _), _)| *d == day && loc == store)
             .map(|(k, e)| self.reconcile(k, e, true))
             .collect()
+    }
+
+    /// A document written to an interface table and not yet imported, by id.
+    pub fn staged(&self, id: &str) -> Option<Answer> {
+        let key = parse_id(id)?;
+        let map = self.days.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key)?.staged.get(&id_hash(id)).cloned()
     }
 
     /// A listed document's answer, by id.

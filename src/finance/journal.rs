@@ -75,10 +75,7 @@ pub fn answer_of(doc: &PostingDoc, status: DocStatus, message: Option<String>) -
 pub async fn record(js: &jetstream::Context, a: &Answer) -> Result<(), String> {
     let payload = serde_json::to_vec(a).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
-    let status = match a.status {
-        DocStatus::Accepted => "accepted",
-        DocStatus::Rejected => "rejected",
-    };
+    let status = a.status.as_str();
     headers.insert("Nats-Msg-Id", format!("{status}/{}", a.document).as_str());
     headers.insert(
         crate::domain::codec::CONTENT_TYPE,

@@ -126,6 +126,8 @@ struct Answer {
     metrics: Arc<EndpointMetrics>,
     /// Woken when a paused endpoint answers again.
     resumed: Notify,
+    /// A written document is only staged (an interface table): the ERP's import decides.
+    staged: bool,
 }
 
 impl Answer {
@@ -240,7 +242,12 @@ impl Answer {
                 }
                 // The answer is recorded before the posting leaves the outbox: if recording
                 // fails, the posting comes back and the ERP answers it as a replay.
-                if let Some(a) = answer_of(doc, DocStatus::Accepted, None) {
+                let status = if self.staged {
+                    DocStatus::Staged
+                } else {
+                    DocStatus::Accepted
+                };
+                if let Some(a) = answer_of(doc, status, None) {
                     record(&self.ctx.js, &a)
                         .await
                         .map_err(|e| format!("recording the ERP's answer: {e}"))?;
@@ -474,6 +481,7 @@ impl Actor for EndpointActor {
             limiter: args.limiter,
             metrics: args.ctx.metrics.endpoint(&args.config.name),
             resumed: Notify::new(),
+            staged: args.config.kind == crate::config::ErpKind::Postgres,
         });
         Ok(EndpointState {
             answer,

@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod endpoint;
+pub mod imports;
 pub mod outbox;
 pub mod postgres;
 pub mod ratelimit;

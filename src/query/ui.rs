@@ -333,10 +333,7 @@ fn one_day(r: &Reconciliation) -> Markup {
 }
 
 fn status_word(s: crate::finance::books::DocStatus) -> &'static str {
-    match s {
-        crate::finance::books::DocStatus::Accepted => "accepted",
-        crate::finance::books::DocStatus::Rejected => "rejected",
-    }
+    s.as_str()
 }
 
 fn urlencode(s: &str) -> String {

@@ -381,6 +381,19 @@ impl Pipeline {
                 shared.metrics.clone(),
             )),
         ];
+        let verdicts = shared
+            .imports
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(verdicts) = verdicts {
+            tasks.push(api.spawn(crate::post::imports::run(
+                verdicts,
+                shared.finance.clone(),
+                async_nats::jetstream::new(api_client.clone()),
+            )));
+        }
         let front = FrontEnds::start(FrontEndArgs {
             shared: &shared,
             query: &query,

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::deadletter::DeadLetters;
 use crate::ingest::context::IngestContext;
 use crate::post::endpoint::EndpointContext;
+use crate::post::postgres::status::ImportStatus;
 use crate::query::context::QueryContext;
 use crate::shared::Flow;
 use crate::shared::changes::ChangeFeed;
@@ -41,6 +42,12 @@ pub struct Shared {
     pub leadership: Arc<Leadership>,
     /// Store days and the ERP's answers, for reconciliation.
     pub finance: Arc<crate::finance::books::Books>,
+    /// Import verdicts of `postgres` endpoints, and their receiver until the task that records
+    /// them takes it.
+    pub imports: (
+        tokio::sync::mpsc::Sender<ImportStatus>,
+        std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ImportStatus>>>,
+    ),
 }
 
 impl Shared {
@@ -63,6 +70,10 @@ impl Shared {
                 config.leader.instance_name(),
                 config.leader.elect,
             )),
+            imports: {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                (tx, std::sync::Mutex::new(Some(rx)))
+            },
             finance: Arc::new(crate::finance::books::Books::new(
                 &config.erp,
                 config.finance.max_listed_documents,
@@ -116,8 +127,8 @@ impl Shared {
             dead_letters: self.dead_letters.clone(),
             metrics: self.metrics.clone(),
             flow: self.flow.clone(),
-            // Reconciliation takes these once it is wired; until then none are read back.
-            import_status: None,
+            // The ERP's import verdicts go to reconciliation (`post::imports`).
+            import_status: Some(self.imports.0.clone()),
         }
     }
 

@@ -542,3 +542,89 @@ async fn a_wrong_port_a_missing_database_or_a_silent_server_is_the_endpoints_fau
     held.abort();
     assert!(PgSink::new("erp", "host=x port=notaport", Duration::from_secs(1), 1).is_err());
 }
+
+/// The store day of `store` on 2026-11-27, as the reconciliation API answers it.
+async fn reconciled(base: &str, store: &str) -> serde_json::Value {
+    let url = format!("{base}/v1/reconciliation/{store}/2026-11-27");
+    match reqwest::get(url).await {
+        Ok(r) if r.status() == 200 => {
+            r.json::<serde_json::Value>().await.unwrap()["days"][0].clone()
+        }
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_counts_a_written_document_only_once_the_erp_imported_it() {
+    let db = TestDb::create().await;
+    set_dsn("RF_TEST_PG_RECONCILE", &db.dsn());
+    let server = nats();
+    let mut cfg = config(&server.url());
+    let mut endpoint = pg_endpoint("RF_TEST_PG_RECONCILE");
+    endpoint.status_poll = Duration::from_millis(100);
+    cfg.erp = vec![endpoint];
+    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+    let base = format!("http://{}", pipeline.http_addr().unwrap());
+    let js = async_nats::jetstream::new(client(&server.url()).await);
+    for (i, store) in ["S1", "S2"].into_iter().enumerate() {
+        let env = envelope(&format!("pos/{store}/t1"), 1, card_sale(store, "A", 2, 500));
+        publish(&js, &env, i == 0, true).await;
+    }
+    retailflow::supervise::settle::settle(&pipeline, Duration::from_secs(60))
+        .await
+        .expect("every document written");
+
+    // Written, not yet imported: staged, pending, nothing accepted.
+    let staged = wait_until(Duration::from_secs(20), || async {
+        let d = reconciled(&base, "S1").await;
+        d["documents"]
+            .as_array()
+            .is_some_and(|docs| docs.len() == 3 && docs.iter().all(|doc| doc["status"] == "staged"))
+    })
+    .await;
+    assert!(staged, "{:#}", reconciled(&base, "S1").await);
+    let before = reconciled(&base, "S1").await;
+    assert_eq!(before["erp"][0]["accepted"]["documents"], 0, "{before:#}");
+    assert_eq!(before["erp"][0]["pending"]["documents"], 3);
+    assert_eq!(before["erp"][0]["pending"]["sales"], 1000);
+
+    // The ERP's import job takes S1's documents and fails S2's.
+    let pg = db.client().await;
+    pg.execute(
+        "UPDATE rf_document SET import_status = 'imported' WHERE location = 'S1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "UPDATE rf_document SET import_status = 'error', import_message = 'cost centre S2 unknown' WHERE location = 'S2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let imported = wait_until(Duration::from_secs(20), || async {
+        let (s1, s2) = (reconciled(&base, "S1").await, reconciled(&base, "S2").await);
+        s1["erp"][0]["accepted"]["documents"] == 3 && s2["erp"][0]["rejected"]["documents"] == 3
+    })
+    .await;
+    let (s1, s2) = (reconciled(&base, "S1").await, reconciled(&base, "S2").await);
+    assert!(imported, "{s1:#} {s2:#}");
+    assert_eq!(s1["erp"][0]["accepted"]["sales"], 1000);
+    assert_eq!(s1["erp"][0]["accepted"]["tendered"], 1200);
+    assert_eq!(s1["erp"][0]["pending"]["documents"], 0);
+    assert_eq!(s2["status"], "rejected");
+    assert_eq!(s2["erp"][0]["rejected"]["sales"], 1000);
+    let messages: Vec<&str> = s2["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["message"].as_str())
+        .collect();
+    assert_eq!(messages.len(), 3, "{s2:#}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.contains("cost centre S2 unknown"))
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await;
+}
