@@ -136,22 +136,6 @@ fn id_hash(id: &str) -> u64 {
     h.finish()
 }
 
-fn sub(a: &Money, b: &Money) -> Money {
-    let mut out = a.clone();
-    out.sales = out.sales.saturating_sub(b.sales);
-    for (k, v) in &b.taxes {
-        let e = out.taxes.entry(k.clone()).or_default();
-        *e = e.saturating_sub(*v);
-    }
-    for (k, v) in &b.tenders {
-        let e = out.tenders.entry(k.clone()).or_default();
-        *e = e.saturating_sub(*v);
-    }
-    out.taxes.retain(|_, v| *v != 0);
-    out.tenders.retain(|_, v| *v != 0);
-    out
-}
-
 impl Books {
     pub fn new(endpoints: &[ErpEndpointConfig], max_listed: usize) -> Books {
         Books {
@@ -215,7 +199,7 @@ impl Books {
                 side.rejected_documents += 1;
             }
             (Some(DocStatus::Rejected), DocStatus::Accepted) => {
-                side.rejected = sub(&side.rejected, &a.money);
+                side.rejected = side.rejected.sub(&a.money);
                 side.rejected_documents = side.rejected_documents.saturating_sub(1);
                 side.accepted.add(&a.money);
                 side.accepted_documents += 1;
@@ -300,7 +284,7 @@ impl Books {
                 .unwrap_or(0);
             let a = e.answers.get(&s.name).cloned().unwrap_or_default();
             let answered = a.accepted_documents + a.rejected_documents;
-            let pending = sub(&sub(&posted, &a.accepted), &a.rejected);
+            let pending = posted.sub(&a.accepted).sub(&a.rejected);
             erp.push(EndpointSide {
                 endpoint: s.name.clone(),
                 posted: Side::of(&posted, posted_documents),

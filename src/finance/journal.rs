@@ -25,10 +25,7 @@ pub fn desired(cfg: &FinanceConfig, storage: Storage, replicas: usize) -> stream
         subjects: vec![format!("{}.>", subject::FINANCE_OUTCOME)],
         retention: stream::RetentionPolicy::Limits,
         max_age: cfg.max_age,
-        storage: match storage {
-            Storage::File => stream::StorageType::File,
-            Storage::Memory => stream::StorageType::Memory,
-        },
+        storage: crate::bus::streams::storage(storage),
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(600),
         ..Default::default()

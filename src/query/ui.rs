@@ -319,7 +319,7 @@ fn one_day(r: &Reconciliation) -> Markup {
                 tbody { @for d in &r.documents { tr {
                     td { a href={ "/ui/lineage?id=" (urlencode(&d.document)) } { (d.document) } }
                     td { (d.kind.as_str()) }
-                    td data-status=(status_word(d.status)) { (status_word(d.status)) }
+                    td data-status=(d.status.as_str()) { (d.status.as_str()) }
                     td {
                         @if d.final_doc { "final " }
                         @if let Some(c) = d.corrects { "corrects barrier " (c) }
@@ -330,10 +330,6 @@ fn one_day(r: &Reconciliation) -> Markup {
             }
         }
     }
-}
-
-fn status_word(s: crate::finance::books::DocStatus) -> &'static str {
-    s.as_str()
 }
 
 fn urlencode(s: &str) -> String {

@@ -3,9 +3,8 @@
 //! `RETAILFLOW_SCREENSHOTS=<dir>` it also saves a screenshot of each page there (docs/img holds
 //! the ones the docs show).
 
-use erp_sim::{ErpSim, ErpSimConfig};
+use crate::reconciliation::FinanceRig;
 use retailflow::domain::*;
-use retailflow::supervise::pipeline::Pipeline;
 use retailflow::testing::*;
 use std::path::PathBuf;
 use std::process::Command;
@@ -114,19 +113,8 @@ fn close(store: &str, till: &str, n: u64, card: i64, cash: i64, tax: i64) -> Eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_store_days_exceptions_and_source_events_in_a_browser() {
     let bin = chromium();
-    let server = nats();
-    let sim = ErpSim::start(ErpSimConfig {
-        listen: "127.0.0.1:0".into(),
-        ..ErpSimConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut cfg = config(&server.url());
-    cfg.erp = vec![erp_endpoint(sim.postings_url())];
-    cfg.finance.close_grace = Duration::from_millis(200);
-    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
-    let base = format!("http://{}", pipeline.http_addr().unwrap());
-    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let rig = FinanceRig::start(&[], Duration::from_millis(200)).await;
+    let (base, js) = (rig.base.clone(), rig.js.clone());
 
     // S1 balances; S2's till counted 500 more cash than it took.
     for (store, extra_cash) in [("S1", 0), ("S2", 500)] {
@@ -205,6 +193,5 @@ async fn the_dashboard_shows_store_days_exceptions_and_source_events_in_a_browse
     let bad = dom(&bin, &format!("{base}/ui/?status=odd"));
     assert!(bad.contains("role=\"alert\""), "{bad}");
 
-    pipeline.shutdown(Duration::from_secs(10)).await;
-    sim.shutdown().await;
+    rig.stop().await;
 }

@@ -125,22 +125,52 @@ async fn until(base: &str, store: &str, field: &str, want: &str) -> Value {
     panic!("{store}: {field} never became {want}: {last:#}");
 }
 
+/// A pipeline with the ERP simulator (refusing the documents of `reject`) and a closing grace,
+/// as the finance tests run it.
+pub struct FinanceRig {
+    pub _server: retailflow::bus::server::NatsServer,
+    pub sim: ErpSim,
+    pub pipeline: Pipeline,
+    /// `http://<addr>` of the pipeline's API.
+    pub base: String,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl FinanceRig {
+    pub async fn start(reject: &[&str], close_grace: Duration) -> FinanceRig {
+        let server = nats();
+        let sim = ErpSim::start(ErpSimConfig {
+            listen: "127.0.0.1:0".into(),
+            reject_locations: reject.iter().map(|s| s.to_string()).collect(),
+            ..ErpSimConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = config(&server.url());
+        cfg.erp = vec![erp_endpoint(sim.postings_url())];
+        cfg.finance.close_grace = close_grace;
+        let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
+        let base = format!("http://{}", pipeline.http_addr().unwrap());
+        let js = async_nats::jetstream::new(client(&server.url()).await);
+        FinanceRig {
+            _server: server,
+            sim,
+            pipeline,
+            base,
+            js,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.pipeline.shutdown(Duration::from_secs(10)).await;
+        self.sim.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_day_is_reconciled_with_its_exceptions_and_corrections() {
-    let server = nats();
-    let sim = ErpSim::start(ErpSimConfig {
-        listen: "127.0.0.1:0".into(),
-        reject_locations: vec!["S9".into()],
-        ..ErpSimConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut cfg = config(&server.url());
-    cfg.erp = vec![erp_endpoint(sim.postings_url())];
-    cfg.finance.close_grace = Duration::from_secs(2);
-    let pipeline = Pipeline::start(cfg).await.expect("pipeline starts");
-    let base = format!("http://{}", pipeline.http_addr().unwrap());
-    let js = async_nats::jetstream::new(client(&server.url()).await);
+    let rig = FinanceRig::start(&["S9"], Duration::from_secs(2)).await;
+    let (base, js) = (rig.base.clone(), rig.js.clone());
 
     // S1: two tills, every transaction arrives, the Z report matches.
     let mut s1 = Oracle::default();
@@ -321,6 +351,5 @@ async fn a_closed_day_is_reconciled_with_its_exceptions_and_corrections() {
             .any(|d| d["corrects"] == closed_at),
         "{late:#}"
     );
-    pipeline.shutdown(Duration::from_secs(10)).await;
-    sim.shutdown().await;
+    rig.stop().await;
 }

@@ -156,6 +156,23 @@ impl Money {
         }
     }
 
+    /// `self - other`, per field; codes that come out zero are left out.
+    pub fn sub(&self, other: &Money) -> Money {
+        let mut out = self.clone();
+        out.sales = out.sales.saturating_sub(other.sales);
+        for (k, v) in &other.taxes {
+            let e = out.taxes.entry(k.clone()).or_default();
+            *e = e.saturating_sub(*v);
+        }
+        for (k, v) in &other.tenders {
+            let e = out.tenders.entry(k.clone()).or_default();
+            *e = e.saturating_sub(*v);
+        }
+        out.taxes.retain(|_, v| *v != 0);
+        out.tenders.retain(|_, v| *v != 0);
+        out
+    }
+
     pub fn add(&mut self, other: &Money) {
         self.sales = self.sales.saturating_add(other.sales);
         for (k, v) in &other.taxes {
