@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod dlq;
+
 #[derive(Parser)]
 #[command(
     name = "retailflow",
@@ -54,6 +56,15 @@ enum Command {
     /// Scenarios (generated peaks, verified and reported), run by `retailflow-lab scenario`.
     #[command(disable_help_flag = true)]
     Scenario(Passed),
+    /// Review dead letters and send them back once their cause is fixed (every re-drive is
+    /// recorded in the audit stream).
+    Dlq {
+        /// Configuration file (TOML), for the NATS connection and the stream names.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: dlq::Action,
+    },
     /// Write a range of the events stream to a file (`retailflow-lab capture`).
     #[command(disable_help_flag = true)]
     Capture(Passed),
@@ -95,7 +106,7 @@ fn hand_over(program: &str, first: &[&str], passed: Passed) -> Result<ExitCode> 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Interactive commands keep the console for their own output; RUST_LOG overrides.
-    let quiet = matches!(cli.command, Command::Publish { .. });
+    let quiet = matches!(cli.command, Command::Publish { .. } | Command::Dlq { .. });
     let handed = match cli.command {
         Command::ErpSim(p) => hand_over("erp-sim", &[], p),
         Command::Demo(p) => hand_over("retailflow-lab", &["demo"], p),
@@ -163,6 +174,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { file, nats, system } => publish(file, nats, system).await,
+        Command::Dlq { config, action } => dlq::run(load_config(config)?, action).await,
         Command::ErpSim(_)
         | Command::Demo(_)
         | Command::Scenario(_)
@@ -171,8 +183,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     }
 }
 
-async fn run(config: Option<PathBuf>) -> Result<ExitCode> {
-    let config = match config {
+/// The configuration file, or the defaults with `$NATS_URL` when none is given.
+fn load_config(config: Option<PathBuf>) -> Result<Config> {
+    Ok(match config {
         Some(p) => Config::load(&p)?,
         None => {
             let mut c = Config::default();
@@ -184,7 +197,11 @@ async fn run(config: Option<PathBuf>) -> Result<ExitCode> {
             }
             c
         }
-    };
+    })
+}
+
+async fn run(config: Option<PathBuf>) -> Result<ExitCode> {
+    let config = load_config(config)?;
     let mut pipeline = Pipeline::start(config)
         .await
         .context("starting retailflow")?;

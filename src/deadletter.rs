@@ -19,6 +19,11 @@ pub const H_ERROR: &str = "Retailflow-Error";
 pub const H_SUBJECT: &str = "Retailflow-Original-Subject";
 pub const H_SEQ: &str = "Retailflow-Stream-Seq";
 pub const H_ORIGINAL_ID: &str = "Retailflow-Original-Msg-Id";
+/// On an event re-driven from a dead letter: the events-stream sequence of the original.
+/// Ingest applies such an event once per original, whatever its source sequence says.
+pub const H_REDRIVE_OF: &str = "Retailflow-Redrive-Of";
+/// On a re-driven message: the dead-letter stream sequence of the letter it came from.
+pub const H_REDRIVE: &str = "Retailflow-Redrive";
 
 /// Why something was dead-lettered. The word appears in the subject and in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

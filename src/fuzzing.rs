@@ -176,17 +176,33 @@ pub fn posting_document(data: &[u8]) {
 }
 
 /// A record of the finance stream as every replica's reader takes it in (an answer recorded
-/// twice counts once), and the reconciliation's query string and document ids.
+/// twice counts once), a record of the audit stream (a re-drive taken in twice is listed
+/// once), a dead letter as `dlq list` describes it (headers and payload were a producer's),
+/// and the query strings of the reconciliation and dead-letter routes and document ids.
 pub fn finance_record(data: &[u8]) {
     use crate::finance::books::{Answer, Books, Filter, parse_id};
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    if which % 2 == 0 {
-        let text = String::from_utf8_lossy(rest);
-        let _ = crate::query::finance::filter(Some(&text));
-        let _ = parse_id(&text);
-        return;
+    match which % 4 {
+        0 => {
+            let text = String::from_utf8_lossy(rest);
+            let _ = crate::query::finance::filter(Some(&text));
+            let _ = crate::query::dlq::filter(Some(&text));
+            let _ = parse_id(&text);
+            return;
+        }
+        2 => return audit_record(rest),
+        3 => {
+            // The header block up to the first blank line, the payload after it.
+            let split = rest.windows(4).position(|w| w == b"\r\n\r\n");
+            let (head, payload) = split.map_or((rest, &[][..]), |i| rest.split_at(i + 4));
+            let headers = pull::header_map(head).unwrap_or_default();
+            let l = crate::dlq::letters::letter(1, 0, headers, payload.to_vec().into());
+            serde_json::to_vec(&l).expect("a letter encodes");
+            return;
+        }
+        _ => {}
     }
     let Ok(a) = serde_json::from_slice::<Answer>(rest) else {
         return;
@@ -203,6 +219,24 @@ pub fn finance_record(data: &[u8]) {
     assert_eq!(once, twice, "an answer recorded twice was counted twice");
     let _ = serde_json::to_value(books.detail(&a.location, a.business_day));
     let _ = crate::query::finance::csv(&books.list(&Filter::default()));
+}
+
+fn audit_record(data: &[u8]) {
+    use crate::finance::books::Books;
+    let Ok(r) = serde_json::from_slice::<crate::dlq::audit::Redrive>(data) else {
+        return;
+    };
+    let books = Books::new(&[], 4);
+    books.redrive(1, r.clone());
+    books.redrive(1, r.clone());
+    let (Some(loc), Some(day)) = (r.location.as_deref(), r.business_day.as_deref()) else {
+        return;
+    };
+    let Ok(day) = crate::domain::BusinessDay::parse(day) else {
+        return;
+    };
+    assert_eq!(books.audit_seq(), 1);
+    let _ = serde_json::to_vec(&books.detail(&crate::domain::LocationId::from(loc), day));
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod dlq;
 pub mod finance;
 pub mod memory;
 pub use retailflow_core::domain;

@@ -24,6 +24,9 @@ pub struct FinanceConfig {
     /// Documents listed per store and day in the reconciliation detail (the newest, and every
     /// rejected one up to the same number); totals always count every document.
     pub max_listed_documents: usize,
+    /// Stream of the audit records: every dead-letter re-drive, with who asked and when. Kept
+    /// as long as `max_age`.
+    pub audit_stream: String,
 }
 
 impl Default for FinanceConfig {
@@ -33,6 +36,7 @@ impl Default for FinanceConfig {
             stream: "RETAIL_FINANCE".into(),
             max_age: Duration::from_secs(400 * 24 * 3600),
             max_listed_documents: 200,
+            audit_stream: "RETAIL_AUDIT".into(),
         }
     }
 }

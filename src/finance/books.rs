@@ -7,6 +7,7 @@
 //! snapshot and the replay, the answers from the finance stream.
 
 use crate::config::ErpEndpointConfig;
+use crate::dlq::audit::Redrive;
 use crate::domain::{BusinessDay, Currency, LocationId};
 use retailflow_core::aggregate::day::{DayState, Money};
 use retailflow_core::aggregate::posting::{DocKind, Lineage};
@@ -124,6 +125,10 @@ pub type DayKey = (BusinessDay, LocationId, Currency);
 
 pub struct Books {
     days: RwLock<BTreeMap<DayKey, Entry>>,
+    /// Dead-letter re-drives per store day (the newest `max_listed`), from the audit stream.
+    redrives: RwLock<BTreeMap<(BusinessDay, LocationId), VecDeque<Redrive>>>,
+    /// Audit-stream sequence of the last re-drive taken in.
+    audit_seq: AtomicU64,
     scopes: Vec<Scope>,
     max_listed: usize,
     /// Finance-stream sequence of the last answer taken in (the reader resumes after it).
@@ -140,6 +145,8 @@ impl Books {
     pub fn new(endpoints: &[ErpEndpointConfig], max_listed: usize) -> Books {
         Books {
             days: RwLock::new(BTreeMap::new()),
+            redrives: RwLock::new(BTreeMap::new()),
+            audit_seq: AtomicU64::new(0),
             scopes: endpoints
                 .iter()
                 .map(|e| Scope {
@@ -167,6 +174,34 @@ impl Books {
 
     pub fn journal_seq(&self) -> u64 {
         self.journal_seq.load(Relaxed)
+    }
+
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq.load(Relaxed)
+    }
+
+    /// Takes in one re-drive at audit-stream sequence `seq` (once), under the store day it
+    /// names; one that names none (a letter that did not decode) is only in the audit stream.
+    pub fn redrive(&self, seq: u64, r: Redrive) {
+        if seq <= self.audit_seq.swap(seq, Relaxed) {
+            return;
+        }
+        let (Some(loc), Some(day)) = (r.location.as_deref(), r.business_day.as_deref()) else {
+            return;
+        };
+        let Ok(day) = BusinessDay::parse(day) else {
+            return;
+        };
+        let loc = LocationId::from(loc);
+        let mut map = self
+            .redrives
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = map.entry((day, loc)).or_default();
+        if list.len() >= self.max_listed {
+            list.pop_front();
+        }
+        list.push_back(r);
     }
 
     /// Takes in one answer at finance-stream sequence `seq` (once; older sequences are
@@ -237,6 +272,10 @@ impl Books {
             })
             .map(|(k, e)| self.reconcile(k, e, false))
             .filter(|r| filter.status.as_ref().is_none_or(|s| r.status == s))
+            .map(|mut r| {
+                r.redrive_count = self.redrives_of(r.business_day, &r.store).len();
+                r
+            })
             .collect()
     }
 
@@ -245,8 +284,21 @@ impl Books {
         let map = self.days.read().unwrap_or_else(PoisonError::into_inner);
         map.iter()
             .filter(|((d, loc, _), _)| *d == day && loc == store)
-            .map(|(k, e)| self.reconcile(k, e, true))
+            .map(|(k, e)| {
+                let mut r = self.reconcile(k, e, true);
+                r.redrives = self.redrives_of(day, store);
+                r.redrive_count = r.redrives.len();
+                r
+            })
             .collect()
+    }
+
+    /// The re-drives recorded for a store day, newest first.
+    fn redrives_of(&self, day: BusinessDay, store: &LocationId) -> Vec<Redrive> {
+        let map = self.redrives.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(day, store.clone()))
+            .map(|l| l.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A document written to an interface table and not yet imported, by id.
@@ -323,6 +375,8 @@ impl Books {
             } else {
                 Vec::new()
             },
+            redrive_count: 0,
+            redrives: Vec::new(),
         }
     }
 }
@@ -479,4 +533,9 @@ pub struct Reconciliation {
     pub tills: Vec<TillRow>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<Answer>,
+    /// Dead letters of this store day sent back (`retailflow dlq redrive`).
+    pub redrive_count: usize,
+    /// The re-drives themselves, newest first (detail only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redrives: Vec<Redrive>,
 }

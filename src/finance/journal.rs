@@ -32,12 +32,12 @@ pub fn desired(cfg: &FinanceConfig, storage: Storage, replicas: usize) -> stream
     }
 }
 
-/// Creates the finance stream when it is missing.
+/// Creates a finance record stream (the ERP's answers, the audit) when it is missing.
 pub async fn ensure(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
     js.get_or_create_stream(want.clone())
         .await
         .map(|_| ())
-        .map_err(|e| format!("finance stream {}: {e}", want.name))
+        .map_err(|e| format!("stream {}: {e}", want.name))
 }
 
 /// The record of the ERP's answer about `doc`; `None` for documents of no business day
@@ -87,17 +87,44 @@ pub async fn record(js: &jetstream::Context, a: &Answer) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Reads the finance stream into `books` from where they stand, for ever; reconnects after a
+/// Which record stream a follower reads into the books.
+#[derive(Clone, Copy, Debug)]
+pub enum Journal {
+    /// The finance stream: the ERP's answers.
+    Answers,
+    /// The audit stream: dead-letter re-drives.
+    Audit,
+}
+
+impl Journal {
+    fn position(self, books: &Books) -> u64 {
+        match self {
+            Journal::Answers => books.journal_seq(),
+            Journal::Audit => books.audit_seq(),
+        }
+    }
+
+    fn take(self, books: &Books, seq: u64, payload: &[u8]) -> Result<(), serde_json::Error> {
+        match self {
+            Journal::Answers => books.answer(seq, serde_json::from_slice(payload)?),
+            Journal::Audit => books.redrive(seq, serde_json::from_slice(payload)?),
+        }
+        Ok(())
+    }
+}
+
+/// Reads a record stream into `books` from where they stand, for ever; reconnects after a
 /// failure with a pause. A record that does not decode is skipped and counted.
 pub async fn follow(
     js: jetstream::Context,
     stream_name: String,
+    journal: Journal,
     books: Arc<Books>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     loop {
-        if let Err(error) = read(&js, &stream_name, &books, &metrics).await {
-            tracing::warn!(%error, stream = %stream_name, "reading the finance stream; trying again");
+        if let Err(error) = read(&js, &stream_name, journal, &books, &metrics).await {
+            tracing::warn!(%error, stream = %stream_name, "reading a finance record stream; trying again");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -106,11 +133,12 @@ pub async fn follow(
 async fn read(
     js: &jetstream::Context,
     name: &str,
+    journal: Journal,
     books: &Books,
     metrics: &crate::telemetry::Metrics,
 ) -> Result<(), String> {
     let stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
-    let deliver_policy = match books.journal_seq() {
+    let deliver_policy = match journal.position(books) {
         0 => consumer::DeliverPolicy::All,
         seq => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
@@ -127,14 +155,11 @@ async fn read(
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match serde_json::from_slice::<Answer>(&m.payload) {
-            Ok(a) => books.answer(seq, a),
-            Err(error) => {
-                metrics
-                    .finance_records_undecodable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(%error, seq, "finance record not understood; skipped");
-            }
+        if let Err(error) = journal.take(books, seq, &m.payload) {
+            metrics
+                .finance_records_undecodable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%error, seq, stream = name, "finance record not understood; skipped");
         }
     }
     Ok(())

@@ -196,6 +196,7 @@ impl IngestState {
         }
         self.last_seq = seq;
         m.events_received.fetch_add(1, Relaxed);
+        let redrive_of = decoded.redrive_of;
         let envelope = match decoded.envelope {
             Ok(e) => e,
             Err(bad) => {
@@ -213,35 +214,20 @@ impl IngestState {
                 return Step::Next(seq);
             }
         };
-        match self.dedupe.check(&envelope.source, envelope.seq) {
-            Verdict::New => {}
-            Verdict::Duplicate => {
-                m.duplicates_resent.fetch_add(1, Relaxed);
+        if let Some(of) = redrive_of {
+            // A dead letter brought back: never applied at `of`, so the source's order and
+            // sequence do not decide; only whether this letter came back before does.
+            if of >= seq || !self.dedupe.redrive(of) {
+                m.redrives_refused.fetch_add(1, Relaxed);
+                tracing::warn!(event = %envelope.id, of, seq, "re-drive of a letter already re-driven (or of no earlier message); not applied");
                 return Step::Next(seq);
             }
-            Verdict::Late => {
-                m.late_events.fetch_add(1, Relaxed);
-                let error = format!(
-                    "event {} seq {} from {} arrived after its source moved more than {} sequences ahead; not applied: review it and publish it again under a new sequence",
-                    envelope.id,
-                    envelope.seq,
-                    envelope.source,
-                    self.dedupe.window()
-                );
-                self.letter_from_envelope(seq, &envelope, "ingest", Reason::Late, error);
-                return Step::Next(seq);
-            }
-            Verdict::Jump => {
-                let error = format!(
-                    "event {} seq {} from {}: the source's sequence jumps more than {} past what was seen ({}); not applied and the source's position kept, so a forged sequence cannot silence the real producer",
-                    envelope.id,
-                    envelope.seq,
-                    envelope.source,
-                    self.dedupe.max_jump(),
-                    self.dedupe.floor(&envelope.source).unwrap_or(0)
-                );
-                self.letter_from_envelope(seq, &envelope, "ingest", Reason::SequenceJump, error);
-                return Step::Next(seq);
+            m.redrives_applied.fetch_add(1, Relaxed);
+            // Marks the source sequence seen, so a producer's own re-send is not applied too.
+            self.dedupe.check(&envelope.source, envelope.seq);
+        } else {
+            if let Some(step) = self.check_source(seq, &envelope) {
+                return step;
             }
         }
         if let Some((stage, text)) = self.ctx.flow.poisoned.get(seq) {
@@ -307,6 +293,43 @@ impl IngestState {
 
     /// A dead letter for an event whose original bytes are gone by now: it carries the
     /// event re-encoded.
+    /// The per-source verdict: `None` to go on with a new event, else the step that ends it
+    /// (a duplicate counted, a late or jumping event dead-lettered).
+    fn check_source(&mut self, seq: u64, envelope: &Envelope) -> Option<Step> {
+        let m = &self.ctx.metrics;
+        match self.dedupe.check(&envelope.source, envelope.seq) {
+            Verdict::New => None,
+            Verdict::Duplicate => {
+                m.duplicates_resent.fetch_add(1, Relaxed);
+                Some(Step::Next(seq))
+            }
+            Verdict::Late => {
+                m.late_events.fetch_add(1, Relaxed);
+                let error = format!(
+                    "event {} seq {} from {} arrived after its source moved more than {} sequences ahead; not applied: review it and publish it again under a new sequence",
+                    envelope.id,
+                    envelope.seq,
+                    envelope.source,
+                    self.dedupe.window()
+                );
+                self.letter_from_envelope(seq, envelope, "ingest", Reason::Late, error);
+                Some(Step::Next(seq))
+            }
+            Verdict::Jump => {
+                let error = format!(
+                    "event {} seq {} from {}: the source's sequence jumps more than {} past what was seen ({}); not applied and the source's position kept, so a forged sequence cannot silence the real producer",
+                    envelope.id,
+                    envelope.seq,
+                    envelope.source,
+                    self.dedupe.max_jump(),
+                    self.dedupe.floor(&envelope.source).unwrap_or(0)
+                );
+                self.letter_from_envelope(seq, envelope, "ingest", Reason::SequenceJump, error);
+                Some(Step::Next(seq))
+            }
+        }
+    }
+
     fn letter_from_envelope(
         &mut self,
         seq: u64,

@@ -40,6 +40,9 @@ pub struct Decoded {
     /// Stream sequence and messages pending after it, from the reply subject.
     pub position: Option<(u64, u64)>,
     pub envelope: Result<Envelope, Box<Bad>>,
+    /// From a `Retailflow-Redrive-Of` header: the stream sequence of the dead-lettered event
+    /// this message brings back (`retailflow dlq redrive`).
+    pub redrive_of: Option<u64>,
 }
 
 /// Decodes and validates one payload; `keep` gives what a dead letter needs, and is called
@@ -59,6 +62,7 @@ fn decode_payload(
                     return Decoded {
                         position,
                         envelope: Ok(e),
+                        redrive_of: None,
                     };
                 }
                 Err(err) => (
@@ -83,6 +87,7 @@ fn decode_payload(
             headers,
             payload,
         })),
+        redrive_of: None,
     }
 }
 
@@ -97,7 +102,12 @@ pub fn decode(msg: jetstream::Message) -> Decoded {
         .as_ref()
         .and_then(|h| h.get(CONTENT_TYPE))
         .map(|v| v.as_str());
-    decode_payload(
+    let redrive_of = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::deadletter::H_REDRIVE_OF))
+        .and_then(|v| v.as_str().trim().parse().ok());
+    let mut decoded = decode_payload(
         position,
         content_type,
         msg.subject.as_bytes(),
@@ -106,7 +116,9 @@ pub fn decode(msg: jetstream::Message) -> Decoded {
             let msg = msg.message.clone();
             (msg.subject.to_string(), msg.headers, msg.payload)
         },
-    )
+    );
+    decoded.redrive_of = redrive_of;
+    decoded
 }
 
 /// A message read by the direct reader, still in its read buffer.
@@ -136,6 +148,7 @@ pub fn decode_raw(m: pull::Raw<'_>) -> Decoded {
                     headers: None,
                     payload: bytes::Bytes::copy_from_slice(m.payload),
                 })),
+                redrive_of: None,
             }
         }
     }
@@ -143,8 +156,12 @@ pub fn decode_raw(m: pull::Raw<'_>) -> Decoded {
 
 fn decode_raw_unguarded(m: pull::Raw<'_>) -> Decoded {
     let position = pull::ack_seq(m.reply);
-    let content_type =
-        pull::header(m.headers, codec::CONTENT_TYPE).and_then(|v| std::str::from_utf8(v).ok());
+    let (content_type, redrive_of) = pull::headers2(
+        m.headers,
+        codec::CONTENT_TYPE,
+        crate::deadletter::H_REDRIVE_OF,
+    );
+    let content_type = content_type.and_then(|v| std::str::from_utf8(v).ok());
     let mut decoded = decode_payload(position, content_type, m.subject, m.payload, || {
         (
             String::from_utf8_lossy(m.subject).into_owned(),
@@ -152,6 +169,9 @@ fn decode_raw_unguarded(m: pull::Raw<'_>) -> Decoded {
             bytes::Bytes::copy_from_slice(m.payload),
         )
     });
+    decoded.redrive_of = redrive_of
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok());
     // The headers are rebuilt only for a dead letter; `header_map` keeps what the map cannot
     // hold escaped, so it cannot fail the letter.
     if let Err(bad) = &mut decoded.envelope {

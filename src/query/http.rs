@@ -25,8 +25,8 @@ pub struct ApiState {
     pub auth: Arc<ApiAuth>,
 }
 
-/// Routes grouped by the scope they need; `/healthz` is open. There is no route that changes
-/// configuration or replays, so `admin` matters here only as "every scope".
+/// Routes grouped by the scope they need; `/healthz` is open. `admin` carries every scope and
+/// alone reaches the dead-letter routes (which can send letters back into the pipeline).
 pub fn router(state: ApiState) -> Router {
     let guarded = |scope: Scope, routes: Router<ApiState>| {
         routes.route_layer(middleware::from_fn_with_state(
@@ -47,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
             get(get_reservation).delete(release_reservation),
         );
     let metrics_route = Router::new().route("/metrics", get(metrics));
+    let admin = Router::new()
+        .route("/v1/dlq", get(super::dlq::list))
+        .route("/v1/dlq/redrive", post(super::dlq::redrive))
+        .route("/v1/dlq/{seq}", get(super::dlq::show));
     let finance = Router::new()
         .route("/v1/reconciliation", get(finance::list))
         .route(
@@ -65,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(guarded(Scope::Reserve, reservations))
         .merge(guarded(Scope::Metrics, metrics_route))
         .merge(guarded(Scope::Finance, finance))
+        .merge(guarded(Scope::Admin, admin))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::map_response(move |r: Response| {
@@ -78,6 +83,15 @@ pub fn router(state: ApiState) -> Router {
         }))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+impl axum::extract::FromRef<ApiState> for super::dlq::DlqState {
+    fn from_ref(st: &ApiState) -> super::dlq::DlqState {
+        super::dlq::DlqState {
+            js: st.ctx.js.clone(),
+            config: st.ctx.config.clone(),
+        }
+    }
 }
 
 impl axum::extract::FromRef<ApiState> for FinanceState {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod context;
+pub mod dlq;
 pub mod feed;
 pub mod finance;
 pub mod http;

@@ -328,6 +328,21 @@ fn one_day(r: &Reconciliation) -> Markup {
                     td { (d.message.as_deref().unwrap_or("")) }
                 } } }
             }
+            @if !r.redrives.is_empty() {
+                table id="redrives" {
+                    caption { "Dead letters sent back (newest first)" }
+                    thead { tr {
+                        th scope="col" { "Letter" } th scope="col" { "Stage / reason" }
+                        th scope="col" { "Event or document" } th scope="col" { "By" }
+                    } }
+                    tbody { @for x in &r.redrives { tr {
+                        td class="num" { (x.letter) }
+                        td { (x.stage) " / " (x.reason) }
+                        td { (x.id.as_deref().unwrap_or("–")) }
+                        td { (x.by) }
+                    } } }
+                }
+            }
         }
     }
 }

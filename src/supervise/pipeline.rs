@@ -154,17 +154,23 @@ async fn storage(shared: &Shared) -> Result<Option<SnapshotStore>, StartError> {
         bus::streams::ensure(&shared.js, &config.streams)
     })
     .await?;
-    let finance = crate::finance::journal::desired(
-        &config.finance,
-        config.streams.storage,
-        config.streams.replicas,
-    );
-    patiently("creating the finance stream", bus_retry, || async {
-        crate::finance::journal::ensure(&shared.js, finance.clone())
-            .await
-            .map_err(BusError::JetStream)
-    })
-    .await?;
+    let (storage, replicas) = (config.streams.storage, config.streams.replicas);
+    let records = [
+        crate::finance::journal::desired(&config.finance, storage, replicas),
+        crate::dlq::audit::desired(&config.finance, storage, replicas),
+    ];
+    for want in records {
+        patiently(
+            "creating the finance and audit streams",
+            bus_retry,
+            || async {
+                crate::finance::journal::ensure(&shared.js, want.clone())
+                    .await
+                    .map_err(BusError::JetStream)
+            },
+        )
+        .await?;
+    }
     if !config.snapshot.enabled {
         return Ok(None);
     }
@@ -377,6 +383,14 @@ impl Pipeline {
             api.spawn(crate::finance::journal::follow(
                 async_nats::jetstream::new(api_client.clone()),
                 config.finance.stream.clone(),
+                crate::finance::journal::Journal::Answers,
+                shared.finance.clone(),
+                shared.metrics.clone(),
+            )),
+            api.spawn(crate::finance::journal::follow(
+                async_nats::jetstream::new(api_client.clone()),
+                config.finance.audit_stream.clone(),
+                crate::finance::journal::Journal::Audit,
                 shared.finance.clone(),
                 shared.metrics.clone(),
             )),

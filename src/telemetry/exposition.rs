@@ -226,8 +226,18 @@ const COUNTERS: &[Counter] = &[
     ),
     (
         "finance_records_undecodable",
-        "Records of the finance stream (the ERP's answers) that did not decode and were skipped.",
+        "Records of the finance and audit streams (ERP answers, re-drives) that did not decode and were skipped.",
         |m| &m.finance_records_undecodable,
+    ),
+    (
+        "redrives_applied",
+        "Dead-lettered events brought back by a re-drive and applied.",
+        |m| &m.redrives_applied,
+    ),
+    (
+        "redrives_refused",
+        "Re-driven events not applied because their dead letter had been re-driven before.",
+        |m| &m.redrives_refused,
     ),
     (
         "snapshot_fallbacks",

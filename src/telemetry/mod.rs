@@ -155,8 +155,12 @@ pub struct Metrics {
     pub snapshot_fallbacks: AtomicU64,
     /// Store days forgotten because a store kept more than its most (oldest first).
     pub finance_days_dropped: AtomicU64,
-    /// Records of the finance stream that did not decode (skipped).
+    /// Records of the finance and audit streams that did not decode (skipped).
     pub finance_records_undecodable: AtomicU64,
+    /// Dead letters brought back by a re-drive and applied.
+    pub redrives_applied: AtomicU64,
+    /// Re-drives not applied: their letter had been brought back before.
+    pub redrives_refused: AtomicU64,
 }
 
 impl Metrics {

@@ -80,6 +80,8 @@ fn populated() -> Arc<Metrics> {
         &m.leader_changes,
         &m.finance_days_dropped,
         &m.finance_records_undecodable,
+        &m.redrives_applied,
+        &m.redrives_refused,
     ];
     for (i, c) in counters.into_iter().enumerate() {
         c.store(101 + i as u64, Relaxed);
@@ -264,6 +266,8 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
         "counter",
         &[],
     ),
+    ("retailflow_redrives_applied_total", "counter", &[]),
+    ("retailflow_redrives_refused_total", "counter", &[]),
     ("retailflow_snapshot_pending_postings", "gauge", &[]),
     ("retailflow_stream_last_seq", "gauge", &[]),
     ("retailflow_leader", "gauge", &[]),

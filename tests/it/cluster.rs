@@ -287,12 +287,12 @@ async fn a_pipeline_survives_losing_the_node_it_reads_from() {
     receipts(&js, &mut seq, 200, &mut oracle).await;
     assert!(applied(&pipeline, &js).await, "the first events applied");
     assert_eq!(on_hand(&pipeline), oracle);
-    // The streams (events, postings, dead letters, finance), the snapshot object store, its
-    // pointer bucket and the leader lease: three copies each.
+    // The streams (events, postings, dead letters, finance, audit), the snapshot object
+    // store, its pointer bucket and the leader lease: three copies each.
     let streams: Vec<stream::Info> = js.streams().try_collect().await.expect("streams");
     assert_eq!(
         streams.len(),
-        7,
+        8,
         "{:?}",
         streams.iter().map(|s| &s.config.name).collect::<Vec<_>>()
     );

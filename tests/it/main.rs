@@ -22,6 +22,7 @@ mod pipeline_postings;
 mod postgres_crash;
 mod postgres_tables;
 mod reconciliation;
+mod redrive;
 mod replicas;
 mod reservations;
 mod snapshot_fallback;

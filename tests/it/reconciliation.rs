@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const DAY: &str = "2026-11-27";
+pub const DAY: &str = "2026-11-27";
 
 /// What the test knows of a store's day: the sum of the lines' net, tax per code, money per
 /// tender.
@@ -22,7 +22,7 @@ struct Oracle {
     tenders: BTreeMap<String, i64>,
 }
 
-fn sale(store: &str, n: u64) -> (Event, i64, i64, &'static str) {
+pub fn sale(store: &str, n: u64) -> (Event, i64, i64, &'static str) {
     let qty = 1 + (n % 3) as i64;
     let price = 250 + 10 * n as i64;
     let kind = if n % 2 == 0 { "card" } else { "cash" };

@@ -27,6 +27,7 @@ pub(crate) fn router(sim: Arc<SimState>) -> Router {
         .route("/api/v1/totals", get(totals))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/admin/fault", post(fault))
+        .route("/api/v1/admin/reject-locations", post(reject_locations))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(sim)
@@ -131,6 +132,27 @@ struct FaultRequest {
     /// `Retry-After` sent with the fault's answers, as given (any text a header may hold).
     #[serde(default)]
     retry_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RejectLocations {
+    locations: Vec<String>,
+}
+
+/// Replaces the refused locations: `{"locations": []}` is the ERP-side master-data fix.
+async fn reject_locations(State(sim): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<RejectLocations>(&body) {
+        Ok(req) => {
+            let now = sim.set_reject_locations(req.locations);
+            tracing::info!(locations = ?now, "ERP simulator refused locations set");
+            Json(serde_json::json!({ "reject_locations": now })).into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("invalid request: {error}") })),
+        )
+            .into_response(),
+    }
 }
 
 async fn fault(State(sim): State<Arc<SimState>>, body: Bytes) -> Response {

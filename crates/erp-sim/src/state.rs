@@ -66,7 +66,8 @@ impl Inner {
 #[derive(Debug)]
 pub(crate) struct SimState {
     config: ErpSimConfig,
-    reject_locations: HashSet<String>,
+    /// Changed at run time through `/api/v1/admin/reject-locations` (the ERP-side fix).
+    reject_locations: std::sync::RwLock<HashSet<String>>,
     slots: Slots,
     inner: Mutex<Inner>,
 }
@@ -74,7 +75,9 @@ pub(crate) struct SimState {
 impl SimState {
     pub fn new(config: ErpSimConfig, started: Instant) -> SimState {
         SimState {
-            reject_locations: config.reject_locations.iter().cloned().collect(),
+            reject_locations: std::sync::RwLock::new(
+                config.reject_locations.iter().cloned().collect(),
+            ),
             slots: Slots::new(config.max_concurrent),
             inner: Mutex::new(Inner {
                 fault: Fault::default(),
@@ -167,16 +170,17 @@ impl SimState {
         if let Some(answer) = inner.replay(key) {
             return Screened::Done(answer);
         }
-        if self.reject_locations.contains(doc.location.as_str()) {
+        if self.blocked(doc.location.as_str()) {
             inner.counters.rejected += 1;
-            let answer = Answer::error(
+            // Not remembered: once the master data is fixed, the same document under the
+            // same key goes through (a re-drive).
+            return Screened::Done(Answer::error(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "location {} is blocked for posting (simulated master-data error)",
                     doc.location
                 ),
-            );
-            return Screened::Done(inner.idempotency.remember(key, answer));
+            ));
         }
         let attempt = inner.idempotency.attempt(key);
         if injects_error(key, attempt, self.config.error_rate_permille) {
@@ -189,6 +193,26 @@ impl SimState {
         Screened::Proceed {
             latency: self.latency_for(key),
         }
+    }
+
+    fn blocked(&self, location: &str) -> bool {
+        self.reject_locations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(location)
+    }
+
+    /// Replaces the locations whose documents are refused (an empty list fixes them all);
+    /// returns the new list, sorted.
+    pub fn set_reject_locations(&self, locations: Vec<String>) -> Vec<String> {
+        let mut set = self
+            .reject_locations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *set = locations.into_iter().collect();
+        let mut list: Vec<String> = set.iter().cloned().collect();
+        list.sort();
+        list
     }
 
     /// Where in `latency_min..=latency_max` the answer to `key` lands.
@@ -427,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_locations_answer_400_and_the_refusal_is_remembered() {
+    fn refused_locations_answer_400_until_the_master_data_is_fixed() {
         let (s, t0) = sim(ErpSimConfig {
             reject_locations: vec!["S9".into()],
             ..ErpSimConfig::default()
@@ -443,11 +467,15 @@ mod tests {
         let again = post(&s, "k", &d, t0);
         assert_eq!(
             (again.status, &again.body, again.replayed),
-            (first.status, &first.body, true)
+            (first.status, &first.body, false)
         );
-        let st = s.stats();
-        assert_eq!((st.rejected, st.replays, st.accepted), (1, 1, 0));
         assert_eq!(s.totals().documents, 0);
+        assert!(s.set_reject_locations(Vec::new()).is_empty());
+        let fixed = post(&s, "k", &d, t0);
+        assert_eq!(fixed.status, StatusCode::CREATED);
+        let st = s.stats();
+        assert_eq!((st.rejected, st.replays, st.accepted), (2, 0, 1));
+        assert_eq!(s.totals().documents, 1);
     }
 
     #[test]

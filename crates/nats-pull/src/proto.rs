@@ -220,6 +220,23 @@ pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a [u8]> {
     header_lines(headers).find_map(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()).then_some(v))
 }
 
+/// The values of headers `a` and `b` (as [`header`] finds each) in one pass over the block.
+pub fn headers2<'a>(headers: &'a [u8], a: &str, b: &str) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let (mut va, mut vb) = (None, None);
+    for (n, v) in header_lines(headers) {
+        if va.is_none() && n.eq_ignore_ascii_case(a.as_bytes()) {
+            va = Some(v);
+        }
+        if vb.is_none() && n.eq_ignore_ascii_case(b.as_bytes()) {
+            vb = Some(v);
+        }
+        if va.is_some() && vb.is_some() {
+            break;
+        }
+    }
+    (va, vb)
+}
+
 /// Every `name: value` line after the version line.
 fn header_lines(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     raw_header_lines(headers).filter_map(split_header)

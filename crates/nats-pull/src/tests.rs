@@ -131,6 +131,18 @@ fn status_lines() {
 }
 
 #[test]
+fn two_headers_in_one_pass_match_one_at_a_time() {
+    let block = b"NATS/1.0\r\ncontent-type: application/json\r\nX: 1\r\nRetailflow-Redrive-Of: 42\r\nx: 2\r\n\r\n";
+    for (a, b) in [
+        ("Content-Type", "retailflow-redrive-of"),
+        ("x", "X"),
+        ("none", "x"),
+    ] {
+        assert_eq!(headers2(block, a, b), (header(block, a), header(block, b)));
+    }
+}
+
+#[test]
 fn headers_by_name_in_any_case() {
     let h = b"NATS/1.0\r\nNats-Msg-Id: pos/1#2\r\ncontent-type:  application/json \r\n\r\n";
     assert_eq!(header(h, "Content-Type"), Some(&b"application/json"[..]));

@@ -19,9 +19,11 @@ pub const ATP_RESET: &str = "retail.v1.atp.reset";
 pub const DLQ: &str = "retail.v1.dlq";
 /// Prefix of the postings outbox: `retail.v1.postings.<endpoint>.<document kind>`.
 pub const POSTINGS: &str = "retail.v1.postings";
-/// Barriers published by retailflow into its own events stream.
 /// The ERP's answers per document: `retail.v1.finance.outcome.<endpoint>`.
 pub const FINANCE_OUTCOME: &str = "retail.v1.finance.outcome";
+/// Audit records of operators' actions: `retail.v1.audit.redrive.<dead-letter sequence>`.
+pub const AUDIT_REDRIVE: &str = "retail.v1.audit.redrive";
+/// Barriers published by retailflow into its own events stream.
 pub const BARRIER: &str = "retail.v1.ctl.all.barrier";
 /// Reservation requests and releases published by the API into the events stream.
 pub const API_EVENTS: &str = "retail.v1.api";

@@ -156,7 +156,15 @@ pub struct Dedupe {
     max_sources: usize,
     #[serde(skip, default = "default_max_jump")]
     max_jump: u64,
+    /// Stream sequences of dead-lettered events already brought back by a re-drive, newest
+    /// last, at most [`MAX_REDRIVEN`]: a second re-drive of the same letter is not applied.
+    #[serde(default)]
+    redriven: std::collections::VecDeque<u64>,
 }
+
+/// Re-driven letters remembered by the dedupe table (the oldest is forgotten beyond it; the
+/// audit stream still refuses a second re-drive of one letter).
+pub const MAX_REDRIVEN: usize = 100_000;
 
 impl Dedupe {
     /// `window` is rounded up to a multiple of 64 sequences.
@@ -168,7 +176,21 @@ impl Dedupe {
             clock: 0,
             max_sources: DEFAULT_MAX_SOURCES,
             max_jump: DEFAULT_MAX_JUMP,
+            redriven: std::collections::VecDeque::new(),
         }
+    }
+
+    /// A re-drive of the event dead-lettered at stream sequence `of`: true the first time,
+    /// false when that letter was re-driven before (so it is not applied twice).
+    pub fn redrive(&mut self, of: u64) -> bool {
+        if self.redriven.contains(&of) {
+            return false;
+        }
+        if self.redriven.len() >= MAX_REDRIVEN {
+            self.redriven.pop_front();
+        }
+        self.redriven.push_back(of);
+        true
     }
 
     /// Sets the bounds (`ingest.dedupe_sources`, `ingest.max_sequence_jump`); zero is taken
@@ -323,6 +345,18 @@ mod tests {
             assert_eq!(d.check(&s, i), Verdict::Duplicate);
         }
         assert_eq!(d.stats.duplicates, 3);
+    }
+
+    #[test]
+    fn a_letter_is_redriven_once_and_survives_a_snapshot() {
+        let mut d = Dedupe::new(64);
+        assert!(d.redrive(41));
+        assert!(d.redrive(7));
+        assert!(!d.redrive(41));
+        let bytes = rmp_serde::to_vec(&d).unwrap();
+        let mut back: Dedupe = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(!back.redrive(7));
+        assert!(back.redrive(8));
     }
 
     #[test]
