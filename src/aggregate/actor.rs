@@ -131,7 +131,8 @@ impl Actor for StoreActor {
             } => {
                 let grace = state.ctx.close_grace_ms;
                 let drafts = state.agg.barrier(seq, at_ms, flush, grace);
-                let days = state.agg.changed_days();
+                // New events show at flushes; a Z report or a close at once.
+                let days = state.agg.days_changed(flush);
                 state.ctx.finance.update(state.agg.location(), days);
                 let dropped = state.agg.days_dropped;
                 if dropped > state.days_dropped {

@@ -233,8 +233,17 @@ impl StoreAggregator {
     /// The days that changed since the last call (new events, a Z report, a flush, a close),
     /// as the reconciliation shows them.
     pub fn changed_days(&mut self) -> Vec<DayView> {
+        self.days_changed(true)
+    }
+
+    /// As [`Self::changed_days`], but a day whose only change is new events waiting for the
+    /// next flush is left out unless `with_new_events`: summing those events' buckets costs
+    /// a pass over every SKU the store sold since the flush, too much for every barrier.
+    pub fn days_changed(&mut self, with_new_events: bool) -> Vec<DayView> {
         let mut keys = std::mem::take(&mut self.touched);
-        keys.extend(self.days.keys().copied());
+        if with_new_events {
+            keys.extend(self.days.keys().copied());
+        }
         keys.into_iter()
             .filter_map(|key| {
                 let book = self.books.get(&key)?;
