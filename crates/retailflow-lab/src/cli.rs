@@ -165,7 +165,13 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                     progress: !quiet,
                     settle_limit: None,
                 };
-                run_scenario(&spec, &opts).await.context("scenario run")?
+                if spec.month_end.is_some() {
+                    super::month_end::run(&spec, &opts)
+                        .await
+                        .context("month-end run")?
+                } else {
+                    run_scenario(&spec, &opts).await.context("scenario run")?
+                }
             };
             let out = if chaos_kills.is_some() && spec.cluster.is_none() {
                 out.join("chaos")

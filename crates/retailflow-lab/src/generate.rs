@@ -273,54 +273,11 @@ impl Generator {
     }
 
     fn line(&mut self, sku: usize, qty: i64) -> ItemLine {
-        let w = &self.world;
-        let info = &w.skus[sku];
-        let gross = qty * info.price;
-        let discount = if self.rng.below(10) == 0 {
-            gross / 10
-        } else {
-            0
-        };
-        let (code, rate) = &w.tax[info.tax];
-        let tax = (gross - discount) * rate / 10_000;
-        ItemLine {
-            sku: info.id.as_str().into(),
-            qty,
-            unit_price: info.price,
-            discount,
-            tax_code: code.as_str().into(),
-            taxes: vec![TaxLine {
-                code: code.as_str().into(),
-                amount: tax,
-            }],
-            restock: None,
-        }
+        item_line(&self.world, &mut self.rng, sku, qty)
     }
 
     fn tenders(&mut self, total: i64) -> Vec<Tender> {
-        match self.rng.below(10) {
-            0..=6 => vec![Tender {
-                kind: "card".into(),
-                amount: total,
-            }],
-            7 | 8 => vec![Tender {
-                kind: "cash".into(),
-                amount: total,
-            }],
-            _ => {
-                let gift = total / 3;
-                vec![
-                    Tender {
-                        kind: "gift_card".into(),
-                        amount: gift,
-                    },
-                    Tender {
-                        kind: "card".into(),
-                        amount: total - gift,
-                    },
-                ]
-            }
-        }
+        tenders(&mut self.rng, total)
     }
 
     fn trading_event(&mut self) -> (String, Event) {
@@ -381,25 +338,9 @@ impl Generator {
     /// A return of one unit at `store`, restocked or not.
     fn sale_return(&mut self, w: &World, store: usize) -> (String, Event) {
         let store_name = &w.locations[store];
-        let sku = w.store_zipf.sample(&mut self.rng);
-        let mut line = self.line(sku, 1);
-        line.restock = Some(self.rng.below(5) != 0);
-        let total = line.net() + line.tax();
+        let ret = unit_return(w, &mut self.rng, store, w.day);
         let till = 1 + self.rng.below(w.tills as u64);
-        (
-            format!("pos/{store_name}/t{till}"),
-            Event::Return(Return {
-                location: store_name.as_str().into(),
-                business_day: w.day,
-                currency: w.currency,
-                lines: vec![line],
-                tenders: vec![Tender {
-                    kind: "card".into(),
-                    amount: total,
-                }],
-                original_event_id: None,
-            }),
-        )
+        (format!("pos/{store_name}/t{till}"), Event::Return(ret))
     }
 
     /// A web order on one of the channel's locations; None when the channel has none.
@@ -685,5 +626,62 @@ impl Generator {
         }
         self.recent.push_back(out.clone());
         Some((out, Some(env)))
+    }
+}
+
+/// A line of `qty` units of `sku` at its price, a tenth off one time in ten, taxed at its code.
+pub fn item_line(w: &World, rng: &mut Rng, sku: usize, qty: i64) -> ItemLine {
+    let info = &w.skus[sku];
+    let gross = qty * info.price;
+    let discount = if rng.below(10) == 0 { gross / 10 } else { 0 };
+    let (code, rate) = &w.tax[info.tax];
+    let tax = (gross - discount) * rate / 10_000;
+    ItemLine {
+        sku: info.id.as_str().into(),
+        qty,
+        unit_price: info.price,
+        discount,
+        tax_code: code.as_str().into(),
+        taxes: vec![TaxLine {
+            code: code.as_str().into(),
+            amount: tax,
+        }],
+        restock: None,
+    }
+}
+
+/// A return of one unit of a popular SKU at `store`, refunded to the card, restocked four
+/// times in five.
+pub fn unit_return(w: &World, rng: &mut Rng, store: usize, day: BusinessDay) -> Return {
+    let sku = w.store_zipf.sample(rng);
+    let mut line = item_line(w, rng, sku, 1);
+    line.restock = Some(rng.below(5) != 0);
+    let total = line.net() + line.tax();
+    Return {
+        location: w.locations[store].as_str().into(),
+        business_day: day,
+        currency: w.currency,
+        lines: vec![line],
+        tenders: vec![Tender {
+            kind: "card".into(),
+            amount: total,
+        }],
+        original_event_id: None,
+    }
+}
+
+/// How a shopper pays `total`: card mostly, cash often, now and then a gift card and a card.
+pub fn tenders(rng: &mut Rng, total: i64) -> Vec<Tender> {
+    let tender = |kind: &str, amount: i64| Tender {
+        kind: kind.into(),
+        amount,
+    };
+    match rng.below(10) {
+        0..=6 => vec![tender("card", total)],
+        7 | 8 => vec![tender("cash", total)],
+        _ => {
+            let gift = total / 3;
+            vec![tender("gift_card", gift), tender("card", total - gift)]
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod harness;
 pub mod measure;
 pub mod memory_bench;
+pub mod month_end;
 pub mod oracle;
 pub mod publish;
 pub mod recovery_bench;

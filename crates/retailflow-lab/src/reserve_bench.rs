@@ -585,7 +585,7 @@ async fn retailflow_load(
     Ok((answers, started.elapsed()))
 }
 
-async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|e| anyhow::anyhow!("PostgreSQL at {url:?}: {e}"))?;

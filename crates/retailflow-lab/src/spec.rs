@@ -42,6 +42,10 @@ pub struct Scenario {
     /// NATS node and every replica in turn (`cluster-failover`).
     #[serde(default)]
     pub cluster: Option<ClusterSpec>,
+    /// Several business days closed with Z reports, faults in them, reconciliation checked
+    /// against an oracle of the faults (`month-end`).
+    #[serde(default)]
+    pub month_end: Option<MonthEndSpec>,
     /// A smaller version for the test suite; `--smoke` uses it.
     #[serde(default)]
     pub smoke: Option<Smoke>,
@@ -430,6 +434,42 @@ impl Default for FailoverGoals {
     }
 }
 
+/// A month-end run: `days` business days from `world.business_day`, each closed by every store
+/// with a Z report; `load.events` till transactions spread over the store days.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonthEndSpec {
+    pub days: u32,
+    /// `finance.close_grace` of the pipeline.
+    #[serde(with = "duration")]
+    pub close_grace: Duration,
+    /// Share of store days whose Z report declares money the tills did not take.
+    #[serde(default)]
+    pub variance_rate: f64,
+    /// Share of store days with a till transaction that never arrives.
+    #[serde(default)]
+    pub missing_rate: f64,
+    /// Share of store days with transactions that arrive after the day closed.
+    #[serde(default)]
+    pub late_rate: f64,
+    /// After this day's close the ERP stops refusing `faults.erp_reject_locations` and the
+    /// refused documents are re-driven.
+    #[serde(default = "one_day")]
+    pub fix_after_day: u32,
+    /// A PostgreSQL interface-table endpoint beside the HTTP one (a database of its own on
+    /// the machine's PostgreSQL, or the server `RETAILFLOW_TEST_PG` names).
+    #[serde(default)]
+    pub postgres: bool,
+    /// Longest time from a store day's Z report to its `accepted`, at the 99th percentile,
+    /// leaving out the days of the refused location before the fix.
+    #[serde(default)]
+    pub max_accepted_p99_s: Option<f64>,
+}
+
+fn one_day() -> u32 {
+    1
+}
+
 /// Overrides for the smoke version run in CI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -514,6 +554,18 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(m) = &self.month_end {
+            if m.days == 0 || m.fix_after_day == 0 || m.fix_after_day >= m.days {
+                return Err("month_end: days > fix_after_day >= 1".into());
+            }
+            let rates = [m.variance_rate, m.missing_rate, m.late_rate];
+            if rates.iter().any(|r| !(0.0..=0.2).contains(r)) {
+                return Err("month_end: fault rates must be between 0 and 0.2".into());
+            }
+            if self.erp.is_empty() {
+                return Err("month_end needs an [[erp]] endpoint".into());
+            }
+        }
         if let Some(c) = &self.cluster {
             if c.replicas < 2 {
                 return Err(
@@ -562,6 +614,9 @@ impl Scenario {
                     *d = scale(*d);
                 }
                 c.reserve_rate = c.reserve_rate.min(50);
+            }
+            if let Some(m) = &mut s.month_end {
+                m.max_accepted_p99_s = None;
             }
             s.load.profile.clear();
             s.queries.rate = s.queries.rate.min(200);

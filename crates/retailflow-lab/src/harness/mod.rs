@@ -55,6 +55,21 @@ pub async fn applied(
     }
 }
 
+/// The pipeline's own counters at the end of a run, into the report.
+pub async fn pipeline_counters(pipeline: &Pipeline, p: &mut crate::report::PipelineStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &pipeline.shared.metrics;
+    p.duplicates_redelivered = m.duplicates_redelivered.load(Relaxed);
+    p.duplicates_resent = m.duplicates_resent.load(Relaxed);
+    p.dead_letters = m.dead_letters.load(Relaxed);
+    p.late_events = m.late_events.load(Relaxed);
+    p.barriers = m.barriers.load(Relaxed);
+    p.snapshots = m.snapshots.load(Relaxed);
+    p.restarts = pipeline.restarts().await;
+    p.negative_on_hand = m.negative_on_hand.load(Relaxed);
+    p.feed_messages = m.feed_messages.load(Relaxed);
+}
+
 /// The report of a run on `stage`, begun now: the scenario and where it runs.
 pub fn report(stage: &Stage, smoke: bool, nats_version: &str) -> Report {
     let mut report = Report::new(&stage.spec, smoke);

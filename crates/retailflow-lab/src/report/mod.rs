@@ -3,9 +3,11 @@
 
 mod charts;
 mod failover;
+mod month_end;
 mod render;
 
 pub use failover::{FailoverPoint, FailoverStats, Mark, Requests, Takeover};
+pub use month_end::MonthEndStats;
 
 use crate::chart;
 use crate::measure::{Percentiles, Point};
@@ -272,6 +274,9 @@ pub struct Report {
     /// Set by a failover run (a scenario with `[cluster]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStats>,
+    /// Set by a month-end run (a scenario with `[month_end]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_end: Option<MonthEndStats>,
     pub timeline: Vec<Point>,
 }
 

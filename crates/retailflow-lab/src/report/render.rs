@@ -13,6 +13,7 @@ impl Report {
         r.extend(self.erp_rows());
         r.extend(self.process_rows());
         r.extend(self.failover_rows());
+        r.extend(self.month_end_rows());
         r
     }
 
@@ -68,13 +69,15 @@ impl Report {
                 ),
             ));
         }
-        r.push((
-            "applied rate".into(),
-            format!(
-                "sustained {:.0}/s, peak {:.0}/s",
-                t.sustained_rate, t.peak_rate
-            ),
-        ));
+        if t.peak_rate > 0.0 {
+            r.push((
+                "applied rate".into(),
+                format!(
+                    "sustained {:.0}/s, peak {:.0}/s",
+                    t.sustained_rate, t.peak_rate
+                ),
+            ));
+        }
         r
     }
 
@@ -86,21 +89,25 @@ impl Report {
         if l.e2e.count > 0 {
             r.push(("publish to visible".into(), p(&l.e2e)));
         }
-        r.push((
-            format!(
-                "queries ({:.0}/s, {} errors)",
-                l.queries_per_s, l.query_errors
-            ),
-            p(&l.query_all),
-        ));
-        r.push(("  over HTTP".into(), p(&l.query_http)));
-        r.push(("  over NATS".into(), p(&l.query_nats)));
+        if l.query_all.count > 0 || l.query_errors > 0 {
+            r.push((
+                format!(
+                    "queries ({:.0}/s, {} errors)",
+                    l.queries_per_s, l.query_errors
+                ),
+                p(&l.query_all),
+            ));
+            r.push(("  over HTTP".into(), p(&l.query_http)));
+            r.push(("  over NATS".into(), p(&l.query_nats)));
+        }
         if l.query_shapes.len() > 1 {
             for (shape, q) in &l.query_shapes {
                 r.push((format!("  {shape}"), p(q)));
             }
         }
-        r.push(("event to ERP accepted".into(), p(&l.posting)));
+        if l.posting.count > 0 {
+            r.push(("event to ERP accepted".into(), p(&l.posting)));
+        }
         r
     }
 
@@ -126,6 +133,9 @@ impl Report {
                     e.max_concurrent
                 ),
             ));
+        }
+        if self.month_end.is_some() {
+            return r; // its own figures say when each store day was accepted
         }
         r.push((
             "ERP settled".into(),

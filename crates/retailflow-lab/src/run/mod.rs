@@ -123,19 +123,9 @@ async fn verify(report: &mut Report, stage: &Stage, live: &Live, trader: &Trader
 
 /// The report's counts, pipeline counters, rates, latencies, ERP traffic and timeline.
 async fn fill(report: &mut Report, stage: &Stage, live: &Live, trader: &Trader, t: &Traded) {
-    let pipeline = &live.pipeline;
-    let m = &pipeline.shared.metrics;
     report.counts = Counts::of(&trader.setup, &t.trading);
+    harness::pipeline_counters(&live.pipeline, &mut report.pipeline).await;
     let p = &mut report.pipeline;
-    p.duplicates_redelivered = m.duplicates_redelivered.load(Ordering::Relaxed);
-    p.duplicates_resent = m.duplicates_resent.load(Ordering::Relaxed);
-    p.dead_letters = m.dead_letters.load(Ordering::Relaxed);
-    p.late_events = m.late_events.load(Ordering::Relaxed);
-    p.barriers = m.barriers.load(Ordering::Relaxed);
-    p.snapshots = m.snapshots.load(Ordering::Relaxed);
-    p.restarts = pipeline.restarts().await;
-    p.negative_on_hand = m.negative_on_hand.load(Ordering::Relaxed);
-    p.feed_messages = m.feed_messages.load(Ordering::Relaxed);
     p.peak_rss_mb = t.peak_rss;
     p.mode = if t.backlog {
         "backlog".into()

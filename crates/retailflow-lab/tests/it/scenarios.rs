@@ -10,24 +10,38 @@ use std::time::Duration;
 /// the machine has two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn smoke(name: &str) -> retailflow_lab::report::Report {
-    let _turn = ONE_AT_A_TIME.lock().await;
+/// A shipped scenario, which has a smoke section.
+fn scenario(name: &str) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scenarios")
         .join(format!("{name}.toml"));
     let spec = Scenario::load(&path).expect("scenario file parses");
     assert!(spec.smoke.is_some(), "{name} has a smoke section");
+    spec
+}
+
+/// Options of a smoke run writing its report into `out`.
+fn smoke_options(out: &Path) -> RunOptions {
+    RunOptions {
+        smoke: true,
+        ceiling: false,
+        out: out.to_path_buf(),
+        nats: None,
+        progress: false,
+        settle_limit: Some(Duration::from_secs(180)),
+    }
+}
+
+async fn smoke(name: &str) -> retailflow_lab::report::Report {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let spec = scenario(name);
     let out = tempfile::tempdir().unwrap();
     let report = run(
         &spec,
         &RunOptions {
-            smoke: true,
             // One scenario measures the ceiling too, so that path runs in CI.
             ceiling: name == "black-friday",
-            out: out.path().to_path_buf(),
-            nats: None,
-            progress: false,
-            settle_limit: Some(Duration::from_secs(180)),
+            ..smoke_options(out.path())
         },
     )
     .await
@@ -113,4 +127,48 @@ async fn flash_sale_hot_sku_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_duplicates_smoke() {
     smoke("poison-and-duplicates").await;
+}
+
+/// Seven business days closed with Z reports, a variance, a lost and a late transaction, one
+/// store refused by the ERP's API until the fix and the re-drive, and PostgreSQL interface
+/// tables beside the API (the machine's PostgreSQL, a database of the run's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn month_end_smoke() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let spec = scenario("month-end");
+    let out = tempfile::tempdir().unwrap();
+    let report = retailflow_lab::month_end::run(&spec, &smoke_options(out.path()))
+        .await
+        .expect("month-end runs");
+    assert!(
+        report.passed,
+        "month-end smoke failed:\n{}",
+        report.summary()
+    );
+    let m = report.month_end.as_ref().expect("month-end figures");
+    let mut injected = 0;
+    for status in ["variance", "missing_transactions", "late_correction"] {
+        let planned = m.injected.get(status).copied().unwrap_or(0);
+        assert!(planned >= 1, "no {status} store day: {:?}", m.injected);
+        assert_eq!(
+            m.flagged.get(status).copied(),
+            Some(planned),
+            "{:?}",
+            m.flagged
+        );
+        injected += planned;
+    }
+    assert_eq!(
+        m.flagged.get("balanced").copied(),
+        Some(m.store_days - injected)
+    );
+    assert!(m.lost_transactions >= 1 && m.late_transactions >= 1);
+    assert!(m.refused_documents > 0, "the ERP refused nothing");
+    assert_eq!(m.redriven, m.refused_documents);
+    assert!(m.tables_documents > 0 && m.tables_not_imported == 0);
+    assert_eq!(
+        m.to_accepted.count, m.store_days,
+        "every store day was accepted"
+    );
+    assert!(out.path().join("report.html").exists());
 }
