@@ -3,6 +3,7 @@
 
 pub use nats_pull as pull;
 pub mod lease;
+pub mod reading;
 #[cfg(feature = "lab")]
 pub mod server;
 pub mod streams;

@@ -1,6 +1,7 @@
 //! `retailflow dlq list | show | redrive`: the dead-letter stream from a terminal.
 
 use crate::config::Config;
+use crate::dlq::audit::Redrive;
 use crate::dlq::letters::{self, DeadLetter, Filter};
 use crate::dlq::redrive::{self, RedriveError};
 use anyhow::{Context, Result, bail};
@@ -115,35 +116,36 @@ pub async fn run(cfg: Config, action: Action) -> Result<ExitCode> {
             by,
             again,
         } => {
-            if all_matching {
-                let page = letters::list(&js, &stream, &filter.filter()?)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                seqs.extend(page.items.iter().map(|l| l.seq));
-            }
-            if seqs.is_empty() {
+            if seqs.is_empty() && !all_matching {
                 bail!("name the letters to re-drive, or pass --all-matching with a filter");
             }
             let by = by
                 .or_else(|| std::env::var("USER").ok())
                 .filter(|b| !b.trim().is_empty())
                 .context("say who asks with --by (no $USER)")?;
-            redrive_each(&js, &cfg, &seqs, &by, again).await
+            let filter = if all_matching {
+                Some(filter.filter()?)
+            } else {
+                None
+            };
+            let batch = redrive::Batch {
+                letters: std::mem::take(&mut seqs),
+                filter: filter.as_ref(),
+                by: &by,
+                again,
+            };
+            let outcomes = redrive::redrive_batch(&js, &cfg, batch).await?;
+            report(outcomes)
         }
     }
 }
 
-/// Re-drives one letter after another; prints each outcome, fails if any failed.
-async fn redrive_each(
-    js: &async_nats::jetstream::Context,
-    cfg: &Config,
-    seqs: &[u64],
-    by: &str,
-    again: bool,
-) -> Result<ExitCode> {
+/// Prints each letter's outcome; fails if any failed, with the bus fault that ended the batch
+/// as the error.
+fn report(outcomes: Vec<(u64, Result<Redrive, RedriveError>)>) -> Result<ExitCode> {
     let mut failed = 0;
-    for &seq in seqs {
-        match redrive::redrive(js, cfg, seq, by, again).await {
+    for (seq, outcome) in outcomes {
+        match outcome {
             Ok(r) => println!(
                 "letter {seq}: sent to {} (sequence {}{})",
                 r.subject,

@@ -1,11 +1,11 @@
 //! Reading the dead-letter stream: one letter by its sequence, or a filtered page of them.
 
+use crate::bus::reading::Pending;
 use crate::deadletter::{H_ERROR, H_ORIGINAL_ID, H_REASON, H_SEQ, H_STAGE, H_SUBJECT};
 use crate::domain::codec::{self, Format};
 use crate::domain::subject;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use retailflow_core::aggregate::posting::PostingDoc;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
@@ -68,6 +68,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether the filter can be used: its stage and reason are plain words.
+    pub fn check(&self) -> Result<(), String> {
+        self.subject().map(|_| ())
+    }
+
     /// The stream subject that selects stage and reason (a token that is not a plain word
     /// is refused, so a filter cannot widen itself with wildcards).
     fn subject(&self) -> Result<String, String> {
@@ -192,32 +197,19 @@ pub async fn list(js: &jetstream::Context, stream: &str, filter: &Filter) -> Res
             start_sequence: filter.after.saturating_add(1),
         },
     };
-    let mut consumer = s
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy,
-            filter_subject: filter.subject()?,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("reading the dead letters: {e}"))?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| format!("reading the dead letters: {e}"))?
-        .num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading the dead letters: {e}"))?;
+    let config = consumer::pull::OrderedConfig {
+        deliver_policy,
+        filter_subject: filter.subject()?,
+        ..Default::default()
+    };
+    let mut read = Pending::open(&s, config, "the dead-letter stream").await?;
     let mut page = Page {
         items: Vec::new(),
         next_after: None,
     };
-    for n in 0..pending {
-        let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-        let Ok(Some(Ok(m))) = next else {
-            return Err("the dead-letter stream did not answer in time".into());
-        };
+    let mut scanned = 0;
+    while let Some(m) = read.next().await? {
+        scanned += 1;
         let info = m.info().map_err(|e| e.to_string())?;
         let (seq, at) = (info.stream_sequence, info.published.unix_timestamp_nanos());
         if filter.since.is_some_and(|t| at < nanos(t)) {
@@ -228,8 +220,7 @@ pub async fn list(js: &jetstream::Context, stream: &str, filter: &Filter) -> Res
         if filter.takes(&l) {
             page.items.push(l);
         }
-        let more = n + 1 < pending;
-        if more && (page.items.len() == limit || n + 1 >= MAX_SCANNED) {
+        if read.left() > 0 && (page.items.len() == limit || scanned >= MAX_SCANNED) {
             page.next_after = Some(seq);
             break;
         }

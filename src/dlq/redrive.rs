@@ -30,8 +30,59 @@ pub enum RedriveError {
         letter = .0.letter, by = .0.by, subject = .0.subject, seq = .0.republished_seq
     )]
     Already(Box<Redrive>),
+    /// The request itself is wrong (no `by`, a filter that is not one).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Bus(String),
+}
+
+/// Letters to send back: by sequence, and those a filter finds (at most its limit).
+pub struct Batch<'a> {
+    pub letters: Vec<u64>,
+    pub filter: Option<&'a letters::Filter>,
+    pub by: &'a str,
+    pub again: bool,
+}
+
+/// Each letter of `batch` and what became of it, in order. A request without `by`, an invalid
+/// filter or one that finds nothing with no letters named is refused whole; a fault of the bus
+/// ends the batch after the letter it hit.
+pub async fn redrive_batch(
+    js: &jetstream::Context,
+    cfg: &Config,
+    batch: Batch<'_>,
+) -> Result<Vec<(u64, Result<Redrive, RedriveError>)>, RedriveError> {
+    let mut seqs = batch.letters;
+    if batch.by.trim().is_empty() {
+        return Err(no_by());
+    }
+    if let Some(f) = batch.filter {
+        f.check().map_err(RedriveError::Invalid)?;
+        let page = letters::list(js, &cfg.streams.dead_letters, f)
+            .await
+            .map_err(RedriveError::Bus)?;
+        seqs.extend(page.items.iter().map(|l| l.seq));
+    }
+    if seqs.is_empty() {
+        return Err(RedriveError::Invalid(
+            "name the letters to re-drive, or a filter that finds some".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let r = redrive(js, cfg, seq, batch.by, batch.again).await;
+        let stop = matches!(r, Err(RedriveError::Bus(_)));
+        out.push((seq, r));
+        if stop {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn no_by() -> RedriveError {
+    RedriveError::Invalid("a re-drive needs a `by`: who asks".into())
 }
 
 /// Most characters of the `by` a re-drive records.
@@ -125,9 +176,7 @@ pub async fn redrive(
         .take(MAX_BY)
         .collect();
     if by.trim().is_empty() {
-        return Err(RedriveError::Bus(
-            "a re-drive needs a `by`: who asks".into(),
-        ));
+        return Err(no_by());
     }
     let letter = letters::show(js, &cfg.streams.dead_letters, seq)
         .await

@@ -183,7 +183,7 @@ impl Books {
     /// Takes in one re-drive at audit-stream sequence `seq` (once), under the store day it
     /// names; one that names none (a letter that did not decode) is only in the audit stream.
     pub fn redrive(&self, seq: u64, r: Redrive) {
-        if seq <= self.audit_seq.swap(seq, Relaxed) {
+        if seq <= self.audit_seq.fetch_max(seq, Relaxed) {
             return;
         }
         let (Some(loc), Some(day)) = (r.location.as_deref(), r.business_day.as_deref()) else {
@@ -265,6 +265,7 @@ impl Books {
     /// The reconciliation of every store day that passes `filter`, by day then store.
     pub fn list(&self, filter: &Filter) -> Vec<Reconciliation> {
         let map = self.days.read().unwrap_or_else(PoisonError::into_inner);
+        let redrives = self.redrives.read().unwrap_or_else(PoisonError::into_inner);
         map.iter()
             .filter(|((day, loc, _), _)| {
                 filter.business_day.is_none_or(|d| d == *day)
@@ -273,7 +274,8 @@ impl Books {
             .map(|(k, e)| self.reconcile(k, e, false))
             .filter(|r| filter.status.as_ref().is_none_or(|s| r.status == s))
             .map(|mut r| {
-                r.redrive_count = self.redrives_of(r.business_day, &r.store).len();
+                let key = (r.business_day, r.store.clone());
+                r.redrive_count = redrives.get(&key).map_or(0, VecDeque::len);
                 r
             })
             .collect()

@@ -4,12 +4,11 @@
 //! is kept in memory.
 
 use super::books::Answer;
+use crate::bus::reading::Pending;
 use crate::domain::codec::{self, Format};
 use crate::domain::{Event, subject};
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use serde::Serialize;
-use std::time::Duration;
 
 /// Events per page at most.
 pub const MAX_PAGE: usize = 500;
@@ -71,34 +70,19 @@ pub async fn page(
         .await
         .map_err(|e| format!("events stream: {e}"))?;
     let loc = doc.location.as_str();
-    let mut consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            filter_subjects: ["sale", "return"]
-                .iter()
-                .map(|k| format!("{}.*.{loc}.{k}", subject::ROOT))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("reading the events stream: {e}"))?;
+    let config = consumer::pull::OrderedConfig {
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+        filter_subjects: ["sale", "return"]
+            .iter()
+            .map(|k| format!("{}.*.{loc}.{k}", subject::ROOT))
+            .collect(),
+        ..Default::default()
+    };
     // Matching messages from `start` on: the read stops there instead of waiting for more.
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| format!("reading the events stream: {e}"))?
-        .num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading the events stream: {e}"))?;
-    for _ in 0..pending {
-        let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-        let Ok(Some(Ok(m))) = next else {
-            return Err("the events stream did not answer in time".into());
-        };
+    let mut read = Pending::open(&stream, config, "the events stream").await?;
+    while let Some(m) = read.next().await? {
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         if seq > lin.last_seq {
             break;

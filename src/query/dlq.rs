@@ -6,7 +6,7 @@ use super::finance::params;
 use super::reply::{error, json};
 use crate::config::Config;
 use crate::dlq::letters::{self, Filter};
-use crate::dlq::redrive;
+use crate::dlq::redrive::{self, RedriveError};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -62,13 +62,12 @@ pub fn filter(q: Option<&str>) -> Result<Filter, String> {
 
 /// `GET /v1/dlq?stage=&reason=&since=&location=&after=&limit=`
 pub async fn list(State(st): State<DlqState>, RawQuery(q): RawQuery) -> Response {
-    let f = match filter(q.as_deref()) {
+    let f = match filter(q.as_deref()).and_then(|f| f.check().map(|()| f)) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match letters::list(&st.js, &st.config.streams.dead_letters, &f).await {
         Ok(page) => json(StatusCode::OK, &page),
-        Err(e) if e.contains("is not a word") => error(StatusCode::BAD_REQUEST, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
@@ -109,33 +108,36 @@ pub async fn redrive(State(st): State<DlqState>, body: axum::body::Bytes) -> Res
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
-    let mut seqs = req.letters;
-    if let Some(q) = &req.filter {
-        let f = match filter(Some(q)) {
-            Ok(f) => Filter {
-                limit: f.limit.min(MAX_REDRIVE),
-                ..f
-            },
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        };
-        match letters::list(&st.js, &st.config.streams.dead_letters, &f).await {
-            Ok(page) => seqs.extend(page.items.iter().map(|l| l.seq)),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        }
-    }
-    if seqs.is_empty() || seqs.len() > MAX_REDRIVE {
+    // At most MAX_REDRIVE in all: the named letters, then what the filter finds.
+    let room = MAX_REDRIVE.saturating_sub(req.letters.len());
+    let filter = match req.filter.as_deref().map(|q| filter(Some(q))).transpose() {
+        Ok(f) => f.map(|f| Filter {
+            limit: f.limit.min(room),
+            ..f
+        }),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if req.letters.len() > MAX_REDRIVE || filter.as_ref().is_some_and(|f| f.limit == 0) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("name 1 to {MAX_REDRIVE} letters (`letters`, or a `filter` that finds some)"),
         );
     }
-    if req.by.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "`by` (who asks) is required");
-    }
+    let batch = redrive::Batch {
+        letters: req.letters,
+        filter: filter.as_ref(),
+        by: &req.by,
+        again: req.again,
+    };
+    let outcomes = match redrive::redrive_batch(&st.js, &st.config, batch).await {
+        Ok(o) => o,
+        Err(e @ RedriveError::Invalid(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
     let mut redriven = Vec::new();
     let mut failed = Vec::new();
-    for seq in seqs {
-        match redrive::redrive(&st.js, &st.config, seq, &req.by, req.again).await {
+    for (seq, outcome) in outcomes {
+        match outcome {
             Ok(r) => redriven.push(r),
             Err(e) => failed.push(serde_json::json!({ "letter": seq, "error": e.to_string() })),
         }
