@@ -6,12 +6,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/install-nats-server.sh
 export RETAILFLOW_NATS_SERVER="$root/.tools/nats-server/bin/nats-server"
-# The dashboard test drives Debian's headless Chromium.
-if ! command -v chromium >/dev/null; then
+# The dashboard test drives Debian's headless Chromium; the alert rules' tests run promtool
+# from Debian's prometheus package.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
     as_root=""
     [ "$(id -u)" -eq 0 ] || as_root="sudo"
     $as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}"
 fi
 cargo fmt --check
 scripts/check-layers.sh

@@ -526,6 +526,9 @@ impl Submitted {
         // Closed first, so the sweep takes this caller's own waiter too.
         drop(decision);
         ctx.decisions.forget_closed();
+        ctx.metrics
+            .reservation_timeouts
+            .fetch_add(1, Ordering::Relaxed);
         Err(no_decision(timeout))
     }
 }

@@ -183,6 +183,11 @@ const COUNTERS: &[Counter] = &[
         "Reservation requests under a new key answered 503: reservations.max_keys held.",
         |m| &m.reservation_keys_full,
     ),
+    (
+        "reservation_timeouts",
+        "Reservation requests answered 503: no decision within reservations.decision_timeout.",
+        |m| &m.reservation_timeouts,
+    ),
     // Ingest resilience and health (issue 25, H2).
     (
         "ingest_panics",

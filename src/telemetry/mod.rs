@@ -107,6 +107,8 @@ pub struct Metrics {
     pub reservation_keys: AtomicU64,
     /// Reservation requests under a new key answered 503: `reservations.max_keys` held.
     pub reservation_keys_full: AtomicU64,
+    /// Reservation requests answered 503: no decision within `reservations.decision_timeout`.
+    pub reservation_timeouts: AtomicU64,
     // --- end H3 ---
     pub endpoints: DashMap<String, Arc<EndpointMetrics>>,
     pub dead_letter_reasons: DashMap<String, u64>,

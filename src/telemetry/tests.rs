@@ -82,6 +82,7 @@ fn populated() -> Arc<Metrics> {
         &m.finance_records_undecodable,
         &m.redrives_applied,
         &m.redrives_refused,
+        &m.reservation_timeouts,
     ];
     for (i, c) in counters.into_iter().enumerate() {
         c.store(101 + i as u64, Relaxed);
@@ -238,6 +239,7 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("retailflow_rejections_evicted_total", "counter", &[]),
     ("retailflow_reservation_queue_full_total", "counter", &[]),
     ("retailflow_reservation_keys_full_total", "counter", &[]),
+    ("retailflow_reservation_timeouts_total", "counter", &[]),
     ("retailflow_http_connections", "gauge", &[]),
     ("retailflow_duplicates_total", "counter", &["layer"]),
     (

@@ -1,6 +1,7 @@
 //! The service's integration tests, one binary: each module starts its own nats-server (and
 //! ERP simulator where it needs one) on free ports.
 
+mod alerts;
 mod api;
 mod api_boundary;
 mod cluster;

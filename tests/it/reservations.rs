@@ -7,6 +7,7 @@ use retailflow::domain::*;
 use retailflow::supervise::pipeline::Pipeline;
 use retailflow::testing::*;
 use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn dc(loc: &str, priority: u32) -> Event {
@@ -504,6 +505,8 @@ async fn a_request_stored_but_not_yet_decided_times_out_cleanly_and_a_retry_gets
         0,
         "the timed-out caller's waiter is gone"
     );
+    let timeouts = shared.metrics.reservation_timeouts.load(Ordering::Relaxed);
+    assert_eq!(timeouts, 1, "the timeout is counted for the alert");
 
     // Ingest catches up; the stored request was decided once, and a retry hears that decision.
     shared

@@ -1,0 +1,106 @@
+//! The shipped alerting rules (`deploy/prometheus/retailflow-alerts.yml`): valid for
+//! Prometheus (`promtool check rules`), firing on the troubles they name and not on healthy
+//! neighbours (`promtool test rules`), written over metrics retailflow serves, and each with
+//! its section in docs/RUNBOOK.md.
+
+use retailflow::telemetry::Metrics;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn rules_dir() -> PathBuf {
+    root().join("deploy/prometheus")
+}
+
+/// `promtool` (Debian's `prometheus` package): `RETAILFLOW_PROMTOOL`, else on the PATH.
+fn promtool(args: &[&str]) -> String {
+    let bin = std::env::var("RETAILFLOW_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(rules_dir())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is needed for the alert rules' tests: `apt-get install prometheus` \
+                 (scripts/test.sh installs it), or set RETAILFLOW_PROMTOOL; tried {bin}: {e}"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+/// (alert name, expression, runbook link) of every rule, read line by line.
+fn rules() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(rules_dir().join("retailflow-alerts.yml")).unwrap();
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            out.push((name.to_string(), String::new(), String::new()));
+        } else if let (Some(expr), Some(last)) = (line.strip_prefix("expr: "), out.last_mut()) {
+            last.1 = expr.to_string();
+        } else if let (Some(link), Some(last)) = (line.strip_prefix("runbook: "), out.last_mut()) {
+            last.2 = link.to_string();
+        }
+    }
+    out
+}
+
+#[test]
+fn the_rules_are_valid_and_fire_on_their_troubles_only() {
+    let checked = promtool(&["check", "rules", "retailflow-alerts.yml"]);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&["test", "rules", "retailflow-alerts.test.yml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    // Every alert is exercised by the unit tests.
+    let tests = std::fs::read_to_string(rules_dir().join("retailflow-alerts.test.yml")).unwrap();
+    for (name, _, _) in rules() {
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "{name} has no promtool test"
+        );
+    }
+}
+
+#[test]
+fn every_rule_reads_served_metrics_and_has_a_runbook_section() {
+    let m = Metrics::new();
+    m.endpoint("erp"); // per-endpoint families appear once an endpoint exists
+    m.dead_letter("invalid");
+    let served: BTreeSet<String> = m
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(|n| n.to_string())
+        .collect();
+    let runbook = std::fs::read_to_string(root().join("docs/RUNBOOK.md")).unwrap();
+    let rules = rules();
+    assert!(rules.len() >= 7, "{rules:?}");
+    for (name, expr, link) in &rules {
+        let used: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("retailflow_"))
+            .collect();
+        assert!(!used.is_empty(), "{name}: no retailflow metric in {expr}");
+        for metric in used {
+            assert!(
+                served.contains(metric),
+                "{name}: {metric} is not served by /metrics"
+            );
+        }
+        assert!(
+            runbook.contains(&format!("\n## {name}\n")),
+            "{name}: no `## {name}` section in docs/RUNBOOK.md"
+        );
+        assert_eq!(link, &format!("docs/RUNBOOK.md#{}", name.to_lowercase()));
+    }
+}
