@@ -1,7 +1,7 @@
 //! Command-line interface. Each command parses its arguments and calls the library; `anyhow`
 //! is used here and nowhere on the data path.
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::supervise::pipeline::Pipeline;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -119,7 +119,11 @@ pub fn main() -> ExitCode {
             } else {
                 "info,async_nats=warn"
             };
-            return run_main(filter, dispatch(command));
+            let format = match &command {
+                Command::Run { config: Some(path) } => log_format(path),
+                _ => LogFormat::Text,
+            };
+            return run_main_with(filter, format, dispatch(command));
         }
     };
     // Only reached when the other binary could not be started.
@@ -129,13 +133,28 @@ pub fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The log format a configuration file asks for; text when it cannot be read (the command
+/// then fails on it with the full message).
+fn log_format(path: &std::path::Path) -> LogFormat {
+    Config::load(path).map_or(LogFormat::Text, |c| c.telemetry.log_format)
+}
+
 /// Runs a command's future as a process's main: logging with `filter` (RUST_LOG overrides),
 /// the main runtime, the error printed and turned into the exit code.
 pub fn run_main(
     filter: &str,
     work: impl std::future::Future<Output = Result<ExitCode>>,
 ) -> ExitCode {
-    crate::telemetry::init_logging(filter);
+    run_main_with(filter, LogFormat::Text, work)
+}
+
+/// [`run_main`] with log lines in `format`.
+pub fn run_main_with(
+    filter: &str,
+    format: LogFormat,
+    work: impl std::future::Future<Output = Result<ExitCode>>,
+) -> ExitCode {
+    crate::telemetry::init_logging(filter, format);
     // The main runtime runs the command (the pipeline brings its own runtimes for the data path
     // and the API); short slices, so a scenario's publisher and sampler do not lag behind.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -12,11 +12,9 @@ pub mod finance;
 pub mod leader;
 pub mod nats_url;
 mod sources;
-pub use sources::SourceConfig;
-
-pub use erp_kind::ErpKind;
-pub use finance::FinanceConfig;
-pub use leader::LeaderConfig;
+pub mod telemetry;
+pub use {erp_kind::ErpKind, finance::FinanceConfig, leader::LeaderConfig};
+pub use {sources::SourceConfig, telemetry::LogFormat, telemetry::TelemetryConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +45,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub leader: LeaderConfig,
     pub finance: FinanceConfig,
+    pub telemetry: TelemetryConfig,
     /// ERP endpoints postings are delivered to.
     pub erp: Vec<ErpEndpointConfig>,
 }
@@ -67,6 +66,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             leader: LeaderConfig::default(),
             finance: FinanceConfig::default(),
+            telemetry: TelemetryConfig::default(),
             erp: vec![ErpEndpointConfig::default()],
         }
     }

@@ -13,12 +13,13 @@ use super::{Config, ErpEndpointConfig, SourceConfig};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// The files whose structs the walk can descend into: the configuration itself, its leader
-/// section, the ERP rate limit it embeds and the events stream's sources.
-const SOURCES: [&str; 5] = [
+/// The files whose structs the walk can descend into: the configuration itself, its leader,
+/// finance and telemetry sections, the ERP rate limit it embeds and the events stream's sources.
+const SOURCES: [&str; 6] = [
     include_str!("../config.rs"),
     include_str!("leader.rs"),
     include_str!("finance.rs"),
+    include_str!("telemetry.rs"),
     include_str!("../post/ratelimit.rs"),
     include_str!("sources.rs"),
 ];

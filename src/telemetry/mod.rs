@@ -197,14 +197,18 @@ impl Metrics {
     }
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` or the given default filter.
-pub fn init_logging(default: &str) {
+/// Installs the tracing subscriber: `RUST_LOG` or the given default filter, lines of text or
+/// of JSON.
+pub fn init_logging(default: &str, format: crate::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        crate::config::LogFormat::Text => logs.try_init(),
+        crate::config::LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 #[cfg(test)]

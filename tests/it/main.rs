@@ -14,6 +14,7 @@ mod erp_faults;
 mod feed;
 mod hostile_headers;
 mod hostile_input;
+mod json_logs;
 mod lease;
 mod ledger_model;
 mod nats_auth;
