@@ -1,7 +1,8 @@
 //! The shipped alerting rules (`deploy/prometheus/retailflow-alerts.yml`): valid for
 //! Prometheus (`promtool check rules`), firing on the troubles they name and not on healthy
 //! neighbours (`promtool test rules`), written over metrics retailflow serves, and each with
-//! its section in docs/RUNBOOK.md.
+//! its section in docs/RUNBOOK.md. The Grafana dashboard (`deploy/grafana/retailflow.json`)
+//! reads served metrics too.
 
 use retailflow::telemetry::Metrics;
 use std::collections::BTreeSet;
@@ -70,26 +71,63 @@ fn the_rules_are_valid_and_fire_on_their_troubles_only() {
     }
 }
 
-#[test]
-fn every_rule_reads_served_metrics_and_has_a_runbook_section() {
+/// Every metric family `/metrics` serves.
+fn served() -> BTreeSet<String> {
     let m = Metrics::new();
     m.endpoint("erp"); // per-endpoint families appear once an endpoint exists
     m.dead_letter("invalid");
-    let served: BTreeSet<String> = m
-        .render()
+    m.render()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .map(|n| n.to_string())
-        .collect();
+        .collect()
+}
+
+/// The `retailflow_` metric names in a PromQL expression.
+fn metrics_in(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("retailflow_"))
+        .collect()
+}
+
+#[test]
+fn the_dashboard_reads_served_metrics() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/retailflow.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let served = served();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 6, "{}", panels.len());
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{}: no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            let used = metrics_in(expr);
+            assert!(
+                !used.is_empty(),
+                "{}: no retailflow metric in {expr}",
+                p["title"]
+            );
+            for metric in used {
+                assert!(
+                    served.contains(metric),
+                    "{}: {metric} is not served",
+                    p["title"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_rule_reads_served_metrics_and_has_a_runbook_section() {
+    let served = served();
     let runbook = std::fs::read_to_string(root().join("docs/RUNBOOK.md")).unwrap();
     let rules = rules();
     assert!(rules.len() >= 7, "{rules:?}");
     for (name, expr, link) in &rules {
-        let used: Vec<&str> = expr
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("retailflow_"))
-            .collect();
+        let used = metrics_in(expr);
         assert!(!used.is_empty(), "{name}: no retailflow metric in {expr}");
         for metric in used {
             assert!(
